@@ -1,0 +1,66 @@
+"""`pgoctl`: read and steer the pgod daemon over D-Bus."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .client import AccessDenied, Client, DaemonUnreachable, OperationFailed
+from .exitcodes import EXIT_DENIED, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from .render import render_package, render_status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgoctl", description="Control the pgod profile-guided optimization daemon.")
+    parser.add_argument("--bus", choices=("system", "session"), default="system", help="bus the daemon serves on")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    status = commands.add_parser("status", help="every watched package, its state and progress")
+    status.add_argument("--json", action="store_true", help="print the status document as JSON")
+    show = commands.add_parser("show", help="one package in detail")
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true", help="print as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return EXIT_USAGE if exit_.code not in (0, None) else EXIT_OK
+    try:
+        return _dispatch(args)
+    except DaemonUnreachable as err:
+        flag = "" if args.bus == "system" else f" --bus {args.bus}"
+        print(
+            f"pgoctl: the pgod daemon is not reachable on the {args.bus} bus ({err}). "
+            f"Start it with `systemctl start pgod` or `pgod --config PATH{flag}`.",
+            file=sys.stderr,
+        )
+        return EXIT_UNREACHABLE
+    except AccessDenied as err:
+        print(f"pgoctl: access denied: {err}", file=sys.stderr)
+        return EXIT_DENIED
+    except OperationFailed as err:
+        print(f"pgoctl: {err}", file=sys.stderr)
+        return EXIT_USAGE if err.name.endswith(".UnknownPackage") else EXIT_FAILED
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    client = Client(args.bus)
+    if args.command == "status":
+        document = client.status()
+        print(json.dumps(document, indent=2) if args.json else render_status(document))
+        return EXIT_OK
+    if args.command == "show":
+        document = client.package(args.name)
+        print(json.dumps(document, indent=2) if args.json else render_package(document))
+        return EXIT_OK
+    return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Load and validate pgod's TOML configuration into typed, immutable objects.
+
+Every error names the file and the dotted key, so a person can fix it in one go; nothing else
+in pgod reads the TOML, so the rest of the code can trust these types.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_PATH = Path("/etc/pgod/config.toml")
+ACTIVATION_MODES = ("notify", "auto")
+MB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """A configuration problem, always tied to a file and (when known) a key."""
+
+    def __init__(self, path: Path, key: str | None, message: str) -> None:
+        self.path = path
+        self.key = key
+        self.message = message
+        where = f"{path}: {key}" if key else str(path)
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class PackageConfig:
+    """One watched package: where its profiling build lives and how to rebuild it optimized."""
+
+    name: str
+    profile_build: tuple[Path, ...]
+    build: tuple[str, ...]
+    threshold_bytes: int
+    llvm_profdata: Path | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole daemon configuration."""
+
+    path: Path
+    spool_dir: Path
+    state_dir: Path
+    profile_link: Path
+    threshold_bytes: int
+    activation: str
+    admin_group: str
+    max_file_bytes: int
+    unattributed_max_files: int
+    packages: dict[str, PackageConfig] = field(default_factory=dict)
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "pgod.sqlite"
+
+
+class _Reader:
+    """Typed access to one TOML table, raising ConfigError with the dotted key on mismatch."""
+
+    def __init__(self, path: Path, table: dict[str, Any], prefix: str = "") -> None:
+        self.path = path
+        self.table = table
+        self.prefix = prefix
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def error(self, name: str, message: str) -> ConfigError:
+        return ConfigError(self.path, self.key(name), message)
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = ..., what: str = "") -> Any:
+        if name not in self.table:
+            if default is ...:
+                raise self.error(name, "missing required key")
+            return default
+        value = self.table[name]
+        # bool is an int in Python; a threshold of `true` is a mistake, not 1.
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise self.error(name, f"expected {what or _kind_name(kind)}, got a boolean")
+        if not isinstance(value, kind):
+            raise self.error(name, f"expected {what or _kind_name(kind)}, got {_toml_type(value)}")
+        return value
+
+    def absolute_path(self, name: str, default: Any = ...) -> Path:
+        raw = self.get(name, str, default, what="an absolute path (string)")
+        if raw is None:
+            return None  # type: ignore[return-value]
+        path = Path(raw)
+        if not path.is_absolute():
+            raise self.error(name, f"must be an absolute path, got {raw!r}")
+        return path
+
+    def megabytes(self, name: str, default: Any = ...) -> int:
+        value = self.get(name, (int, float), default, what="a number of megabytes")
+        if value <= 0:
+            raise self.error(name, f"must be positive, got {value}")
+        return int(value * MB)
+
+    def string_list(self, name: str) -> tuple[str, ...]:
+        value = self.get(name, list, what="a list of strings")
+        if not value:
+            raise self.error(name, "must not be empty")
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                raise ConfigError(self.path, f"{self.key(name)}[{index}]", "expected a non-empty string")
+        return tuple(value)
+
+    def reject_unknown(self, known: set[str]) -> None:
+        for name in self.table:
+            if name not in known:
+                raise self.error(name, f"unknown key (known: {', '.join(sorted(known))})")
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "a table", bool: "a boolean"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _toml_type(value: Any) -> str:
+    return {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "a table"}.get(
+        type(value), type(value).__name__
+    )
+
+
+_TOP_KEYS = {
+    "spool_dir",
+    "state_dir",
+    "profile_link",
+    "threshold_mb",
+    "activation",
+    "admin_group",
+    "max_file_mb",
+    "unattributed_max_files",
+    "packages",
+}
+_PACKAGE_KEYS = {"profile_build", "build", "threshold_mb", "llvm_profdata"}
+
+
+def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> Config:
+    """Read, parse and validate the config file; raise ConfigError naming file and key."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, None, "file not found") from None
+    except PermissionError:
+        raise ConfigError(path, None, "permission denied reading the file") from None
+    except IsADirectoryError:
+        raise ConfigError(path, None, "is a directory, not a file") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(path, None, f"not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(path, None, f"cannot read: {err.strerror}") from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(path, None, f"invalid TOML: {err}") from None
+    return parse_config(document, path)
+
+
+def parse_config(document: dict[str, Any], path: Path) -> Config:
+    """Validate an already parsed TOML document (split out so tests can feed dicts)."""
+    top = _Reader(path, document)
+    top.reject_unknown(_TOP_KEYS)
+    threshold_bytes = top.megabytes("threshold_mb", 64)
+    activation = top.get("activation", str, "notify")
+    if activation not in ACTIVATION_MODES:
+        raise top.error("activation", f"must be one of {', '.join(map(repr, ACTIVATION_MODES))}, got {activation!r}")
+    packages_table = top.get("packages", dict, {})
+    packages = {}
+    for name, table in packages_table.items():
+        if not isinstance(table, dict):
+            raise ConfigError(path, f"packages.{name}", f"expected a table, got {_toml_type(table)}")
+        packages[name] = _parse_package(path, name, table, threshold_bytes)
+    unattributed_max_files = top.get("unattributed_max_files", int, 1000)
+    if unattributed_max_files < 0:
+        raise top.error("unattributed_max_files", "must not be negative")
+    return Config(
+        path=path,
+        spool_dir=top.absolute_path("spool_dir", "/var/spool/pgod"),
+        state_dir=top.absolute_path("state_dir", "/var/lib/pgod"),
+        profile_link=top.absolute_path("profile_link", "/nix/var/nix/profiles/pgod"),
+        threshold_bytes=threshold_bytes,
+        activation=activation,
+        admin_group=top.get("admin_group", str, "wheel"),
+        max_file_bytes=top.megabytes("max_file_mb", 256),
+        unattributed_max_files=unattributed_max_files,
+        packages=packages,
+    )
+
+
+def _parse_package(path: Path, name: str, table: dict[str, Any], default_threshold: int) -> PackageConfig:
+    reader = _Reader(path, table, prefix=f"packages.{name}.")
+    reader.reject_unknown(_PACKAGE_KEYS)
+    profile_build = reader.string_list("profile_build")
+    for index, item in enumerate(profile_build):
+        if not item.startswith("/"):
+            raise ConfigError(path, f"packages.{name}.profile_build[{index}]", f"must be an absolute path, got {item!r}")
+    return PackageConfig(
+        name=name,
+        profile_build=tuple(Path(p) for p in profile_build),
+        build=reader.string_list("build"),
+        threshold_bytes=reader.megabytes("threshold_mb", default_threshold / MB),
+        llvm_profdata=reader.absolute_path("llvm_profdata", None),
+    )

@@ -1,0 +1,110 @@
+"""`pgod`: wire the daemon's parts together and run them until SIGTERM or SIGINT.
+
+Everything that can fail on bad input (configuration, folders, database, bus name) is done
+before any thread starts, so a bad configuration never leaves a half-working daemon behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+from . import __version__
+from .config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from .exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from .logs import configure_logging
+
+log = structlog.get_logger("pgod")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="pgod", description="Profile-guided optimization daemon.")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="TOML configuration file")
+    parser.add_argument("--bus", choices=("system", "session"), default="system", help="D-Bus bus to serve on")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
+    parser.add_argument("--version", action="version", version=f"pgod {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(getattr(logging, args.log_level.upper()))
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        print(f"pgod: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.check_config:
+        print(f"pgod: {args.config}: ok ({len(config.packages)} packages)")
+        return EXIT_OK
+    return run(config, args.bus)
+
+
+def run(config, bus_kind: str) -> int:
+    # Imported here so `--check-config` and config errors need no GLib or database.
+    from gi.repository import GLib
+    from pydbus import SessionBus, SystemBus
+
+    from .attribution import Attributor
+    from .db import SchemaError, open_database
+    from .dbus_service import BUS_NAME, OBJECT_PATH, DaemonService
+    from .engine import Engine
+    from .spool import SpoolWatcher
+    from .staging import StagingError, prepare_layout
+
+    try:
+        layout = prepare_layout(config)
+        sessions = open_database(config.db_path)
+    except (StagingError, SchemaError, OSError) as err:
+        print(f"pgod: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    attributor = Attributor.from_config(config)
+    engine = Engine(config, layout, sessions, attributor)
+    try:
+        bus = SystemBus() if bus_kind == "system" else SessionBus()
+        service = DaemonService(config, sessions, engine, __version__)
+        publication = bus.publish(BUS_NAME, (OBJECT_PATH, service))
+    except GLib.Error as err:
+        print(f"pgod: cannot serve {BUS_NAME} on the {bus_kind} bus: {err.message}", file=sys.stderr)
+        return EXIT_FAILED
+
+    loop = GLib.MainLoop()
+    watcher = SpoolWatcher(layout.spool, engine.submit)
+
+    def shutdown(signame: str) -> bool:
+        log.info("daemon.stopping", signal=signame)
+        loop.quit()
+        return False
+
+    GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGTERM, shutdown, "SIGTERM")
+    GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGINT, shutdown, "SIGINT")
+
+    watcher.start()  # before the engine's start-up scan, so nothing falls between the two
+    engine.start()
+    log.info(
+        "daemon.started",
+        version=__version__,
+        bus=bus_kind,
+        spool=str(layout.spool),
+        state=str(config.state_dir),
+        packages=list(config.packages),
+    )
+    try:
+        loop.run()
+    finally:
+        watcher.stop()
+        engine.stop()
+        engine.join(timeout=60)
+        publication.unpublish()
+    log.info("daemon.stopped")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

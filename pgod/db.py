@@ -1,0 +1,151 @@
+"""The daemon's durable state: SQLite through SQLAlchemy 2, in WAL mode with full fsync.
+
+The database is the single source of truth for "what has been counted". Files on disk
+(staging copies, profile generations) are followers: after a crash the daemon makes the
+filesystem agree with the database, never the other way round (see recovery.py).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from sqlalchemy import (
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+SCHEMA_VERSION = 1
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    """Key/value facts about the database itself, such as the schema version."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    value: Mapped[str] = mapped_column(String)
+
+
+class Package(Base):
+    """A watched package and its counters toward the next optimized build."""
+
+    __tablename__ = "packages"
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    state: Mapped[str] = mapped_column(String, default="profiling")
+    # Counters since the last optimized build started (what the threshold compares against).
+    raw_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    files: Mapped[int] = mapped_column(Integer, default=0)
+    # Counters over the package's whole life, never reset.
+    total_raw_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    total_files: Mapped[int] = mapped_column(Integer, default=0)
+    quarantined: Mapped[int] = mapped_column(Integer, default=0)
+    threshold_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    build_due: Mapped[bool] = mapped_column(Boolean, default=False)
+    profile_generation: Mapped[int] = mapped_column(Integer, default=0)
+    profile_path: Mapped[str | None] = mapped_column(String, nullable=True)
+    optimized: Mapped[str | None] = mapped_column(String, nullable=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_activity: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class SpoolFile(Base):
+    """A raw file claimed from the spool into staging; done once every part is settled."""
+
+    __tablename__ = "spool_files"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    staging_name: Mapped[str] = mapped_column(String, unique=True)
+    original_name: Mapped[str] = mapped_column(String)
+    owner_uid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    size: Mapped[int] = mapped_column(Integer)
+    claimed_at: Mapped[float] = mapped_column(Float)
+    done: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+
+
+class Part(Base):
+    """One raw profile inside a spool file, and where it went.
+
+    status: "pending" (waiting for a merge), "merged", "quarantined", "unattributed".
+    """
+
+    __tablename__ = "parts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("spool_files.id"), index=True)
+    part_index: Mapped[int] = mapped_column(Integer)
+    package: Mapped[str | None] = mapped_column(String, nullable=True, index=True)
+    binary_ids: Mapped[str] = mapped_column(String, default="")
+    size: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(String)
+    status: Mapped[str] = mapped_column(String, index=True)
+    merge_id: Mapped[int | None] = mapped_column(ForeignKey("merges.id"), nullable=True)
+
+
+class Merge(Base):
+    """One llvm-profdata call that produced a new profile generation of a package."""
+
+    __tablename__ = "merges"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    package: Mapped[str] = mapped_column(String, index=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    files: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(Integer)
+    seconds: Mapped[float] = mapped_column(Float)
+    at: Mapped[float] = mapped_column(Float)
+
+
+class Quarantine(Base):
+    """A rejected spool file or part, with the reason a person can read."""
+
+    __tablename__ = "quarantine"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    original_name: Mapped[str] = mapped_column(String)
+    package: Mapped[str | None] = mapped_column(String, nullable=True, index=True)
+    owner_uid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    size: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    path: Mapped[str | None] = mapped_column(String, nullable=True)
+    at: Mapped[float] = mapped_column(Float)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # FULL: a committed merge survives power loss, which the exactly-once promise needs.
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+class SchemaError(RuntimeError):
+    """The database was written by an incompatible pgod."""
+
+
+def open_database(path: Path) -> sessionmaker[Session]:
+    """Open (creating if needed) the state database and return a session factory."""
+    engine: Engine = create_engine(f"sqlite:///{path}")
+    event.listen(engine, "connect", _sqlite_pragmas)
+    Base.metadata.create_all(engine)
+    factory = sessionmaker(engine, expire_on_commit=False)
+    with factory.begin() as session:
+        stored = session.scalar(select(Meta.value).where(Meta.key == "schema_version"))
+        if stored is None:
+            session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            session.add(Meta(key="created_at", value=str(time.time())))
+        elif int(stored) != SCHEMA_VERSION:
+            raise SchemaError(f"{path}: schema version {stored}, this pgod knows {SCHEMA_VERSION}")
+    return factory

@@ -1,0 +1,448 @@
+"""The one worker that changes state: claim, ingest, merge, count, in that order.
+
+Watcher threads and D-Bus calls only enqueue; this thread does every state change, so there is
+no locking around the database or the staging folders. Its cycle:
+
+    names from the spool ──claim──▶ staging ──ingest──▶ rows (parts pending)
+    pending parts ──merge (one llvm-profdata per package batch)──▶ new profile generation
+    commit ──▶ delete what the commit made redundant ──▶ tell listeners
+
+The commit is the moment a raw profile is counted. Every file operation before it can be
+redone; every one after it is a clean-up that recovery finishes if the daemon dies first.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import structlog
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from .attribution import Attributor, resolve_profdata
+from .claim import Claimer
+from .config import Config
+from .db import Merge, Package, Part, Quarantine, SpoolFile
+from .ingest import Ingestor
+from .merge import fsync_dir, merge_batch
+from .staging import Layout, prune_oldest
+
+log = structlog.get_logger(__name__)
+
+CLAIM_BATCH = 2000  # spool names claimed per cycle: bounds memory on a large backlog
+MERGE_BATCH = 5000  # raw parts per llvm-profdata call
+YOUNG_FILE_SECONDS = 5.0  # at start, a file this fresh may still be open by its writer
+RETRY_BASE_SECONDS = 5.0
+RETRY_MAX_SECONDS = 600.0
+
+Listener = Callable[[str, dict], None]
+
+
+class Engine:
+    """Owns the state-changing work of the daemon; see the module docstring."""
+
+    def __init__(self, config: Config, layout: Layout, sessions: sessionmaker[Session], attributor: Attributor) -> None:
+        self.config = config
+        self.layout = layout
+        self.sessions = sessions
+        self.attributor = attributor
+        self.listeners: list[Listener] = []
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._claimer = Claimer(layout.spool, layout.incoming)
+        self._ingestor = Ingestor(layout, attributor, config.max_file_bytes)
+        self._profdata = {
+            name: resolve_profdata(package, attributor.builds.get(name)) for name, package in config.packages.items()
+        }
+        self._deferred: dict[str, float] = {}  # spool name → when to look at it again
+        self._merge_retry: dict[str, tuple[float, float]] = {}  # package → (when, current delay)
+        self._scan_remaining = 0
+        self._thread: threading.Thread | None = None
+        self.idle = threading.Event()  # set whenever the queue is drained and nothing is pending
+
+    # ---- called from other threads -------------------------------------------------------
+    def submit(self, name: str) -> None:
+        """A spool entry may be ready (watcher thread)."""
+        self._queue.put(name)
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    @property
+    def spool_backlog(self) -> int:
+        return self._scan_remaining + self._queue.qsize() + len(self._deferred)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="pgod-engine", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ---- the worker ----------------------------------------------------------------------
+    def _run(self) -> None:
+        self.sync_packages()
+        self.recover()
+        self._scan_spool()
+        while True:
+            names = self._next_names()
+            if names is None:
+                log.info("engine.stopped")
+                return
+            self._cycle(names)
+
+    def _next_names(self) -> list[str] | None:
+        """Block until work arrives (or a deferred deadline passes); then drain the queue."""
+        names: list[str] = []
+        timeout = self._next_deadline()
+        if self._queue.empty() and timeout is None:
+            self.idle.set()
+        try:
+            first = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            first = ""
+        self.idle.clear()
+        if first is None:
+            return None
+        if first:
+            names.append(first)
+        while len(names) < CLAIM_BATCH:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)  # stop after this batch
+                break
+            names.append(item)
+        now = time.monotonic()
+        for name, when in list(self._deferred.items()):
+            if when <= now:
+                del self._deferred[name]
+                names.append(name)
+        return names
+
+    def _next_deadline(self) -> float | None:
+        deadlines = list(self._deferred.values()) + [when for when, _ in self._merge_retry.values()]
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _cycle(self, names: list[str]) -> None:
+        self._ingest_names(dict.fromkeys(names))
+        self._merge_due_packages()
+
+    def _scan_spool(self) -> None:
+        """Take what was in the spool before the watch began, in bounded chunks."""
+        own = self.layout.staging.name if self.layout.staging.parent == self.layout.spool else None
+        with os.scandir(self.layout.spool) as scan:
+            self._scan_remaining = sum(1 for entry in scan if entry.name != own)
+        log.info("spool.scan", backlog=self._scan_remaining)
+        chunk: list[str] = []
+        with os.scandir(self.layout.spool) as scan:
+            for entry in scan:
+                if entry.name == own:
+                    continue
+                chunk.append(entry.name)
+                if len(chunk) >= CLAIM_BATCH:
+                    self._scan_chunk(chunk)
+                    chunk = []
+        self._scan_chunk(chunk)
+        self._scan_remaining = 0
+
+    def _scan_chunk(self, names: list[str]) -> None:
+        ready = []
+        fresh_after = time.time() - YOUNG_FILE_SECONDS
+        for name in names:
+            try:
+                info = os.lstat(self.layout.spool / name)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(info.st_mode) and info.st_nlink == 1 and info.st_mtime > fresh_after:
+                # Maybe still being written; its close event, or this deadline, brings it back.
+                self._deferred[name] = time.monotonic() + YOUNG_FILE_SECONDS
+            else:
+                ready.append(name)
+        self._ingest_names(ready)
+        self._merge_due_packages()
+        self._scan_remaining = max(0, self._scan_remaining - len(names))
+        self._emit("backlog", remaining=self.spool_backlog)
+
+    # ---- ingest --------------------------------------------------------------------------
+    def _ingest_names(self, names: Iterable[str]) -> None:
+        staged = []
+        for name in names:
+            if "/" in name or name in (".", ".."):
+                continue
+            self._deferred.pop(name, None)
+            claimed = self._claimer.claim(name)
+            if claimed is not None:
+                staged.append((claimed.staging_path, claimed.original_name))
+        self._ingest_staged(staged)
+
+    def _ingest_staged(self, staged: list[tuple[Path, str]]) -> None:
+        if not staged:
+            return
+        fsync_dir(self.layout.incoming)  # the renames must be durable before rows name them
+        with self.sessions.begin() as session:
+            report = self._ingestor.ingest(session, staged)
+            now = time.time()
+            for name in report.parts_pending:
+                session.execute(update(Package).where(Package.name == name).values(last_activity=now))
+        # Rows for entirely-unattributed files are born done; their staging copies can go.
+        self._delete_done_files([path.name for path, _ in staged])
+        if report.unattributed:
+            prune_oldest(self.layout.unattributed, self.config.unattributed_max_files)
+        if report.quarantined:
+            prune_oldest(self.layout.quarantine, self.config.unattributed_max_files)
+        log.info(
+            "spool.ingested",
+            files=report.files,
+            pending=report.parts_pending,
+            unattributed=report.unattributed,
+            quarantined=len(report.quarantined),
+        )
+        for original_name, reason in report.quarantined:
+            self._emit("quarantined", file=original_name, reason=reason, package="")
+
+    def _delete_done_files(self, staging_names: list[str]) -> None:
+        """Settle the files of spool entries whose every part is done: merged copies are deleted,
+        rejected ones moved to quarantine (unattributed copies live elsewhere and are kept)."""
+        if not staging_names:
+            return
+        with self.sessions() as session:
+            rows = session.execute(
+                select(SpoolFile.id, SpoolFile.staging_name).where(
+                    SpoolFile.staging_name.in_(staging_names), SpoolFile.done.is_(True)
+                )
+            ).all()
+            if not rows:
+                return
+            parts = session.execute(
+                select(Part.path, Part.status).where(
+                    Part.file_id.in_([row.id for row in rows]), Part.status.in_(("merged", "quarantined"))
+                )
+            ).all()
+        for part in parts:
+            path = Path(part.path)
+            if part.status == "quarantined":
+                _move(path, self.layout.quarantine / path.name)
+            else:
+                _unlink(path)
+        for row in rows:
+            _unlink(self.layout.incoming / row.staging_name)
+
+    # ---- merge ---------------------------------------------------------------------------
+    def _merge_due_packages(self) -> None:
+        with self.sessions() as session:
+            waiting = session.scalars(
+                select(Part.package).where(Part.status == "pending").group_by(Part.package)
+            ).all()
+        now = time.monotonic()
+        for name in waiting:
+            retry = self._merge_retry.get(name)
+            if retry is not None and retry[0] > now:
+                continue
+            if name not in self.config.packages:
+                continue
+            self._merge_package(name)
+
+    def _merge_package(self, name: str) -> None:
+        """Merge every pending part of one package, batch by batch."""
+        while True:
+            with self.sessions() as session:
+                package = session.get(Package, name)
+                parts = session.execute(
+                    select(Part.id, Part.path, Part.size, Part.file_id)
+                    .where(Part.package == name, Part.status == "pending")
+                    .order_by(Part.id)
+                    .limit(MERGE_BATCH)
+                ).all()
+            if not parts:
+                return
+            generation = package.profile_generation + 1
+            base = Path(package.profile_path) if package.profile_path else None
+            directory = self.layout.package_profiles(name)
+            directory.mkdir(mode=0o700, exist_ok=True)
+            output = directory / f"{generation:08d}.profdata"
+            outcome = merge_batch(self._profdata[name], base, [Path(p.path) for p in parts], output)
+            if outcome.error:
+                self._merge_failed(name, outcome.error)
+                _unlink(output)
+                return
+            self._merge_retry.pop(name, None)
+            self._commit_merge(name, parts, outcome, generation, output, base)
+            if len(parts) < MERGE_BATCH:
+                return
+
+    def _commit_merge(self, name, parts, outcome, generation: int, output: Path, base: Path | None) -> None:
+        rejected = [p for p in parts if Path(p.path) in outcome.rejected]
+        merged = [p for p in parts if Path(p.path) not in outcome.rejected]
+        merged_bytes = sum(p.size for p in merged)
+        now = time.time()
+        crossed = False
+        with self.sessions.begin() as session:
+            package = session.get(Package, name)
+            advanced = outcome.merged and bool(merged)
+            if advanced:
+                merge = Merge(
+                    package=name,
+                    generation=generation,
+                    files=len(merged),
+                    bytes=merged_bytes,
+                    seconds=outcome.seconds,
+                    at=now,
+                )
+                session.add(merge)
+                session.flush()
+                session.execute(
+                    update(Part).where(Part.id.in_([p.id for p in merged])).values(status="merged", merge_id=merge.id)
+                )
+                package.profile_generation = generation
+                package.profile_path = str(output)
+                package.raw_bytes += merged_bytes
+                package.files += len(merged)
+                package.total_raw_bytes += merged_bytes
+                package.total_files += len(merged)
+                package.last_activity = now
+                if not package.build_due and package.raw_bytes >= package.threshold_bytes:
+                    package.build_due = True
+                    crossed = True
+            if rejected:
+                session.execute(update(Part).where(Part.id.in_([p.id for p in rejected])).values(status="quarantined"))
+                session.add_all(
+                    Quarantine(
+                        original_name=Path(p.path).name,
+                        package=name,
+                        size=p.size,
+                        reason="llvm-profdata",
+                        detail=outcome.rejected[Path(p.path)],
+                        path=str(self.layout.quarantine / Path(p.path).name),
+                        at=now,
+                    )
+                    for p in rejected
+                )
+                package.quarantined += len(rejected)
+            done_names = self._mark_done(session, {p.file_id for p in parts})
+            snapshot = dict(raw_bytes=package.raw_bytes, files=package.files, state=package.state)
+        # After the commit: clean-ups that recovery would otherwise finish.
+        for part in rejected:
+            _move(Path(part.path), self.layout.quarantine / Path(part.path).name)
+        self._delete_done_files(done_names)
+        if advanced and base is not None and base != output:
+            _unlink(base)
+        elif not advanced:
+            _unlink(output)
+        log.info(
+            "profile.merged",
+            package=name,
+            generation=generation if advanced else generation - 1,
+            files=len(merged),
+            bytes=merged_bytes,
+            rejected=len(rejected),
+            seconds=round(outcome.seconds, 3),
+        )
+        for part in rejected:
+            log.warning("profile.rejected", package=name, file=Path(part.path).name, reason=outcome.rejected[Path(part.path)])
+            self._emit("quarantined", file=Path(part.path).name, reason="llvm-profdata", package=name)
+        self._emit("counters", package=name, **snapshot)
+        if crossed:
+            log.info("package.threshold_reached", package=name, raw_bytes=snapshot["raw_bytes"])
+            self._emit("threshold", package=name, raw_bytes=snapshot["raw_bytes"])
+
+    @staticmethod
+    def _mark_done(session: Session, file_ids: set[int]) -> list[str]:
+        still_pending = set(
+            session.scalars(
+                select(Part.file_id).where(Part.file_id.in_(file_ids), Part.status == "pending").group_by(Part.file_id)
+            ).all()
+        )
+        done_ids = file_ids - still_pending
+        if not done_ids:
+            return []
+        session.execute(update(SpoolFile).where(SpoolFile.id.in_(done_ids)).values(done=True))
+        return list(session.scalars(select(SpoolFile.staging_name).where(SpoolFile.id.in_(done_ids))).all())
+
+    def _merge_failed(self, name: str, error: str) -> None:
+        _when, delay = self._merge_retry.get(name, (0.0, RETRY_BASE_SECONDS / 2))
+        delay = min(delay * 2, RETRY_MAX_SECONDS)
+        self._merge_retry[name] = (time.monotonic() + delay, delay)
+        log.error("profile.merge_failed", package=name, error=error, retry_in=delay)
+        with self.sessions.begin() as session:
+            session.execute(update(Package).where(Package.name == name).values(last_error=f"merge: {error}"))
+        self._emit("error", package=name, message=error)
+
+    # ---- start-up ------------------------------------------------------------------------
+    def sync_packages(self) -> None:
+        """Make the packages table agree with the configuration (thresholds may have changed)."""
+        with self.sessions.begin() as session:
+            for name, package in self.config.packages.items():
+                row = session.get(Package, name)
+                if row is None:
+                    row = Package(name=name, state="profiling", raw_bytes=0, files=0, total_raw_bytes=0,
+                                  total_files=0, quarantined=0, build_due=False, profile_generation=0, active=False)
+                    session.add(row)
+                row.threshold_bytes = package.threshold_bytes
+                if not row.build_due and row.raw_bytes >= row.threshold_bytes and row.files > 0:
+                    row.build_due = True
+
+    def recover(self) -> None:
+        """Make the staging folders agree with the database after any kind of stop."""
+        incoming = sorted(os.listdir(self.layout.incoming))
+        with self.sessions() as session:
+            known: dict[str, tuple[int, bool]] = {}
+            for start in range(0, len(incoming), 500):
+                chunk = incoming[start : start + 500]
+                for row in session.execute(
+                    select(SpoolFile.id, SpoolFile.staging_name, SpoolFile.done).where(SpoolFile.staging_name.in_(chunk))
+                ):
+                    known[row.staging_name] = (row.id, row.done)
+            profiles = {
+                name: path for name, path in session.execute(select(Package.name, Package.profile_path)) if path
+            }
+        self._delete_done_files([name for name, (_id, done) in known.items() if done])
+        for entry in os.listdir(self.layout.parts):
+            owner = entry.split(".", 1)[0]
+            if owner not in known or known[owner][1]:
+                # Its file is done (already counted) or will be examined again and re-split.
+                _unlink(self.layout.parts / entry)
+        new = [(self.layout.incoming / name, name) for name in incoming if name not in known]
+        if new:
+            log.info("recovery.reingest", files=len(new))
+        for start in range(0, len(new), CLAIM_BATCH):
+            self._ingest_staged(new[start : start + CLAIM_BATCH])
+        for name, current in profiles.items():
+            directory = self.layout.package_profiles(name)
+            if directory.is_dir():
+                for entry in os.listdir(directory):
+                    if str(directory / entry) != current:
+                        _unlink(directory / entry)
+        self._merge_due_packages()
+
+    # ---- events --------------------------------------------------------------------------
+    def _emit(self, kind: str, **data) -> None:
+        for listener in self.listeners:
+            try:
+                listener(kind, data)
+            except Exception:  # a listener's bug must not stop the engine
+                log.exception("engine.listener_failed", kind=kind)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _move(source: Path, target: Path) -> None:
+    try:
+        os.rename(source, target)
+    except FileNotFoundError:
+        pass

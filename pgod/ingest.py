@@ -1,0 +1,180 @@
+"""Turn claimed staging files into database rows: check, parse, split, attribute.
+
+This is the step between "a file is ours" and "its parts wait to be merged". Everything here is
+recorded in one transaction per batch, after the files it refers to are durable, so a crash at
+any point either leaves a staging file with no row (processed again at start) or a row whose
+files exist.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+from sqlalchemy import insert
+from sqlalchemy.orm import Session
+
+from .attribution import Attributor
+from .claim import Rejected, check_staged
+from .db import Part, Quarantine, SpoolFile
+from .merge import fsync_dir
+from .profraw import ProfrawError, RawProfile, parse_profraw
+from .staging import Layout, safe_component
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class IngestReport:
+    """What one batch did, for logs and signals."""
+
+    files: int = 0
+    parts_pending: dict[str, int] = field(default_factory=dict)
+    unattributed: int = 0
+    quarantined: list[tuple[str, str]] = field(default_factory=list)  # (original name, reason)
+
+
+@dataclass
+class _Row:
+    """A file's rows, prepared before the transaction."""
+
+    staging_name: str
+    original_name: str
+    owner_uid: int | None
+    size: int
+    parts: list[dict]
+
+
+class Ingestor:
+    """Checks and records claimed files; owns nothing but its collaborators."""
+
+    def __init__(self, layout: Layout, attributor: Attributor, max_file_bytes: int) -> None:
+        self.layout = layout
+        self.attributor = attributor
+        self.max_file_bytes = max_file_bytes
+
+    def ingest(self, session: Session, staged: list[tuple[Path, str]]) -> IngestReport:
+        """Record a batch of staging files (path, original spool name) in the caller's transaction.
+
+        Rejected files are moved to quarantine before their rows are written; accepted files
+        stay where they are until their parts are merged.
+        """
+        report = IngestReport()
+        rows: list[_Row] = []
+        quarantine_rows: list[dict] = []
+        for path, original_name in staged:
+            report.files += 1
+            try:
+                rows.append(self._examine(path, original_name))
+            except Rejected as rejection:
+                quarantine_rows.append(self._quarantine_file(path, original_name, rejection))
+                report.quarantined.append((original_name, rejection.reason))
+        if rows:
+            fsync_dir(self.layout.parts)
+            fsync_dir(self.layout.unattributed)
+        now = time.time()
+        for row in rows:
+            file_id = session.execute(
+                insert(SpoolFile).returning(SpoolFile.id),
+                dict(
+                    staging_name=row.staging_name,
+                    original_name=row.original_name,
+                    owner_uid=row.owner_uid,
+                    size=row.size,
+                    claimed_at=now,
+                    done=all(p["status"] != "pending" for p in row.parts),
+                ),
+            ).scalar_one()
+            for part in row.parts:
+                part["file_id"] = file_id
+                if part["status"] == "pending":
+                    report.parts_pending[part["package"]] = report.parts_pending.get(part["package"], 0) + 1
+                elif part["status"] == "unattributed":
+                    report.unattributed += 1
+        all_parts = [p for row in rows for p in row.parts]
+        if all_parts:
+            session.execute(insert(Part), all_parts)
+        if quarantine_rows:
+            for q in quarantine_rows:
+                q["at"] = now
+            session.execute(insert(Quarantine), quarantine_rows)
+        return report
+
+    def _examine(self, path: Path, original_name: str) -> _Row:
+        checked, fd = check_staged(path, original_name, self.max_file_bytes)
+        try:
+            with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as data:
+                try:
+                    profiles = parse_profraw(data)
+                except ProfrawError as err:
+                    raise Rejected(f"profraw-{err.reason}", str(err), checked.owner_uid, checked.size) from None
+                parts = self._split(path, data, profiles)
+        finally:
+            os.close(fd)
+        return _Row(path.name, original_name, checked.owner_uid, checked.size, parts)
+
+    def _split(self, path: Path, data: mmap.mmap, profiles: list[RawProfile]) -> list[dict]:
+        """One part row per raw profile; a lone, attributed profile is merged from the file itself."""
+        parts = []
+        for index, profile in enumerate(profiles):
+            package = self.attributor.package_for(profile.binary_ids)
+            whole_file = len(profiles) == 1
+            if package is None:
+                if not profile.binary_ids:
+                    log.warning("profile.no_binary_id", file=path.name, version=profile.version,
+                                hint="raw profile names no build-id (clang 13 or older, or linked without --build-id)")
+                status = "unattributed"
+                part_path = self.layout.unattributed / f"{path.name}.{index}.profraw"
+                _write_durably(part_path, data[profile.offset : profile.offset + profile.length])
+            else:
+                status = "pending"
+                if whole_file:
+                    part_path = path
+                else:
+                    part_path = self.layout.parts / f"{path.name}.{index}.profraw"
+                    _write_durably(part_path, data[profile.offset : profile.offset + profile.length])
+            parts.append(
+                dict(
+                    part_index=index,
+                    package=package,
+                    binary_ids=",".join(profile.binary_ids),
+                    size=profile.length,
+                    path=str(part_path),
+                    status=status,
+                )
+            )
+        return parts
+
+    def _quarantine_file(self, path: Path, original_name: str, rejection: Rejected) -> dict:
+        target = self.layout.quarantine / f"{path.name}-{safe_component(original_name)}"
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            target = None
+        log.warning(
+            "spool.rejected", file=original_name, reason=rejection.reason, detail=rejection.detail, uid=rejection.owner_uid
+        )
+        return dict(
+            original_name=original_name,
+            package=None,
+            owner_uid=rejection.owner_uid,
+            size=rejection.size,
+            reason=rejection.reason,
+            detail=rejection.detail,
+            path=str(target) if target else None,
+        )
+
+
+def _write_durably(path: Path, content: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)

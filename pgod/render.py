@@ -1,0 +1,101 @@
+"""Human-readable rendering of the status documents: tables, progress bars, sizes, ages."""
+
+from __future__ import annotations
+
+import time
+
+BAR_WIDTH = 20
+
+
+def human_bytes(count: int | float) -> str:
+    """1536 → '1.5 KiB'; exact bytes below 1 KiB."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def progress_bar(done: int, total: int, width: int = BAR_WIDTH) -> str:
+    """A fixed-width bar with its percentage, capped at 100 %."""
+    fraction = min(1.0, done / total) if total > 0 else 1.0
+    filled = round(fraction * width)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {fraction * 100:3.0f}%"
+
+
+def human_age(timestamp: float | None, now: float | None = None) -> str:
+    if timestamp is None:
+        return "never"
+    seconds = max(0, int((now or time.time()) - timestamp))
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def render_status(document: dict) -> str:
+    daemon = document["daemon"]
+    rows = []
+    for package in document["packages"]:
+        state = package["state"] + (" (build due)" if package.get("build_due") and package["state"] == "profiling" else "")
+        rows.append(
+            [
+                package["name"],
+                state,
+                progress_bar(package["raw_bytes"], package["threshold_bytes"]),
+                f"{human_bytes(package['raw_bytes'])} / {human_bytes(package['threshold_bytes'])}",
+                str(package["files"]),
+                str(package["quarantined"]),
+                human_age(package.get("last_activity")),
+            ]
+        )
+    lines = [f"pgod {daemon['version']}, spool backlog: {daemon['spool_backlog']}", ""]
+    if rows:
+        lines.append(_table(["PACKAGE", "STATE", "PROGRESS", "RAW DATA", "FILES", "REJECTED", "LAST ACTIVITY"], rows))
+    else:
+        lines.append("no packages configured")
+    for package in document["packages"]:
+        if package.get("last_error"):
+            lines.append(f"{package['name']}: last error: {package['last_error']}")
+    unattributed, quarantine = document["unattributed"], document["quarantine"]
+    lines.append("")
+    lines.append(
+        f"unattributed: {unattributed['files']} files, {human_bytes(unattributed['bytes'])}; "
+        f"quarantine: {quarantine['files']} files, {human_bytes(quarantine['bytes'])}"
+    )
+    return "\n".join(lines)
+
+
+def render_package(document: dict) -> str:
+    lines = [
+        f"{document['name']}: {document['state']}",
+        f"  progress:   {progress_bar(document['raw_bytes'], document['threshold_bytes'])} "
+        f"({human_bytes(document['raw_bytes'])} of {human_bytes(document['threshold_bytes'])}, {document['files']} files)",
+        f"  lifetime:   {human_bytes(document['total_raw_bytes'])} in {document['total_files']} files",
+        f"  profile:    {document['profile'] or '-'} (generation {document['profile_generation']})",
+        f"  optimized:  {document['optimized'] or '-'}{' (active)' if document['active'] else ''}",
+        f"  rejected:   {document['quarantined']}",
+        f"  last error: {document['last_error'] or '-'}",
+        "  profile build: " + ", ".join(document.get("profile_build", [])),
+    ]
+    merges = document.get("merges", [])
+    if merges:
+        lines.append("  recent merges:")
+        for merge in merges[:10]:
+            lines.append(
+                f"    gen {merge['generation']}: {merge['files']} files, {human_bytes(merge['bytes'])}, "
+                f"{merge['seconds']:.2f}s, {human_age(merge['at'])}"
+            )
+    rejected = document.get("quarantine", [])
+    if rejected:
+        lines.append("  recent rejections:")
+        for item in rejected[:10]:
+            lines.append(f"    {item['file']}: {item['reason']}: {item['detail']}")
+    return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""The daemon's private folders: staging (claimed files), parts, quarantine, unattributed, profiles.
+
+Staging must sit on the spool's filesystem, because claiming is a rename. It lives under the
+state folder when that is on the same device, otherwise in a root-owned 0700 folder inside the
+spool; either way its ownership and mode are checked at start, since the spool is world-writable
+and someone could have planted a folder (or a symlink) of that name first.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config
+
+SPOOL_STAGING_NAME = ".pgod-staging"
+
+
+class StagingError(RuntimeError):
+    """Staging cannot be made safe; the daemon must not start."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every folder the daemon writes, derived from the configuration."""
+
+    spool: Path
+    staging: Path
+    state: Path
+
+    @property
+    def incoming(self) -> Path:
+        return self.staging / "incoming"
+
+    @property
+    def parts(self) -> Path:
+        return self.staging / "parts"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.staging / "quarantine"
+
+    @property
+    def unattributed(self) -> Path:
+        return self.staging / "unattributed"
+
+    @property
+    def profiles(self) -> Path:
+        return self.state / "profiles"
+
+    def package_profiles(self, package: str) -> Path:
+        return self.profiles / package
+
+
+def prepare_layout(config: Config) -> Layout:
+    """Create and verify the folders; raise StagingError when they cannot be trusted."""
+    for directory in (config.state_dir, config.spool_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(config.state_dir, 0o700)
+    if os.stat(config.state_dir).st_dev == os.stat(config.spool_dir).st_dev:
+        staging = config.state_dir / "staging"
+    else:
+        staging = config.spool_dir / SPOOL_STAGING_NAME
+    _make_private_dir(staging)
+    layout = Layout(config.spool_dir, staging, config.state_dir)
+    for directory in (layout.incoming, layout.parts, layout.quarantine, layout.unattributed, layout.profiles):
+        _make_private_dir(directory)
+    return layout
+
+
+def _make_private_dir(path: Path) -> None:
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise StagingError(f"{path} exists and is not a directory (refusing to use it)")
+    if info.st_uid != os.geteuid():
+        raise StagingError(f"{path} is owned by uid {info.st_uid}, not by the daemon (uid {os.geteuid()})")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(path, 0o700)
+
+
+def safe_component(name: str) -> str:
+    """A spool name made safe to embed in one of our file names."""
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:80]
+    return cleaned or "_"
+
+
+def prune_oldest(directory: Path, keep: int) -> int:
+    """Delete the oldest files beyond ``keep`` in a bounded folder; returns how many went."""
+    entries = []
+    with os.scandir(directory) as scan:
+        for entry in scan:
+            entries.append((entry.name, entry.path))
+    if len(entries) <= keep:
+        return 0
+    # Our names start with a hex time stamp, so name order is age order.
+    entries.sort()
+    removed = 0
+    for _name, path in entries[: len(entries) - keep]:
+        try:
+            os.unlink(path)
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed

@@ -1,0 +1,91 @@
+"""Build the status documents of CONTRACT.md (`pgoctl status --json`, `pgoctl show`) from state.
+
+Pure reads: safe from any thread, since SQLite in WAL mode lets readers run beside the writer.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from . import __version__
+from .config import Config
+from .db import Merge, Package, Part, Quarantine
+
+STATES = ("profiling", "building", "ready", "active", "failed", "stale")
+
+
+def _package_summary(row: Package) -> dict:
+    return {
+        "name": row.name,
+        "state": row.state,
+        "raw_bytes": row.raw_bytes,
+        "threshold_bytes": row.threshold_bytes,
+        "files": row.files,
+        "quarantined": row.quarantined,
+        "profile": row.profile_path,
+        "optimized": row.optimized,
+        "active": row.active,
+        "last_error": row.last_error,
+        # Additions beyond the contract's keys (allowed: "further keys may be added").
+        "build_due": row.build_due,
+        "total_raw_bytes": row.total_raw_bytes,
+        "total_files": row.total_files,
+        "profile_generation": row.profile_generation,
+        "last_activity": row.last_activity,
+    }
+
+
+def _counts(session: Session) -> dict:
+    unattributed = session.execute(
+        select(func.count(Part.id), func.coalesce(func.sum(Part.size), 0)).where(Part.status == "unattributed")
+    ).one()
+    quarantine = session.execute(select(func.count(Quarantine.id), func.coalesce(func.sum(Quarantine.size), 0))).one()
+    return {
+        "unattributed": {"files": unattributed[0], "bytes": unattributed[1]},
+        "quarantine": {"files": quarantine[0], "bytes": quarantine[1]},
+    }
+
+
+def status_document(config: Config, sessions: sessionmaker[Session], spool_backlog: int) -> dict:
+    """The whole-daemon status: every configured package, in configuration order."""
+    with sessions() as session:
+        rows = {row.name: row for row in session.scalars(select(Package))}
+        packages = [_package_summary(rows[name]) for name in config.packages if name in rows]
+        counts = _counts(session)
+    return {
+        "daemon": {"version": __version__, "spool_backlog": spool_backlog},
+        "packages": packages,
+        **counts,
+    }
+
+
+class UnknownPackage(KeyError):
+    """A name that is not among the configured packages."""
+
+
+def package_document(config: Config, sessions: sessionmaker[Session], name: str, history: int = 20) -> dict:
+    """One package in detail: the summary plus its merge history and recent rejections."""
+    if name not in config.packages:
+        raise UnknownPackage(name)
+    package = config.packages[name]
+    with sessions() as session:
+        row = session.get(Package, name)
+        if row is None:
+            raise UnknownPackage(name)
+        document = _package_summary(row)
+        document["profile_build"] = [str(p) for p in package.profile_build]
+        document["build_command"] = list(package.build)
+        document["merges"] = [
+            {"generation": m.generation, "files": m.files, "bytes": m.bytes, "seconds": m.seconds, "at": m.at}
+            for m in session.scalars(
+                select(Merge).where(Merge.package == name).order_by(Merge.id.desc()).limit(history)
+            )
+        ]
+        document["quarantine"] = [
+            {"file": q.original_name, "reason": q.reason, "detail": q.detail, "size": q.size, "at": q.at}
+            for q in session.scalars(
+                select(Quarantine).where(Quarantine.package == name).order_by(Quarantine.id.desc()).limit(history)
+            )
+        ]
+    return document

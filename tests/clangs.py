@@ -1,0 +1,109 @@
+"""Test helper: build and run programs instrumented by the Debian clangs installed here.
+
+Tests that need real raw profiles (not hand-made bytes) import this module to find which
+clang/llvm-profdata pairs exist, compile C sources with `-fprofile-instr-generate`, run the
+result with `LLVM_PROFILE_FILE` set, and read the GNU build-id that the profile runtime should
+copy into the raw profile's binary-id section.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from elftools.elf.elffile import ELFFile
+
+#: The LLVM releases whose raw-profile formats pgod must read (v7, v8, v8, v10).
+CLANG_VERSIONS: tuple[int, ...] = (13, 14, 16, 19)
+
+#: Flags every instrumented build here uses; `--build-id` is what makes attribution possible.
+PROFILE_FLAGS: tuple[str, ...] = ("-O1", "-fprofile-instr-generate", "-Wl,--build-id")
+
+
+@dataclass(frozen=True)
+class Clang:
+    """One installed clang together with the llvm-profdata of the same release."""
+
+    version: int
+    cc: Path
+    profdata: Path
+
+    def compile(
+        self,
+        src_path: str | os.PathLike[str],
+        out_path: str | os.PathLike[str],
+        *,
+        shared: bool = False,
+        extra: tuple[str, ...] | list[str] = (),
+    ) -> Path:
+        """Compile and link one C file into an instrumented executable (or `shared` library).
+
+        `extra` is appended last, so it can name libraries to link and `-Wl,-rpath,…`.
+        Raises `subprocess.CalledProcessError` (with the compiler's stderr) on failure.
+        """
+        argv = [str(self.cc), *PROFILE_FLAGS]
+        if shared:
+            argv += ["-shared", "-fPIC"]
+        argv += [str(src_path), "-o", str(out_path), *extra]
+        subprocess.run(argv, check=True, capture_output=True, text=True)
+        return Path(out_path)
+
+    def profdata_show(self, profile: str | os.PathLike[str], *args: str) -> subprocess.CompletedProcess[str]:
+        """Run `llvm-profdata show ARGS PROFILE` of this release; the caller checks returncode."""
+        return subprocess.run(
+            [str(self.profdata), "show", *args, str(profile)], capture_output=True, text=True
+        )
+
+
+def find_clang(version: int) -> Clang | None:
+    """The clang-N / llvm-profdata-N pair in /usr/bin, or None when either is missing."""
+    cc = Path(f"/usr/bin/clang-{version}")
+    profdata = Path(f"/usr/bin/llvm-profdata-{version}")
+    if os.access(cc, os.X_OK) and os.access(profdata, os.X_OK):
+        return Clang(version, cc, profdata)
+    return None
+
+
+def available_clangs() -> list[Clang]:
+    """Every pair from CLANG_VERSIONS that is installed, oldest first."""
+    return [c for c in map(find_clang, CLANG_VERSIONS) if c is not None]
+
+
+def missing_packages_message(version: int) -> str:
+    """Why a test for `version` is skipped, naming the Debian packages that would enable it."""
+    return (
+        f"clang {version} not installed (need /usr/bin/clang-{version} and "
+        f"/usr/bin/llvm-profdata-{version}: apt-get install clang-{version} llvm-{version})"
+    )
+
+
+def run_instrumented(
+    exe: str | os.PathLike[str],
+    args: tuple[str, ...] | list[str] = (),
+    profile_pattern: str | os.PathLike[str] = "default.profraw",
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run an instrumented program to completion with LLVM_PROFILE_FILE=`profile_pattern`.
+
+    The profile is written at normal exit, so the program must exit normally; a non-zero exit
+    status raises `subprocess.CalledProcessError`.
+    """
+    full_env = {**os.environ, **(env or {}), "LLVM_PROFILE_FILE": str(profile_pattern)}
+    return subprocess.run(
+        [str(exe), *args], env=full_env, check=True, capture_output=True, text=True, timeout=60
+    )
+
+
+def elf_build_id(path: str | os.PathLike[str]) -> str | None:
+    """The GNU build-id (NT_GNU_BUILD_ID note) of an ELF file as lowercase hex, or None."""
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        for section in elf.iter_sections():
+            if section.header["sh_type"] != "SHT_NOTE":
+                continue
+            for note in section.iter_notes():
+                if note["n_type"] == "NT_GNU_BUILD_ID":
+                    return str(note["n_desc"]).lower()
+    return None

@@ -1,0 +1,132 @@
+"""Shared fixtures: an instrumented C program, a private bus, and a daemon to run against them."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from clangs import elf_build_id, find_clang, missing_packages_message
+from harness import Daemon, PrivateBus, write_config
+
+# A small program whose counters depend on its input, so 200 runs give 200 different profiles.
+WORKLOAD_C = textwrap.dedent(
+    r"""
+    #include <stdio.h>
+    #include <stdlib.h>
+    #include <string.h>
+
+    static unsigned collatz(unsigned long n) {
+        unsigned steps = 0;
+        while (n != 1) { n = (n % 2) ? 3 * n + 1 : n / 2; steps++; }
+        return steps;
+    }
+
+    static int classify(int c) {
+        if (c >= 'a' && c <= 'z') return 1;
+        if (c >= '0' && c <= '9') return 2;
+        return 3;
+    }
+
+    int main(int argc, char **argv) {
+        unsigned long n = argc > 1 ? strtoul(argv[1], 0, 10) : 27;
+        const char *text = argc > 2 ? argv[2] : "hello 42";
+        int kinds[4] = {0};
+        for (size_t i = 0; i < strlen(text); i++) kinds[classify(text[i])]++;
+        printf("%u %d %d %d\n", collatz(n ? n : 1), kinds[1], kinds[2], kinds[3]);
+        return 0;
+    }
+    """
+)
+
+
+@pytest.fixture(scope="session")
+def clang14():
+    clang = find_clang(14)
+    if clang is None:
+        pytest.skip(missing_packages_message(14))
+    return clang
+
+
+@pytest.fixture(scope="session")
+def workload(tmp_path_factory, clang14) -> Path:
+    """An instrumented executable in a folder of its own (the package's `profile_build`)."""
+    root = tmp_path_factory.mktemp("workload")
+    (root / "bin").mkdir()
+    source = root / "workload.c"
+    source.write_text(WORKLOAD_C)
+    exe = clang14.compile(source, root / "bin" / "workload")
+    assert elf_build_id(exe), "the instrumented program must carry a build-id"
+    return root
+
+
+@pytest.fixture
+def bus(tmp_path):
+    private = PrivateBus(tmp_path)
+    yield private
+    private.close()
+
+
+class PgodSetup:
+    """Folders and config for one test's daemon; `daemon()` starts it."""
+
+    def __init__(self, root: Path, bus: PrivateBus) -> None:
+        self.root = root
+        self.bus = bus
+        self.spool = root / "spool"
+        self.state = root / "state"
+        self.spool.mkdir()
+        self.config_path = root / "pgod.toml"
+        self.log_path = root / "pgod.log"
+        self.daemons: list[Daemon] = []
+
+    def write_config(self, packages: dict[str, dict], **top) -> Path:
+        settings = {
+            "spool_dir": str(self.spool),
+            "state_dir": str(self.state),
+            "profile_link": str(self.root / "profile"),
+            "threshold_mb": 64,
+            **top,
+        }
+        return write_config(self.config_path, settings, packages)
+
+    def daemon(self, **kwargs) -> Daemon:
+        daemon = Daemon(self.config_path, self.bus, self.log_path)
+        self.daemons.append(daemon)
+        return daemon.start(**kwargs)
+
+
+@pytest.fixture
+def pgod(tmp_path, bus, request):
+    setup = PgodSetup(tmp_path, bus)
+    yield setup
+    for daemon in setup.daemons:
+        daemon.stop()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed and setup.log_path.exists():
+        print(f"\n----- pgod log ({setup.log_path}) -----\n{setup.log_path.read_text(errors='replace')[-20000:]}")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+def workload_inputs(count: int) -> list[list[str]]:
+    """Distinct, deterministic inputs for the workload program."""
+    words = ["alpha", "b3ta", "GAMMA 7", "d", "42 x 42", "zz top 99"]
+    return [[str(i * 7 + 1), words[i % len(words)] * (1 + i % 3)] for i in range(count)]
+
+
+@pytest.fixture(scope="session")
+def llvm_profdata_14(clang14) -> str:
+    return str(clang14.profdata)
+
+
+def pytest_report_header(config):
+    tools = {name: shutil.which(name) for name in ("dbus-daemon", "nix-build", "clang-14", "llvm-profdata-14")}
+    return "tools: " + ", ".join(f"{k}={v or 'MISSING'}" for k, v in tools.items())

@@ -1,0 +1,158 @@
+"""Run the real daemon and CLI in tests: a private D-Bus bus, a config, a pgod process.
+
+Nothing here fakes a part of pgod: the daemon is the installed `pgod` entry point started as a
+process, and status is read through the real `pgoctl` over the real bus.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, message: str, interval: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy; fail with ``message`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as err:  # the thing polled may not exist yet
+            last_error = err
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s: {message}" + (f" (last error: {last_error})" if last_error else ""))
+        time.sleep(interval)
+
+
+class PrivateBus:
+    """A dbus-daemon of our own, session-type: anyone on it may own any name."""
+
+    def __init__(self, directory: Path) -> None:
+        self.socket = directory / "bus.socket"
+        self.process = subprocess.Popen(
+            ["dbus-daemon", "--session", "--nofork", "--print-address=1", f"--address=unix:path={self.socket}"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.address = self.process.stdout.readline().strip()
+        if not self.address:
+            raise RuntimeError("dbus-daemon did not start")
+
+    def env(self) -> dict[str, str]:
+        return {"DBUS_SESSION_BUS_ADDRESS": self.address}
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def write_config(path: Path, top: dict, packages: dict[str, dict]) -> Path:
+    lines = [f"{key} = {toml_value(value)}" for key, value in top.items()]
+    for name, table in packages.items():
+        lines.append(f"\n[packages.{name}]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in table.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class Daemon:
+    """One pgod process at a time for a test, restartable."""
+
+    config: Path
+    bus: PrivateBus
+    log_path: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, **self.bus.env(), **self.extra_env}
+
+    def start(self, wait: bool = True, env: dict[str, str] | None = None) -> "Daemon":
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [str(BIN / "pgod"), "--config", str(self.config), "--bus", "session", "--log-level", "debug"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**self.env(), **(env or {})},
+        )
+        log.close()
+        if wait:
+            wait_for(self._answers, 30, "pgod did not come up on the bus")
+        return self
+
+    def _answers(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"pgod exited with {self.process.returncode}:\n{self.log()}")
+        return self.pgoctl("status", "--json", check=False).returncode == 0
+
+    def pgoctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [str(BIN / "pgoctl"), "--bus", "session", *args], capture_output=True, text=True, env=self.env(), timeout=60
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"pgoctl {' '.join(args)} exited {result.returncode}: {result.stderr}")
+        return result
+
+    def status(self) -> dict:
+        return json.loads(self.pgoctl("status", "--json").stdout)
+
+    def package(self, name: str) -> dict:
+        return next(p for p in self.status()["packages"] if p["name"] == name)
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        self.process.send_signal(sig)
+        return self.process.wait(timeout=60)
+
+    def stop(self) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        return self.kill(signal.SIGTERM)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def profdata_show(profdata: str, path: Path) -> str:
+    """Every function's counts, as llvm-profdata prints them: the fingerprint two profiles share."""
+    return subprocess.run(
+        [profdata, "show", "--all-functions", "--counts", str(path)], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def one_shot_merge(profdata: str, inputs: list[Path], output: Path) -> Path:
+    listing = output.with_suffix(".list")
+    listing.write_text("".join(f"{p}\n" for p in inputs))
+    subprocess.run([profdata, "merge", "-o", str(output), "-f", str(listing)], check=True)
+    return output
+
+
+def copy_tree_files(source: Path, target: Path) -> list[Path]:
+    target.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for entry in sorted(source.iterdir()):
+        shutil.copy2(entry, target / entry.name)
+        copied.append(target / entry.name)
+    return copied

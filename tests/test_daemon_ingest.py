@@ -1,0 +1,85 @@
+"""The real daemon on a private bus, fed by a real instrumented program: counts are exact."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from clangs import run_instrumented
+from conftest import workload_inputs
+from harness import one_shot_merge, profdata_show, wait_for
+
+
+def run_workload(exe: Path, directory: Path, inputs: list[list[str]]) -> None:
+    for args in inputs:
+        run_instrumented(exe, args, directory / "%p.profraw")
+
+
+def reference_profile(tmp_path: Path, exe: Path, inputs: list[list[str]], profdata: str) -> Path:
+    """One `llvm-profdata merge` over the raw files of the same runs: the expected result."""
+    raw = tmp_path / "reference-raw"
+    raw.mkdir()
+    run_workload(exe, raw, inputs)
+    return one_shot_merge(profdata, sorted(raw.iterdir()), tmp_path / "reference.profdata")
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(os.listdir(directory))
+
+
+def test_200_runs_are_counted_once_and_match_one_shot_merge(pgod, workload, llvm_profdata_14, tmp_path):
+    exe = workload / "bin" / "workload"
+    inputs = workload_inputs(200)
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
+    daemon = pgod.daemon()
+
+    run_workload(exe, pgod.spool, inputs)
+
+    package = wait_for(
+        lambda: (p := daemon.package("workload"))["files"] == 200 and p, 60, "200 files merged"
+    )
+    sizes = []
+    raw = tmp_path / "reference-raw"
+    expected = reference_profile(tmp_path, exe, inputs, llvm_profdata_14)
+    sizes = [entry.stat().st_size for entry in raw.iterdir()]
+    assert package["raw_bytes"] == sum(sizes)
+    assert package["state"] == "profiling"
+    assert package["quarantined"] == 0
+    assert profdata_show(llvm_profdata_14, Path(package["profile"])) == profdata_show(llvm_profdata_14, expected)
+    status = daemon.status()
+    assert status["unattributed"] == {"files": 0, "bytes": 0}
+    assert status["quarantine"] == {"files": 0, "bytes": 0}
+    assert leftovers(pgod.spool) == []
+
+
+def test_backlog_present_at_start_is_taken(pgod, workload, llvm_profdata_14, tmp_path):
+    exe = workload / "bin" / "workload"
+    inputs = workload_inputs(30)
+    run_workload(exe, pgod.spool, inputs)
+    # Age the files: fresh ones at start are deferred as possibly still open by their writer.
+    for entry in pgod.spool.iterdir():
+        os.utime(entry, (1, 1))
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
+    daemon = pgod.daemon()
+    package = wait_for(lambda: (p := daemon.package("workload"))["files"] == 30 and p, 60, "backlog merged")
+    expected = reference_profile(tmp_path, exe, inputs, llvm_profdata_14)
+    assert profdata_show(llvm_profdata_14, Path(package["profile"])) == profdata_show(llvm_profdata_14, expected)
+    assert daemon.status()["daemon"]["spool_backlog"] == 0
+
+
+def test_threshold_marks_package_due(pgod, workload, llvm_profdata_14):
+    exe = workload / "bin" / "workload"
+    pgod.write_config(
+        {"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14, "threshold_mb": 0.01}}
+    )
+    daemon = pgod.daemon()
+    run_workload(exe, pgod.spool, workload_inputs(40))
+    package = wait_for(lambda: (p := daemon.package("workload"))["build_due"] and p, 60, "threshold crossed")
+    assert package["raw_bytes"] >= package["threshold_bytes"]
+    assert "threshold_reached" in daemon.log()
+
+
+def test_sigterm_exits_zero(pgod, workload, llvm_profdata_14):
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
+    daemon = pgod.daemon()
+    assert daemon.stop() == 0
