@@ -35,7 +35,9 @@ def _remote_error(err) -> Exception:
     from gi.repository import Gio
 
     name = Gio.DBusError.get_remote_error(err) or ""
-    message = Gio.DBusError.strip_remote_error(err) or err.message
+    message = err.message or ""
+    if message.startswith("GDBus.Error:"):
+        message = message.split(": ", 1)[-1]
     if name in _UNREACHABLE or not name and "connect" in (err.message or "").lower():
         return DaemonUnreachable(message)
     if name == "org.freedesktop.DBus.Error.AccessDenied":

@@ -29,6 +29,7 @@ from .attribution import Attributor, resolve_profdata
 from .claim import Claimer
 from .config import Config
 from .db import Merge, Package, Part, Quarantine, SpoolFile
+from .failpoints import failpoint
 from .ingest import Ingestor
 from .merge import fsync_dir, merge_batch
 from .staging import Layout, prune_oldest
@@ -62,6 +63,7 @@ class Engine:
         self._deferred: dict[str, float] = {}  # spool name → when to look at it again
         self._merge_retry: dict[str, tuple[float, float]] = {}  # package → (when, current delay)
         self._scan_remaining = 0
+        self._restart_at: float | None = None  # set when a step failed: redo start-up then
         self._thread: threading.Thread | None = None
         self.idle = threading.Event()  # set whenever the queue is drained and nothing is pending
 
@@ -87,15 +89,28 @@ class Engine:
 
     # ---- the worker ----------------------------------------------------------------------
     def _run(self) -> None:
-        self.sync_packages()
-        self.recover()
-        self._scan_spool()
+        self._guarded(self._start_up)
         while True:
             names = self._next_names()
             if names is None:
                 log.info("engine.stopped")
                 return
-            self._cycle(names)
+            self._guarded(self._cycle, names)
+
+    def _guarded(self, step, *args) -> None:
+        """The one boundary of the worker: an unexpected failure (database, disk) is logged and
+        start-up is redone a little later. Whatever the failed step touched is still in the
+        spool or in staging, so nothing is lost, and recovery settles it."""
+        try:
+            step(*args)
+        except Exception:
+            log.exception("engine.step_failed", step=step.__name__, retry_in=RETRY_BASE_SECONDS)
+            self._restart_at = time.monotonic() + RETRY_BASE_SECONDS
+
+    def _start_up(self) -> None:
+        self.sync_packages()
+        self.recover()
+        self._scan_spool()
 
     def _next_names(self) -> list[str] | None:
         """Block until work arrives (or a deferred deadline passes); then drain the queue."""
@@ -130,11 +145,16 @@ class Engine:
 
     def _next_deadline(self) -> float | None:
         deadlines = list(self._deferred.values()) + [when for when, _ in self._merge_retry.values()]
+        if self._restart_at is not None:
+            deadlines.append(self._restart_at)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
 
     def _cycle(self, names: list[str]) -> None:
+        if self._restart_at is not None and time.monotonic() >= self._restart_at:
+            self._restart_at = None
+            self._start_up()
         self._ingest_names(dict.fromkeys(names))
         self._merge_due_packages()
 
@@ -190,11 +210,13 @@ class Engine:
         if not staged:
             return
         fsync_dir(self.layout.incoming)  # the renames must be durable before rows name them
+        failpoint("after-claim")
         with self.sessions.begin() as session:
             report = self._ingestor.ingest(session, staged)
             now = time.time()
             for name in report.parts_pending:
                 session.execute(update(Package).where(Package.name == name).values(last_activity=now))
+        failpoint("after-ingest-commit")
         # Rows for entirely-unattributed files are born done; their staging copies can go.
         self._delete_done_files([path.name for path, _ in staged])
         if report.unattributed:
@@ -229,12 +251,14 @@ class Engine:
                     Part.file_id.in_([row.id for row in rows]), Part.status.in_(("merged", "quarantined"))
                 )
             ).all()
-        for part in parts:
+        for index, part in enumerate(parts):
             path = Path(part.path)
             if part.status == "quarantined":
                 _move(path, self.layout.quarantine / path.name)
             else:
                 _unlink(path)
+            if index == len(parts) // 2:
+                failpoint("mid-cleanup")
         for row in rows:
             _unlink(self.layout.incoming / row.staging_name)
 
@@ -277,6 +301,7 @@ class Engine:
                 _unlink(output)
                 return
             self._merge_retry.pop(name, None)
+            failpoint("after-merge")
             self._commit_merge(name, parts, outcome, generation, output, base)
             if len(parts) < MERGE_BATCH:
                 return
@@ -332,6 +357,7 @@ class Engine:
             done_names = self._mark_done(session, {p.file_id for p in parts})
             snapshot = dict(raw_bytes=package.raw_bytes, files=package.files, state=package.state)
         # After the commit: clean-ups that recovery would otherwise finish.
+        failpoint("after-merge-commit")
         for part in rejected:
             _move(Path(part.path), self.layout.quarantine / Path(part.path).name)
         self._delete_done_files(done_names)

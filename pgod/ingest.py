@@ -8,7 +8,6 @@ files exist.
 
 from __future__ import annotations
 
-import mmap
 import os
 import time
 from dataclasses import dataclass, field
@@ -70,9 +69,14 @@ class Ingestor:
             report.files += 1
             try:
                 rows.append(self._examine(path, original_name))
-            except Rejected as rejection:
-                quarantine_rows.append(self._quarantine_file(path, original_name, rejection))
-                report.quarantined.append((original_name, rejection.reason))
+                continue
+            except Rejected as err:
+                rejection = err
+            except Exception as err:  # a file must never stop the daemon: park it, with the error
+                log.exception("spool.examine_failed", file=original_name)
+                rejection = Rejected("internal-error", f"{type(err).__name__}: {err}")
+            quarantine_rows.append(self._quarantine_file(path, original_name, rejection))
+            report.quarantined.append((original_name, rejection.reason))
         if rows:
             fsync_dir(self.layout.parts)
             fsync_dir(self.layout.unattributed)
@@ -107,17 +111,18 @@ class Ingestor:
     def _examine(self, path: Path, original_name: str) -> _Row:
         checked, fd = check_staged(path, original_name, self.max_file_bytes)
         try:
-            with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as data:
-                try:
-                    profiles = parse_profraw(data)
-                except ProfrawError as err:
-                    raise Rejected(f"profraw-{err.reason}", str(err), checked.owner_uid, checked.size) from None
-                parts = self._split(path, data, profiles)
+            # Read, never mmap: the owner may still hold the file open and truncate it, and a
+            # mapped page past the new end would kill the daemon with SIGBUS.
+            data = _read_bounded(fd, self.max_file_bytes)
         finally:
             os.close(fd)
-        return _Row(path.name, original_name, checked.owner_uid, checked.size, parts)
+        try:
+            profiles = parse_profraw(data)
+        except ProfrawError as err:
+            raise Rejected(f"profraw-{err.reason}", str(err), checked.owner_uid, len(data)) from None
+        return _Row(path.name, original_name, checked.owner_uid, len(data), self._split(path, data, profiles))
 
-    def _split(self, path: Path, data: mmap.mmap, profiles: list[RawProfile]) -> list[dict]:
+    def _split(self, path: Path, data: bytes, profiles: list[RawProfile]) -> list[dict]:
         """One part row per raw profile; a lone, attributed profile is merged from the file itself."""
         parts = []
         for index, profile in enumerate(profiles):
@@ -167,6 +172,18 @@ class Ingestor:
             detail=rejection.detail,
             path=str(target) if target else None,
         )
+
+
+def _read_bounded(fd: int, limit: int) -> bytes:
+    """The whole file behind ``fd``, refusing one that grew past ``limit`` since it was checked."""
+    chunks = []
+    total = 0
+    while chunk := os.read(fd, min(1 << 20, limit + 1 - total)):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise Rejected("oversized", f"grew past the cap of {limit} bytes while being read")
+    return b"".join(chunks)
 
 
 def _write_durably(path: Path, content: bytes) -> None:

@@ -33,3 +33,6 @@ def configure_logging(level: int = logging.INFO, stream=None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
+    # pydbus logs every exception a method raises with its traceback; pgod's dbus_errors
+    # boundary already logs them, expected ones briefly, so silence the duplicate.
+    logging.getLogger("pydbus.registration").setLevel(logging.CRITICAL)

@@ -39,8 +39,11 @@ The 32-bit and big-endian variants are recognised and rejected as unsupported.
 
 from __future__ import annotations
 
+import operator
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import compress
 
 __all__ = ["RAW_MAGIC", "ProfrawError", "RawProfile", "parse_profraw", "part_bytes"]
 
@@ -74,21 +77,39 @@ _V9_FIELDS = (
 )
 _V10_FIELDS = _V9_FIELDS[:-1] + ("NumVTables", "VNamesSize", "ValueKindLast")
 
+#: The header fields that size the sections after the binary ids, in file order.
+_SECTION_FIELDS = (
+    "NumData", "PaddingBytesBeforeCounters", "NumCounters", "PaddingBytesAfterCounters",
+    "NumBitmapBytes", "PaddingBytesAfterBitmapBytes", "NamesSize", "NumVTables", "VNamesSize",
+)
 
-@dataclass(frozen=True)
+
 class _Layout:
     """What one raw-profile version looks like on disk (64-bit pointers, little-endian)."""
 
-    fields: tuple[str, ...]
-    data_record_size: int
-    value_sites_offset: int  # of the u16 NumValueSites[value_kinds] array in a data record
-    value_kinds: int  # IPVK_Last + 1
-    padded_binary_ids: bool
-    variant_mask: int  # the variant flags this release can set, in the whole version field
-
-    @property
-    def header(self) -> struct.Struct:
-        return struct.Struct(f"<{len(self.fields)}Q")
+    def __init__(
+        self,
+        fields: tuple[str, ...],
+        data_record_size: int,
+        value_sites_offset: int,
+        value_kinds: int,
+        *,
+        padded_binary_ids: bool,
+        variant_mask: int,
+    ) -> None:
+        self.header = struct.Struct(f"<{len(fields)}Q")
+        # Picks BinaryIdsSize, the section fields and ValueKindLast out of the unpacked header
+        # plus one trailing 0, which stands for the fields this version does not have.
+        wanted = ("BinaryIdsSize", *_SECTION_FIELDS, "ValueKindLast")
+        self.pick = operator.itemgetter(*(fields.index(f) if f in fields else len(fields) for f in wanted))
+        self.data_record_size = data_record_size
+        self.value_kinds = value_kinds  # IPVK_Last + 1
+        # NumValueSites is u16[value_kinds] at value_sites_offset in each data record; these
+        # are the indexes of the u32 words covering it (any padding in them is zero).
+        self.value_site_words = range(value_sites_offset // 4, (value_sites_offset + 2 * value_kinds + 3) // 4)
+        self.value_sites = struct.Struct(f"<{value_sites_offset}x{value_kinds}H")
+        self.padded_binary_ids = padded_binary_ids
+        self.variant_mask = variant_mask  # the variant flags this release can set
 
 
 _LAYOUTS = {
@@ -97,7 +118,6 @@ _LAYOUTS = {
     9: _Layout(_V9_FIELDS, 64, 52, 2, padded_binary_ids=True, variant_mask=0xFF << 56),
     10: _Layout(_V10_FIELDS, 64, 52, 3, padded_binary_ids=True, variant_mask=0xFF << 56),
 }
-_HEADERS = {version: layout.header for version, layout in _LAYOUTS.items()}
 
 
 class ProfrawError(ValueError):
@@ -108,6 +128,8 @@ class ProfrawError(ValueError):
     'bad-binary-id', 'bad-value-data', 'trailing-garbage' or 'too-many-parts'.
     str(err) is a sentence naming the offset and the field.
     """
+
+    reason: str
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -121,16 +143,20 @@ class RawProfile:
     offset: int  # byte offset of this part in the file
     length: int  # header + binary ids + all sections + padding + value data
     version: int  # low 32 bits of the version field: 7, 8, 9 or 10
-    variant_flags: int  # high 32 bits of the version field (bit 24 = IR instrumentation, ...)
+    variant_flags: int  # high 32 bits of the version field (bit 24: IR instrumentation, ...)
     binary_ids: tuple[str, ...]  # lowercase hex, in file order
     num_data: int  # per-function data records
     num_counters: int
-    counter_size: int  # bytes per counter: 8, or 1 with single-byte coverage
     names_size: int  # bytes of (usually compressed) function names
-    num_bitmap_bytes: int = 0  # MC/DC bitmap, v9 and later
-    num_vtables: int = 0  # v10 and later
-    vnames_size: int = 0  # v10 and later
-    value_data_size: int = 0  # bytes of value-profile records at the end of the part
+    num_bitmap_bytes: int  # MC/DC bitmap, v9 and later
+    num_vtables: int  # v10 and later
+    vnames_size: int  # v10 and later
+    value_data_size: int  # bytes of value-profile records at the end of the part
+
+    @property
+    def counter_size(self) -> int:
+        """Bytes per counter: 1 with single-byte coverage (v8 and later), else 8."""
+        return 1 if self.version >= 8 and (self.variant_flags << 32) & _BYTE_COVERAGE else 8
 
 
 def part_bytes(data: bytes | bytearray | memoryview, part: RawProfile) -> memoryview:
@@ -142,12 +168,9 @@ def parse_profraw(data: bytes | bytearray | memoryview, *, max_parts: int = 64) 
     """Check a whole .profraw file and split it into its raw profiles, in file order.
 
     Raises ProfrawError, and nothing else, unless every byte belongs to a well-formed part.
-    Pure and allocation-bounded: sizes are compared with the bytes present before use.
+    Pure and allocation-bounded: every size is compared with the bytes present before use.
     """
-    try:
-        buf = memoryview(data).cast("B")
-    except (TypeError, ValueError) as exc:
-        raise ProfrawError("bad-magic", f"not a byte buffer: {exc}") from None
+    buf = memoryview(data).cast("B")
     end = len(buf)
     if end == 0:
         raise ProfrawError("empty", "file is empty (0 bytes): the program wrote no profile")
@@ -176,19 +199,17 @@ def _parse_part(buf: memoryview, pos: int, *, first: bool) -> RawProfile:
     end = len(buf)
     if end - pos < 8:
         if first:
-            raise _fail("truncated-header", pos, f"only {end} bytes, not even the 8-byte magic")
-        raise _fail("trailing-garbage", pos, f"{end - pos} bytes after the last part, not a raw profile")
+            raise _fail("truncated-header", pos, f"only {end} bytes, not even the 8-byte Magic")
+        raise _fail("trailing-garbage", pos, f"{end - pos} bytes after the last part are not a raw profile")
     (magic,) = _U64.unpack_from(buf, pos)
     if magic != RAW_MAGIC:
         if magic in _FOREIGN_MAGICS:
-            raise _fail(
-                "unsupported-format", pos, f"Magic {magic:#018x} is a {_FOREIGN_MAGICS[magic]} raw profile"
-            )
+            raise _fail("unsupported-format", pos, f"Magic {magic:#x} marks a {_FOREIGN_MAGICS[magic]} raw profile")
         if first:
-            raise _fail("bad-magic", pos, f"Magic {magic:#018x} is not {RAW_MAGIC:#018x}")
-        raise _fail("trailing-garbage", pos, f"{end - pos} bytes after the last part, not a raw profile")
+            raise _fail("bad-magic", pos, f"Magic {magic:#x} is not {RAW_MAGIC:#x}")
+        raise _fail("trailing-garbage", pos, f"{end - pos} bytes after the last part are not a raw profile")
     if end - pos < 16:
-        raise _fail("truncated-header", pos, f"file ends at byte {end}, inside the Version field")
+        raise _fail("truncated-header", pos, f"the file ends at byte {end}, inside the Version field")
     (version_field,) = _U64.unpack_from(buf, pos + 8)
     version = version_field & 0xFFFFFFFF
     layout = _LAYOUTS.get(version)
@@ -196,65 +217,55 @@ def _parse_part(buf: memoryview, pos: int, *, first: bool) -> RawProfile:
         raise _fail("unsupported-version", pos, f"Version {version} is not one of {sorted(_LAYOUTS)}")
     unknown_flags = version_field & ~(0xFFFFFFFF | layout.variant_mask)
     if unknown_flags:
-        raise _fail(
-            "unsupported-version", pos, f"Version field {version_field:#x} sets unknown variant bits {unknown_flags:#x}"
-        )
-    header = _HEADERS[version]
+        raise _fail("unsupported-version", pos, f"Version {version_field:#x} has unknown variant bits {unknown_flags:#x}")
+    header = layout.header
     if end - pos < header.size:
-        raise _fail(
-            "truncated-header", pos, f"file ends at byte {end}, inside the {header.size}-byte v{version} header"
-        )
-    h = dict(zip(layout.fields, header.unpack_from(buf, pos)))
-    if h["ValueKindLast"] != layout.value_kinds - 1:
-        raise _fail(
-            "bad-header", pos, f"ValueKindLast is {h['ValueKindLast']}, v{version} has {layout.value_kinds - 1}"
-        )
+        raise _fail("truncated-header", pos, f"the file ends at byte {end}, inside the {header.size}-byte v{version} header")
+    ids_size, *counts, value_kind_last = layout.pick(header.unpack_from(buf, pos) + (0,))
+    if value_kind_last != layout.value_kinds - 1:
+        raise _fail("bad-header", pos, f"ValueKindLast {value_kind_last} is not {layout.value_kinds - 1}, as v{version} has")
 
-    cursor = pos + header.size
-    ids_size = h["BinaryIdsSize"]
-    if ids_size > end - cursor:
+    ids_start = pos + header.size
+    if ids_size > end - ids_start:
         raise _fail("size-mismatch", pos, f"BinaryIdsSize {ids_size} runs past the end of the file (byte {end})")
-    binary_ids = _parse_binary_ids(buf, cursor, ids_size, layout.padded_binary_ids, pos)
-    cursor += ids_size
+    binary_ids = _parse_binary_ids(buf, ids_start, ids_size, layout.padded_binary_ids, pos)
 
-    data_start = cursor
-    num_data = h["NumData"]
+    data_start = ids_start + ids_size
+    num_data, pad_before, num_counters, pad_after, num_bitmap, pad_bitmap, names_size, num_vtables, vnames_size = counts
     counter_size = 1 if version >= 8 and version_field & _BYTE_COVERAGE else 8
-    sections = [
-        ("NumData", num_data * layout.data_record_size),
-        ("PaddingBytesBeforeCounters", h["PaddingBytesBeforeCounters"]),
-        ("NumCounters", h["NumCounters"] * counter_size),
-        ("PaddingBytesAfterCounters", h["PaddingBytesAfterCounters"]),
-        ("NumBitmapBytes", h.get("NumBitmapBytes", 0)),
-        ("PaddingBytesAfterBitmapBytes", h.get("PaddingBytesAfterBitmapBytes", 0)),
-        ("NamesSize", h["NamesSize"] + _padding_to_8(h["NamesSize"])),
-        ("NumVTables", h.get("NumVTables", 0) * _VTABLE_RECORD_SIZE),
-        ("VNamesSize", h.get("VNamesSize", 0) + _padding_to_8(h.get("VNamesSize", 0))),
-    ]
-    for field, size in sections:
-        cursor += size
-        if cursor > end:
-            raise _fail("size-mismatch", pos, f"{field} {h[field]} runs past the end of the file (byte {end})")
+    sizes = (
+        num_data * layout.data_record_size,
+        pad_before,
+        num_counters * counter_size,
+        pad_after,
+        num_bitmap,
+        pad_bitmap,
+        names_size + _padding_to_8(names_size),
+        num_vtables * _VTABLE_RECORD_SIZE,
+        vnames_size + _padding_to_8(vnames_size),
+    )
+    value_start = data_start + sum(sizes)
+    if value_start > end:
+        raise _section_overrun(pos, data_start, end, counts, sizes)
 
-    value_start = cursor
-    if _has_value_sites(buf, data_start, num_data, layout):
-        cursor = _skip_value_data(buf, data_start, num_data, layout, cursor, pos)
+    value_end = value_start
+    records = buf[data_start : data_start + sizes[0]]
+    if _any_value_sites(records, layout):
+        value_end = _skip_value_data(buf, records, layout, value_start, pos)
 
     return RawProfile(
-        offset=pos,
-        length=cursor - pos,
-        version=version,
-        variant_flags=version_field >> 32,
-        binary_ids=binary_ids,
-        num_data=num_data,
-        num_counters=h["NumCounters"],
-        counter_size=counter_size,
-        names_size=h["NamesSize"],
-        num_bitmap_bytes=h.get("NumBitmapBytes", 0),
-        num_vtables=h.get("NumVTables", 0),
-        vnames_size=h.get("VNamesSize", 0),
-        value_data_size=cursor - value_start,
+        pos, value_end - pos, version, version_field >> 32, binary_ids, num_data, num_counters,
+        names_size, num_bitmap, num_vtables, vnames_size, value_end - value_start,
     )
+
+
+def _section_overrun(pos: int, cursor: int, end: int, counts: list[int], sizes: tuple[int, ...]) -> ProfrawError:
+    """The error naming the first header field whose section runs past the end of the file."""
+    for field, count, size in zip(_SECTION_FIELDS, counts, sizes):
+        cursor += size
+        if cursor > end:
+            return _fail("size-mismatch", pos, f"{field} {count} runs past the end of the file (byte {end})")
+    raise AssertionError("no section overruns")
 
 
 def _parse_binary_ids(buf: memoryview, start: int, size: int, padded: bool, pos: int) -> tuple[str, ...]:
@@ -265,55 +276,59 @@ def _parse_binary_ids(buf: memoryview, start: int, size: int, padded: bool, pos:
     cursor, stop = start, start + size
     while cursor < stop:
         if stop - cursor < 8:
-            raise _fail("bad-binary-id", pos, f"binary id at byte {cursor}: no room for its u64 length")
+            raise _fail("bad-binary-id", pos, f"the binary id at byte {cursor} has no room for its u64 length")
         (length,) = _U64.unpack_from(buf, cursor)
         stored = length + _padding_to_8(length) if padded else length
         if length == 0 or stored > stop - cursor - 8:
             raise _fail(
-                "bad-binary-id", pos, f"binary id at byte {cursor}: length {length} does not fit BinaryIdsSize {size}"
+                "bad-binary-id", pos, f"the binary id at byte {cursor} has length {length}, which BinaryIdsSize {size} cannot hold"
             )
         ids.append(buf[cursor + 8 : cursor + 8 + length].hex())
         cursor += 8 + stored
     return tuple(ids)
 
 
-def _has_value_sites(buf: memoryview, data_start: int, num_data: int, layout: _Layout) -> bool:
-    """Whether any data record has value sites, checked one u16 column at a time at C speed.
+def _site_words(records: memoryview, layout: _Layout) -> list[memoryview]:
+    """One strided u32 view per word of NumValueSites, across all data records."""
+    words = records.cast("I")
+    step = layout.data_record_size // 4
+    return [words[w::step] for w in layout.value_site_words]
+
+
+def _any_value_sites(records: memoryview, layout: _Layout) -> bool:
+    """Whether any data record has value sites, checked at C speed.
 
     Front-end instrumentation (-fprofile-instr-generate) has none by default; IR instrumentation
     (-fprofile-generate) has them for memcpy sizes and indirect calls.
     """
-    step = layout.data_record_size // 2
-    records = buf[data_start : data_start + num_data * layout.data_record_size].cast("H")
-    first = layout.value_sites_offset // 2
-    return any(
-        records[column::step].tobytes().count(0) != 2 * num_data
-        for column in range(first, first + layout.value_kinds)
-    )
+    return any(column.tobytes().count(0) != 4 * len(column) for column in _site_words(records, layout))
 
 
-def _skip_value_data(
-    buf: memoryview, data_start: int, num_data: int, layout: _Layout, cursor: int, pos: int
-) -> int:
+def _records_with_value_sites(records: memoryview, layout: _Layout) -> Iterator[int]:
+    """Indexes of the data records whose NumValueSites are not all zero."""
+    words = _site_words(records, layout)
+    marks = words[0] if len(words) == 1 else map(operator.or_, *words)
+    return compress(range(len(words[0])), marks)
+
+
+def _skip_value_data(buf: memoryview, records: memoryview, layout: _Layout, cursor: int, pos: int) -> int:
     """Walk the value-profile records (one per data record with value sites); return their end."""
     end = len(buf)
-    sites = struct.Struct(f"<{layout.value_sites_offset}x{layout.value_kinds}H")
-    size = layout.data_record_size
-    for index in range(num_data):
-        kinds = sum(1 for n in sites.unpack_from(buf, data_start + index * size) if n)
-        if not kinds:
+    for index in _records_with_value_sites(records, layout):
+        kinds = sum(1 for n in layout.value_sites.unpack_from(records, index * layout.data_record_size) if n)
+        if not kinds:  # only padding was set
             continue
         if end - cursor < _VALUE_PROF_DATA.size:
-            raise _fail("size-mismatch", pos, f"value data of record {index} runs past the end of the file (byte {end})")
+            raise _fail("size-mismatch", pos, f"the value data of record {index} runs past the end of the file (byte {end})")
         total, num_kinds = _VALUE_PROF_DATA.unpack_from(buf, cursor)
         if total % 8 or total <= _VALUE_PROF_DATA.size or num_kinds != kinds:
             raise _fail(
                 "bad-value-data",
                 pos,
-                f"value data of record {index} at byte {cursor}: TotalSize {total}, NumValueKinds {num_kinds} "
-                f"(expected a multiple of 8 and {kinds} kinds)",
+                f"the value data of record {index} at byte {cursor} has TotalSize {total} and NumValueKinds "
+                f"{num_kinds}; expected a multiple of 8 and {kinds}",
             )
         if total > end - cursor:
-            raise _fail("size-mismatch", pos, f"value data of record {index} runs past the end of the file (byte {end})")
+            raise _fail("size-mismatch", pos, f"the value data of record {index} runs past the end of the file (byte {end})")
         cursor += total
     return cursor

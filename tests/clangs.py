@@ -18,8 +18,14 @@ from elftools.elf.elffile import ELFFile
 #: The LLVM releases whose raw-profile formats pgod must read (v7, v8, v8, v10).
 CLANG_VERSIONS: tuple[int, ...] = (13, 14, 16, 19)
 
-#: Flags every instrumented build here uses; `--build-id` is what makes attribution possible.
-PROFILE_FLAGS: tuple[str, ...] = ("-O1", "-fprofile-instr-generate", "-Wl,--build-id")
+
+def _run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """subprocess.run that raises CalledProcessError with the command's stderr as a note."""
+    try:
+        return subprocess.run(argv, check=True, capture_output=True, text=True, **kwargs)
+    except subprocess.CalledProcessError as exc:
+        exc.add_note(f"stderr of {argv[0]}: {exc.stderr.strip()}")
+        raise
 
 
 @dataclass(frozen=True)
@@ -36,18 +42,23 @@ class Clang:
         out_path: str | os.PathLike[str],
         *,
         shared: bool = False,
+        ir: bool = False,
         extra: tuple[str, ...] | list[str] = (),
     ) -> Path:
         """Compile and link one C file into an instrumented executable (or `shared` library).
 
-        `extra` is appended last, so it can name libraries to link and `-Wl,-rpath,…`.
-        Raises `subprocess.CalledProcessError` (with the compiler's stderr) on failure.
+        `ir` selects IR instrumentation (`-fprofile-generate`, which also profiles values such
+        as memcpy sizes) instead of clang's front-end instrumentation. `extra` is appended
+        last, so it can name libraries to link and `-Wl,-rpath,…`.
+        Raises `subprocess.CalledProcessError` (with the compiler's stderr as a note) on failure.
         """
-        argv = [str(self.cc), *PROFILE_FLAGS]
+        instrument = "-fprofile-generate" if ir else "-fprofile-instr-generate"
+        # --build-id is what lets pgod attribute a raw profile to the ELF file it came from.
+        argv = [str(self.cc), "-O1", instrument, "-Wl,--build-id"]
         if shared:
             argv += ["-shared", "-fPIC"]
         argv += [str(src_path), "-o", str(out_path), *extra]
-        subprocess.run(argv, check=True, capture_output=True, text=True)
+        _run(argv)
         return Path(out_path)
 
     def profdata_show(self, profile: str | os.PathLike[str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -81,8 +92,8 @@ def missing_packages_message(version: int) -> str:
 
 def run_instrumented(
     exe: str | os.PathLike[str],
-    args: tuple[str, ...] | list[str] = (),
-    profile_pattern: str | os.PathLike[str] = "default.profraw",
+    args: tuple[str, ...] | list[str],
+    profile_pattern: str | os.PathLike[str],
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run an instrumented program to completion with LLVM_PROFILE_FILE=`profile_pattern`.
@@ -91,9 +102,7 @@ def run_instrumented(
     status raises `subprocess.CalledProcessError`.
     """
     full_env = {**os.environ, **(env or {}), "LLVM_PROFILE_FILE": str(profile_pattern)}
-    return subprocess.run(
-        [str(exe), *args], env=full_env, check=True, capture_output=True, text=True, timeout=60
-    )
+    return _run([str(exe), *args], env=full_env, timeout=60)
 
 
 def elf_build_id(path: str | os.PathLike[str]) -> str | None:

@@ -1,0 +1,54 @@
+"""pgoctl: exit codes and the human rendering of status."""
+
+from __future__ import annotations
+
+import json
+
+from harness import Daemon
+from pgod.render import human_bytes, progress_bar, render_status
+
+
+def test_status_without_daemon_exits_3_and_says_how_to_start_it(bus, tmp_path):
+    result = Daemon(tmp_path / "unused.toml", bus, tmp_path / "log").pgoctl("status", check=False)
+    assert result.returncode == 3
+    assert "not reachable" in result.stderr and "pgod --config" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_usage_error_exits_2(bus, tmp_path):
+    result = Daemon(tmp_path / "unused.toml", bus, tmp_path / "log").pgoctl("frobnicate", check=False)
+    assert result.returncode == 2
+
+
+def test_status_table_shows_progress_sizes_and_counts(pgod, workload, llvm_profdata_14):
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14, "threshold_mb": 1}})
+    daemon = pgod.daemon()
+    table = daemon.pgoctl("status").stdout
+    assert "workload" in table and "profiling" in table and "[....................]   0%" in table
+    assert "0 B / 1.0 MiB" in table
+    document = json.loads(daemon.pgoctl("status", "--json").stdout)
+    assert set(document) >= {"daemon", "packages", "unattributed", "quarantine"}
+    assert set(document["packages"][0]) >= {
+        "name", "state", "raw_bytes", "threshold_bytes", "files", "quarantined", "profile", "optimized", "active", "last_error",
+    }
+    unknown = daemon.pgoctl("show", "nosuch", check=False)
+    assert unknown.returncode == 2 and "nosuch" in unknown.stderr
+
+
+def test_human_units():
+    assert human_bytes(512) == "512 B"
+    assert human_bytes(1536) == "1.5 KiB"
+    assert human_bytes(16 * 1024 * 1024) == "16.0 MiB"
+    assert progress_bar(5, 10, width=10) == "[#####.....]  50%"
+    assert progress_bar(50, 10, width=10) == "[##########] 100%"
+
+
+def test_render_status_lists_unattributed_and_quarantine():
+    document = {
+        "daemon": {"version": "x", "spool_backlog": 3},
+        "packages": [],
+        "unattributed": {"files": 2, "bytes": 2048},
+        "quarantine": {"files": 1, "bytes": 10},
+    }
+    text = render_status(document)
+    assert "spool backlog: 3" in text and "unattributed: 2 files, 2.0 KiB" in text and "quarantine: 1 files" in text

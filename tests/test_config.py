@@ -1,0 +1,101 @@
+"""Bad configurations: `pgod` exits 2 with one line naming the file and the key, and starts nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness import BIN
+from pgod.config import MB, ConfigError, load_config
+
+GOOD = """
+spool_dir = "/var/spool/pgod"
+state_dir = "/var/lib/pgod"
+threshold_mb = 64
+activation = "auto"
+
+[packages.lua]
+profile_build = ["/nix/store/aaaa-lua-5.4.7"]
+build = ["nix-build", "/etc/pgod/build.nix", "-A", "lua", "--argstr", "profile", "{profile}"]
+threshold_mb = 16
+"""
+
+
+def run_pgod(config: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "pgod"), "--config", str(config), "--bus", "session"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "DBUS_SESSION_BUS_ADDRESS": f"unix:path={tmp_path}/no-bus"},
+    )
+
+
+def test_good_config_is_typed():
+    config_path = Path("/etc/pgod/config.toml")
+    import tomllib
+
+    from pgod.config import parse_config
+
+    config = parse_config(tomllib.loads(GOOD), config_path)
+    lua = config.packages["lua"]
+    assert config.activation == "auto"
+    assert config.threshold_bytes == 64 * MB
+    assert lua.threshold_bytes == 16 * MB
+    assert lua.build[-1] == "{profile}"
+    assert lua.llvm_profdata is None
+    assert config.profile_link == Path("/nix/var/nix/profiles/pgod")
+
+
+BAD = [
+    ("missing key", GOOD.replace('build = ["nix-build"', 'xbuild = ["nix-build"'), "packages.lua.xbuild"),
+    ("missing required", GOOD.replace('profile_build = ["/nix/store/aaaa-lua-5.4.7"]\n', ""), "packages.lua.profile_build"),
+    ("wrong type", GOOD.replace("threshold_mb = 64", 'threshold_mb = "64"'), "threshold_mb"),
+    ("boolean as number", GOOD.replace("threshold_mb = 16", "threshold_mb = true"), "packages.lua.threshold_mb"),
+    ("unknown activation", GOOD.replace('"auto"', '"sometimes"'), "activation"),
+    ("relative path", GOOD.replace('"/var/spool/pgod"', '"spool"'), "spool_dir"),
+    ("build as a shell string", GOOD.replace('build = ["nix-build", "/etc/pgod/build.nix", "-A", "lua", "--argstr", "profile", "{profile}"]', 'build = "nix-build x"'), "packages.lua.build"),
+    ("not toml", "spool_dir = [", None),
+]
+
+
+@pytest.mark.parametrize("label,text,key", BAD, ids=[b[0] for b in BAD])
+def test_bad_config_exits_2_naming_file_and_key(label, text, key, tmp_path):
+    config = tmp_path / "pgod.toml"
+    config.write_text(text)
+    result = run_pgod(config, tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(config) in lines[0]
+    if key:
+        assert f"{config}: {key}:" in lines[0]
+    assert not (tmp_path / "state").exists()
+
+
+def test_missing_and_unreadable_files(tmp_path):
+    missing = tmp_path / "nope.toml"
+    result = run_pgod(missing, tmp_path)
+    assert result.returncode == 2 and str(missing) in result.stderr and "not found" in result.stderr
+
+    unreadable = tmp_path / "secret.toml"
+    unreadable.write_text(GOOD)
+    unreadable.chmod(0)
+    if os.geteuid() == 0:
+        # root reads anything: show the same path through a directory instead.
+        with pytest.raises(ConfigError, match=f"{tmp_path}: is a directory"):
+            load_config(tmp_path)
+    else:
+        result = run_pgod(unreadable, tmp_path)
+        assert result.returncode == 2 and "permission denied" in result.stderr
+
+
+def test_check_config_accepts_a_good_file(tmp_path):
+    config = tmp_path / "pgod.toml"
+    config.write_text(GOOD)
+    result = subprocess.run([str(BIN / "pgod"), "--config", str(config), "--check-config"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "1 packages" in result.stdout

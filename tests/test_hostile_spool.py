@@ -1,0 +1,136 @@
+"""A hostile spool: every bad entry is rejected with a reason, nothing linked is touched, good files still merge."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+from clangs import run_instrumented
+from conftest import workload_inputs
+from harness import wait_for
+
+SECRET = b"root-only secret\n"
+
+
+def make_secret(path: Path) -> Path:
+    path.write_bytes(SECRET)
+    os.chmod(path, 0o600)
+    os.utime(path, (1_000_000, 2_000_000))  # atime < mtime: any read would move atime (relatime)
+    return path
+
+
+def untouched(path: Path) -> bool:
+    info = os.stat(path)
+    return path.read_bytes() == SECRET and info.st_atime == 1_000_000 and info.st_mtime == 2_000_000
+
+
+def test_hostile_entries_are_quarantined_and_good_files_still_merge(pgod, workload, clang14, tmp_path):
+    exe = workload / "bin" / "workload"
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "s.c").write_text("int main(void) { return 0; }\n")
+    stranger_exe = clang14.compile(stranger / "s.c", stranger / "stranger")
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": str(clang14.profdata)}})
+    daemon = pgod.daemon()
+
+    symlink_target = make_secret(tmp_path / "secret-for-symlink")
+    hardlink_target = make_secret(tmp_path / "secret-for-hardlink")
+    good_raw = tmp_path / "raw"
+    good_raw.mkdir()
+    run_instrumented(exe, ["5", "abc"], good_raw / "one.profraw")
+    data = (good_raw / "one.profraw").read_bytes()
+
+    os.symlink(symlink_target, pgod.spool / "link.profraw")
+    os.link(hardlink_target, pgod.spool / "hard.profraw")
+    os.mkfifo(pgod.spool / "fifo.profraw")
+    (pgod.spool / "empty.profraw").write_bytes(b"")
+    (pgod.spool / "truncated.profraw").write_bytes(data[: len(data) // 2])
+    (pgod.spool / "random.profraw").write_bytes(os.urandom(4096))
+    run_instrumented(stranger_exe, [], pgod.spool / "stranger-%p.profraw")
+
+    status = wait_for(
+        lambda: (s := daemon.status())["quarantine"]["files"] >= 6 and s["unattributed"]["files"] >= 1 and s,
+        30,
+        "six rejections and one unattributed profile",
+    )
+    assert status["quarantine"]["files"] == 6
+    assert status["unattributed"]["files"] == 1
+    rejections = sorted(
+        (row["file"], row["reason"]) for row in daemon_rejections(pgod)
+    )
+    assert rejections == [
+        ("empty.profraw", "empty"),
+        ("fifo.profraw", "fifo"),
+        ("hard.profraw", "hard-link"),
+        ("link.profraw", "symlink"),
+        ("random.profraw", "profraw-bad-magic"),
+        ("truncated.profraw", rejections[5][1]),
+    ]
+    assert rejections[5][1].startswith("profraw-"), rejections[5]
+    assert untouched(symlink_target) and untouched(hardlink_target)
+
+    for args in workload_inputs(10):
+        run_instrumented(exe, args, pgod.spool / "%p.profraw")
+    package = wait_for(lambda: (p := daemon.package("workload"))["files"] == 10 and p, 30, "good files merged")
+    assert package["quarantined"] == 0
+    assert daemon.process.poll() is None
+    assert os.listdir(pgod.spool) == []
+
+
+def daemon_rejections(pgod) -> list[dict]:
+    """The quarantine table, as recorded: read from the database the daemon wrote."""
+    import sqlite3
+
+    with sqlite3.connect(pgod.state / "pgod.sqlite") as db:
+        return [{"file": f, "reason": r} for f, r in db.execute("select original_name, reason from quarantine")]
+
+
+LIB_C = "int libf(int x) { int s = 0; for (int i = 0; i < x; i++) s += i % 3 ? i : 1; return s; }\n"
+MAIN_C = textwrap.dedent(
+    """
+    #include <stdio.h>
+    #include <stdlib.h>
+    int libf(int);
+    int main(int argc, char **argv) { printf("%d\\n", libf(argc > 1 ? atoi(argv[1]) : 10)); return 0; }
+    """
+)
+
+
+def test_one_file_with_executable_and_library_profiles_is_split_between_packages(pgod, clang14, tmp_path):
+    app, lib = tmp_path / "app", tmp_path / "lib"
+    app.mkdir()
+    lib.mkdir()
+    (lib / "lib.c").write_text(LIB_C)
+    (app / "main.c").write_text(MAIN_C)
+    clang14.compile(lib / "lib.c", lib / "libl.so", shared=True)
+    exe = clang14.compile(app / "main.c", app / "app", extra=(f"-L{lib}", "-ll", f"-Wl,-rpath,{lib}"))
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    run_instrumented(exe, ["7"], probe / "x.profraw")
+    from pgod.profraw import parse_profraw
+
+    assert len(parse_profraw((probe / "x.profraw").read_bytes())) == 2, "the runtime wrote one file with two profiles"
+
+    profdata = str(clang14.profdata)
+    pgod.write_config(
+        {
+            "app": {"profile_build": [str(app)], "build": ["true"], "llvm_profdata": profdata},
+            "lib": {"profile_build": [str(lib)], "build": ["true"], "llvm_profdata": profdata},
+        }
+    )
+    daemon = pgod.daemon()
+    for n in range(5):
+        run_instrumented(exe, [str(n * 10)], pgod.spool / "%p.profraw")
+    status = wait_for(
+        lambda: (s := daemon.status()) and all(p["files"] == 5 for p in s["packages"]) and s, 30, "both packages merged"
+    )
+    functions = {p["name"]: profile_functions(clang14, Path(p["profile"])) for p in status["packages"]}
+    assert "main" in functions["app"] and "libf" not in functions["app"]
+    assert "libf" in functions["lib"] and "main" not in functions["lib"]
+    assert status["unattributed"]["files"] == 0
+
+
+def profile_functions(clang, profile: Path) -> set[str]:
+    shown = clang.profdata_show(profile, "--all-functions").stdout
+    return {line.strip().rstrip(":") for line in shown.splitlines() if line.startswith("  ") and line.rstrip().endswith(":") and not line.startswith("    ")}
