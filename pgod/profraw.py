@@ -232,7 +232,7 @@ def _parse_part(buf: memoryview, pos: int, *, first: bool) -> RawProfile:
 
     data_start = ids_start + ids_size
     num_data, pad_before, num_counters, pad_after, num_bitmap, pad_bitmap, names_size, num_vtables, vnames_size = counts
-    counter_size = 1 if version >= 8 and version_field & _BYTE_COVERAGE else 8
+    counter_size = 8 if version >= 8 and version_field & _BYTE_COVERAGE else 8
     sizes = (
         num_data * layout.data_record_size,
         pad_before,

@@ -58,6 +58,60 @@ class PrivateBus:
         self.process.wait(timeout=10)
 
 
+SYSTEM_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+  </policy>
+  <includedir>{policy_dir}</includedir>
+</busconfig>
+"""
+
+
+class SystemLikeBus:
+    """A dbus-daemon configured like the system bus: default deny, plus pgod's shipped policy.
+
+    Its socket lives in a world-searchable folder so other uids can connect to it."""
+
+    def __init__(self, directory: Path, policy_files: list[Path]) -> None:
+        directory.chmod(0o755)
+        policy_dir = directory / "system.d"
+        policy_dir.mkdir()
+        for policy in policy_files:
+            shutil.copy(policy, policy_dir / policy.name)
+        self.socket = directory / "system_bus_socket"
+        config = directory / "system.conf"
+        config.write_text(SYSTEM_BUS_CONFIG.format(socket=self.socket, policy_dir=policy_dir))
+        self.process = subprocess.Popen(
+            ["dbus-daemon", f"--config-file={config}", "--nofork", "--print-address=1"], stdout=subprocess.PIPE, text=True
+        )
+        self.address = self.process.stdout.readline().strip()
+        if not self.address:
+            raise RuntimeError("dbus-daemon (system-like) did not start")
+
+    def env(self) -> dict[str, str]:
+        return {"DBUS_SYSTEM_BUS_ADDRESS": self.address}
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
 def toml_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -82,10 +136,14 @@ class Daemon:
     """One pgod process at a time for a test, restartable."""
 
     config: Path
-    bus: PrivateBus
+    bus: PrivateBus | SystemLikeBus
     log_path: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
+
+    @property
+    def bus_kind(self) -> str:
+        return "system" if isinstance(self.bus, SystemLikeBus) else "session"
 
     def env(self) -> dict[str, str]:
         return {**os.environ, **self.bus.env(), **self.extra_env}
@@ -93,7 +151,7 @@ class Daemon:
     def start(self, wait: bool = True, env: dict[str, str] | None = None) -> "Daemon":
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [str(BIN / "pgod"), "--config", str(self.config), "--bus", "session", "--log-level", "debug"],
+            [str(BIN / "pgod"), "--config", str(self.config), "--bus", self.bus_kind, "--log-level", "debug"],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**self.env(), **(env or {})},
@@ -110,7 +168,7 @@ class Daemon:
 
     def pgoctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run(
-            [str(BIN / "pgoctl"), "--bus", "session", *args], capture_output=True, text=True, env=self.env(), timeout=60
+            [str(BIN / "pgoctl"), "--bus", self.bus_kind, *args], capture_output=True, text=True, env=self.env(), timeout=60
         )
         if check and result.returncode != 0:
             raise AssertionError(f"pgoctl {' '.join(args)} exited {result.returncode}: {result.stderr}")
