@@ -287,6 +287,9 @@ class StateDb:
 class Daemon:
     """One `pgod --bus session` process on the private bus."""
 
+    #: Extra environment for every daemon started (``--pgod-source`` sets PYTHONPATH here).
+    extra_env: dict[str, str] = {}
+
     def __init__(self, bus, config: Path, root: Path, log_path: Path) -> None:
         self.bus = bus
         self.root = root
@@ -294,7 +297,7 @@ class Daemon:
         self.db = StateDb(root / "state" / "pgod.sqlite")
         self.log_path = log_path
         self._proxy = None
-        env = {**os.environ, "DBUS_SESSION_BUS_ADDRESS": bus.address}
+        env = {**os.environ, **self.extra_env, "DBUS_SESSION_BUS_ADDRESS": bus.address}
         with open(log_path, "ab") as log:
             self.started_wall = time.time()
             self.started = time.monotonic()
@@ -303,6 +306,7 @@ class Daemon:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
+                cwd="/",
             )
 
     @property
@@ -424,18 +428,30 @@ def ingest_scenario(
     stall_s: float,
     ratio_target: float | None,
     rate_target: float | None,
+    arrival_mode: str = "rename",
 ) -> IngestResult:
-    """Move ``files`` into the spool of an idle daemon; wait until its package counts them all."""
+    """Put ``files`` into the spool of an idle daemon; wait until its package counts them all.
+
+    ``rename`` (the default) moves each file in from a folder on the same filesystem, so it
+    arrives whole, by IN_MOVED_TO; ``write`` creates each in the spool and writes it, as the LLVM
+    profile runtime does (IN_CREATE, then IN_CLOSE_WRITE).
+    """
     poll_interval = 0.2 if poll == "dbus" else 0.05
     own0, kids0 = daemon.wait_idle()
     before = daemon.db.files(package)
     merges_before, _ = daemon.db.merges(package)
     target = before + len(files)
     size = files[0].stat().st_size
+    contents = [path.read_bytes() for path in files] if arrival_mode == "write" else []
     started = time.monotonic()
     started_wall = time.time()
-    for path in files:
-        os.rename(path, daemon.spool / path.name)  # IN_MOVED_TO in the spool, like an atomic writer
+    if arrival_mode == "write":
+        for path, content in zip(files, contents):
+            with open(daemon.spool / path.name, "wb") as out:
+                out.write(content)
+    else:
+        for path in files:
+            os.rename(path, daemon.spool / path.name)  # IN_MOVED_TO in the spool, like an atomic writer
     arrival = time.monotonic() - started
     count, last_change = before, time.monotonic()
     while count < target:
@@ -633,7 +649,7 @@ def render(report: dict) -> str:
     setup = report["setup"]
     out.append(
         f"pgod ingest benchmark ({setup['mode']} run, clang-14/llvm-profdata-14, {setup['cpus']} CPUs, "
-        f"progress polled via {setup['poll']}; {report['runtime_s']:.0f} s total)"
+        f"pgod from {setup['pgod']}, files arrive by {setup['arrival']}, progress polled via {setup['poll']}; {report['runtime_s']:.0f} s total)"
     )
     header = (
         f"{'scenario':<22}{'files':>7}{'size':>10}{'wall s':>8}{'pgod CPU s':>12}{'(own+llvm)':>14}"
@@ -699,6 +715,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="sqlite",
         help="how scenarios 1-2 watch progress: read the state DB (free for the daemon) or GetStatus every 0.2 s",
     )
+    parser.add_argument(
+        "--arrival",
+        choices=("rename", "write"),
+        default="rename",
+        help="how files reach the spool in scenarios 1-2: renamed in whole (IN_MOVED_TO), or written there (IN_CLOSE_WRITE)",
+    )
+    parser.add_argument(
+        "--pgod-source",
+        type=Path,
+        help="run the daemon from this folder's pgod package (PYTHONPATH), e.g. a patched copy under /tmp",
+    )
     parser.add_argument("--stall-seconds", type=float, default=30, help="give up a scenario after this long without progress")
     parser.add_argument("--skip", action="append", default=[], choices=("small", "large", "idle", "backlog"))
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (daemon logs, state)")
@@ -719,13 +746,20 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmark: dbus-daemon not found (apt-get install dbus)", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally below runs
+    if args.pgod_source is not None:
+        Daemon.extra_env = {"PYTHONPATH": str(args.pgod_source.resolve())}
+    daemon_pgod = subprocess.run(
+        [str(BIN / "python"), "-c", "import pgod; print(pgod.__file__)"],
+        env={**os.environ, **Daemon.extra_env}, cwd="/", capture_output=True, text=True, check=True,
+    ).stdout.strip()
 
     began = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="pgod-bench-", dir="/tmp"))
     bus: PrivateBus | None = None
     daemon: Daemon | None = None
     report: dict = {
-        "setup": {"mode": "quick" if args.quick else "full", "cpus": os.cpu_count(), "poll": args.poll, "counts": counts,
+        "setup": {"mode": "quick" if args.quick else "full", "cpus": os.cpu_count(), "poll": args.poll, "arrival": args.arrival, "counts": counts,
+                  "pgod": str(Path(daemon_pgod).parent),
                   "seed_runs": args.seed_runs, "tmp": str(tmp)},
         "targets": TARGETS,
     }
@@ -767,13 +801,13 @@ def main(argv: list[str] | None = None) -> int:
             say(f"1: {len(small_files)} small files into the spool")
             report["small"] = asdict(
                 ingest_scenario(daemon, SMALL_PACKAGE, small_files, "1 small files", baselines["small"], args.poll,
-                                args.stall_seconds, TARGETS["small_ratio"], TARGETS["small_files_per_s"])
+                                args.stall_seconds, TARGETS["small_ratio"], TARGETS["small_files_per_s"], args.arrival)
             )
         if large_files:
             say(f"2: {len(large_files)} large files into the spool")
             report["large"] = asdict(
                 ingest_scenario(daemon, LARGE_PACKAGE, large_files, "2 large files", baselines["large"], args.poll,
-                                args.stall_seconds, TARGETS["large_ratio"], None)
+                                args.stall_seconds, TARGETS["large_ratio"], None, args.arrival)
             )
         if "idle" not in args.skip:
             say(f"3: idle for {counts['idle']:g} s (no polling)")

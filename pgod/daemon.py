@@ -68,7 +68,7 @@ def run(config, bus_kind: str) -> int:
     engine = Engine(config, layout, sessions, attributor)
     try:
         bus = SystemBus() if bus_kind == "system" else SessionBus()
-        service = DaemonService(config, sessions, engine, __version__)
+        service = DaemonService(config, sessions, engine, __version__, bus)
         publication = bus.publish(BUS_NAME, (OBJECT_PATH, service))
     except GLib.Error as err:
         print(f"pgod: cannot serve {BUS_NAME} on the {bus_kind} bus: {err.message}", file=sys.stderr)

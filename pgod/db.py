@@ -60,6 +60,26 @@ class Package(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=False)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     last_activity: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The profile_build paths the counters and profile belong to; a change means an upgrade.
+    profile_build_key: Mapped[str] = mapped_column(Text, default="")
+    build_failures: Mapped[int] = mapped_column(Integer, default=0)
+    next_build_at: Mapped[float] = mapped_column(Float, default=0.0)  # backoff after a failure
+
+
+class Build(Base):
+    """One optimized rebuild of a package, from the profile snapshot it used to its result."""
+
+    __tablename__ = "builds"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    package: Mapped[str] = mapped_column(String, index=True)
+    profile_store_path: Mapped[str] = mapped_column(String)
+    profile_generation: Mapped[int] = mapped_column(Integer)
+    log_path: Mapped[str] = mapped_column(String)
+    started_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    status: Mapped[str] = mapped_column(String, default="running")  # running, succeeded, failed
+    out_path: Mapped[str | None] = mapped_column(String, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class SpoolFile(Base):

@@ -8,13 +8,18 @@ that maps domain exceptions to D-Bus error names.
 from __future__ import annotations
 
 import functools
+import grp
 import json
+import os
+import pwd
 from importlib import resources
 
 import structlog
 from gi.repository import GLib
 from pydbus.generic import signal
 
+from .nixstore import NixError
+from .optimizer import OperationError
 from .status import UnknownPackage, package_document, status_document
 
 log = structlog.get_logger(__name__)
@@ -47,11 +52,23 @@ def dbus_errors(method):
         except PermissionError as err:
             log.warning("dbus.access_denied", method=method.__name__, reason=str(err))
             raise AccessDeniedError(str(err)) from None
+        except (OperationError, NixError) as err:
+            log.warning("dbus.operation_failed", method=method.__name__, reason=str(err))
+            raise FailedError(str(err)) from None
         except Exception as err:
             log.exception("dbus.method_failed", method=method.__name__)
             raise FailedError(f"{type(err).__name__}: {err}") from None
 
     return wrapper
+
+
+def _in_group(uid: int, group: str) -> bool:
+    try:
+        gid = grp.getgrnam(group).gr_gid
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return gid in os.getgrouplist(user.pw_name, user.pw_gid)
 
 
 class DaemonService:
@@ -60,15 +77,17 @@ class DaemonService:
     dbus = INTERFACE_XML
 
     PackageChanged = signal()
+    PackageEvent = signal()
     ThresholdReached = signal()
     FileRejected = signal()
     StatusChanged = signal()
 
-    def __init__(self, config, sessions, engine, version: str) -> None:
+    def __init__(self, config, sessions, engine, version: str, bus) -> None:
         self._config = config
         self._sessions = sessions
         self._engine = engine
         self._version = version
+        self._bus = bus
         engine.listeners.append(self._on_engine_event)
 
     @property
@@ -81,11 +100,63 @@ class DaemonService:
 
     @dbus_errors
     def GetStatus(self) -> str:
-        return json.dumps(status_document(self._config, self._sessions, self._engine.spool_backlog))
+        return json.dumps(status_document(self._config, self._sessions, self._engine.spool_backlog, self._running()))
 
     @dbus_errors
     def GetPackage(self, name: str) -> str:
-        return json.dumps(package_document(self._config, self._sessions, name))
+        return json.dumps(package_document(self._config, self._sessions, name, running=self._running()))
+
+    @dbus_errors
+    def GetBuildLog(self, name: str) -> str:
+        path = package_document(self._config, self._sessions, name).get("build_log")
+        if not path:
+            return ""
+        with open(path, encoding="utf-8", errors="replace") as log_file:
+            return log_file.read()[-1_000_000:]
+
+    # ---- mutating methods: authorized here as well as by the bus policy --------------------
+    @dbus_errors
+    def Rebuild(self, name: str, dbus_context=None) -> None:
+        self._authorize(dbus_context, "Rebuild")
+        self._known(name)
+        self._engine.call(self._engine.optimizer.request_build, name)
+
+    @dbus_errors
+    def Activate(self, name: str, dbus_context=None) -> None:
+        self._authorize(dbus_context, "Activate")
+        self._known(name)
+        self._engine.call(self._engine.optimizer.activate, name)
+
+    @dbus_errors
+    def Deactivate(self, name: str, dbus_context=None) -> None:
+        self._authorize(dbus_context, "Deactivate")
+        self._known(name)
+        self._engine.call(self._engine.optimizer.deactivate, name)
+
+    @dbus_errors
+    def Rollback(self, dbus_context=None) -> None:
+        self._authorize(dbus_context, "Rollback")
+        self._engine.call(self._engine.optimizer.rollback)
+
+    @dbus_errors
+    def Reset(self, name: str, dbus_context=None) -> None:
+        self._authorize(dbus_context, "Reset")
+        self._known(name)
+        self._engine.call(self._engine.optimizer.reset, name)
+
+    def _known(self, name: str) -> None:
+        if name not in self._config.packages:
+            raise UnknownPackage(name)
+
+    def _running(self):
+        return self._engine.optimizer.running
+
+    def _authorize(self, context, method: str) -> None:
+        """Root, the daemon's own user and the admin group only: asks the bus who the caller is."""
+        uid = self._bus.dbus.GetConnectionUnixUser(context.sender)
+        if uid in (0, os.geteuid()) or _in_group(uid, self._config.admin_group):
+            return
+        raise PermissionError(f"{method} is for root and the {self._config.admin_group!r} group; uid {uid} is neither")
 
     # ---- engine events → signals (engine thread → main loop) ------------------------------
     def _on_engine_event(self, kind: str, data: dict) -> None:
@@ -101,6 +172,8 @@ class DaemonService:
             for key in ("merges", "quarantine", "profile_build", "build_command"):
                 summary.pop(key, None)
             self.PackageChanged(name, json.dumps(summary))
+        elif kind == "package":
+            self.PackageEvent(data["package"], data["event"], data.get("detail") or "")
         elif kind == "threshold":
             self.ThresholdReached(data["package"], int(data.get("raw_bytes", 0)))
         elif kind == "quarantined":

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import queue
+from concurrent.futures import Future
+from dataclasses import dataclass
 import stat
 import threading
 import time
@@ -26,12 +28,14 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .attribution import Attributor, resolve_profdata
+from .builds import BuildResult
 from .claim import Claimer
 from .config import Config
 from .db import Merge, Package, Part, Quarantine, SpoolFile
 from .failpoints import failpoint
 from .ingest import Ingestor
 from .merge import fsync_dir, merge_batch
+from .optimizer import Optimizer
 from .staging import Layout, prune_oldest
 
 log = structlog.get_logger(__name__)
@@ -45,6 +49,15 @@ RETRY_MAX_SECONDS = 600.0
 Listener = Callable[[str, dict], None]
 
 
+@dataclass
+class Command:
+    """Work asked of the engine by another thread (a D-Bus method), with its answer."""
+
+    function: Callable
+    args: tuple
+    future: Future
+
+
 class Engine:
     """Owns the state-changing work of the daemon; see the module docstring."""
 
@@ -54,7 +67,7 @@ class Engine:
         self.sessions = sessions
         self.attributor = attributor
         self.listeners: list[Listener] = []
-        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[str | BuildResult | Command | None] = queue.SimpleQueue()
         self._claimer = Claimer(layout.spool, layout.incoming)
         self._ingestor = Ingestor(layout, attributor, config.max_file_bytes)
         self._profdata = {
@@ -65,7 +78,7 @@ class Engine:
         self._scan_remaining = 0
         self._restart_at: float | None = None  # set when a step failed: redo start-up then
         self._thread: threading.Thread | None = None
-        self.idle = threading.Event()  # set whenever the queue is drained and nothing is pending
+        self.optimizer = Optimizer(config, layout, sessions, self._emit, self._queue.put)
 
     # ---- called from other threads -------------------------------------------------------
     def submit(self, name: str) -> None:
@@ -74,6 +87,12 @@ class Engine:
 
     def stop(self) -> None:
         self._queue.put(None)
+
+    def call(self, function: Callable, *args, timeout: float = 600):
+        """Run ``function(*args)`` on the engine thread and return its result (or raise its error)."""
+        future: Future = Future()
+        self._queue.put(Command(function, args, future))
+        return future.result(timeout)
 
     @property
     def spool_backlog(self) -> int:
@@ -91,11 +110,25 @@ class Engine:
     def _run(self) -> None:
         self._guarded(self._start_up)
         while True:
-            names = self._next_names()
-            if names is None:
+            work = self._next_work()
+            if work is None:
+                if self.optimizer.running is not None:
+                    self.optimizer.running.cancel()
                 log.info("engine.stopped")
                 return
+            names, events = work
+            for event in events:
+                self._guarded(self._handle, event)
             self._guarded(self._cycle, names)
+
+    def _handle(self, event: BuildResult | Command) -> None:
+        if isinstance(event, BuildResult):
+            self.optimizer.on_build_done(event)
+            return
+        try:
+            event.future.set_result(event.function(*event.args))
+        except Exception as err:  # handed to the caller, who turns it into a D-Bus error
+            event.future.set_exception(err)
 
     def _guarded(self, step, *args) -> None:
         """The one boundary of the worker: an unexpected failure (database, disk) is logged and
@@ -110,43 +143,49 @@ class Engine:
     def _start_up(self) -> None:
         self.sync_packages()
         self.recover()
+        self.optimizer.finish_start_up()
         self._scan_spool()
 
-    def _next_names(self) -> list[str] | None:
-        """Block until work arrives (or a deferred deadline passes); then drain the queue."""
+    def _next_work(self) -> tuple[list[str], list] | None:
+        """Block until work arrives (or a deadline passes); then drain the queue.
+
+        Returns spool names and other events (build results, commands), or None to stop."""
         names: list[str] = []
+        events: list = []
         timeout = self._next_deadline()
-        if self._queue.empty() and timeout is None:
-            self.idle.set()
         try:
             first = self._queue.get(timeout=timeout)
         except queue.Empty:
             first = ""
-        self.idle.clear()
-        if first is None:
-            return None
-        if first:
-            names.append(first)
-        while len(names) < CLAIM_BATCH:
+        item = first
+        while True:
+            if item is None:
+                return None
+            if isinstance(item, str):
+                if item:
+                    names.append(item)
+            else:
+                events.append(item)
+            if len(names) >= CLAIM_BATCH:
+                break
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is None:
-                self._queue.put(None)  # stop after this batch
-                break
-            names.append(item)
         now = time.monotonic()
         for name, when in list(self._deferred.items()):
             if when <= now:
                 del self._deferred[name]
                 names.append(name)
-        return names
+        return names, events
 
     def _next_deadline(self) -> float | None:
         deadlines = list(self._deferred.values()) + [when for when, _ in self._merge_retry.values()]
         if self._restart_at is not None:
             deadlines.append(self._restart_at)
+        build_at = self.optimizer.next_deadline()
+        if build_at is not None:
+            deadlines.append(time.monotonic() + max(0.0, build_at - time.time()))
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
@@ -157,6 +196,7 @@ class Engine:
             self._start_up()
         self._ingest_names(dict.fromkeys(names))
         self._merge_due_packages()
+        self.optimizer.maybe_start_build()
 
     def _scan_spool(self) -> None:
         """Take what was in the spool before the watch began, in bounded chunks."""
@@ -415,6 +455,7 @@ class Engine:
                                   total_files=0, quarantined=0, build_due=False, profile_generation=0, active=False)
                     session.add(row)
                 row.threshold_bytes = package.threshold_bytes
+                self.optimizer.adopt(session, row)
                 if not row.build_due and row.raw_bytes >= row.threshold_bytes and row.files > 0:
                     row.build_due = True
 

@@ -17,8 +17,8 @@ business. Layouts by version (all fields little-endian u64; sizes are counts unl
 
 * v7 (LLVM 13): Magic, Version, BinaryIdsSize, NumData, PaddingBytesBeforeCounters, NumCounters,
   PaddingBytesAfterCounters, NamesSize, CountersDelta, NamesDelta, ValueKindLast. Binary ids are
-  *not* padded (LLVM 13 wrote a 20-byte SHA-1 id as 28 bytes, leaving everything after it
-  unaligned). Data records are 48 bytes; counters are 8 bytes each.
+  *not* padded (clang 13 wrote a shared library's 20-byte id in 8 + 20 = 28 bytes, leaving all
+  after it unaligned; for executables it wrote none). Data records are 48 bytes; counters 8 each.
 * v8 (LLVM 14 to 17): the same header; binary ids are padded to 8 bytes; counters are 1 byte each
   when the single-byte-coverage variant flag (bit 60) is set, else 8.
 * v9 (LLVM 18): adds NumBitmapBytes and PaddingBytesAfterBitmapBytes after
@@ -30,11 +30,13 @@ After the header and binary ids come: data records, padding, counters, padding, 
 names padded to 8, [vtable records, vtable names padded to 8,] then one value-profile record for
 each data record that has value sites (u32 TotalSize, a multiple of 8, then u32 NumValueKinds).
 Padding after names is implied by NamesSize; every other padding is stored in the header and taken
-as written (LLVM 14 wrote none after single-byte counters, leaving the names unaligned).
+as written (LLVM 14 and 16 write none after single-byte counters, leaving the names unaligned).
 
+Parts are read one by one, so a file may mix versions (an executable and a library built by
+different clangs); llvm-profdata cannot read such a file, pgod can merge each part with its own.
 Zero bytes between or after parts are rejected, although llvm-profdata skips them: no Linux writer
-produces them, and a zero-filled tail is what a crash leaves where a part should have been.
-The 32-bit and big-endian variants are recognised and rejected as unsupported.
+tried (clang 13 to 19, continuous mode included) leaves any, and a zero-filled tail is what a crash
+can leave where a part should have been. 32-bit and big-endian profiles are rejected as unsupported.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import operator
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import compress
+from itertools import accumulate, compress
 
 __all__ = ["RAW_MAGIC", "ProfrawError", "RawProfile", "parse_profraw", "part_bytes"]
 
@@ -101,12 +103,14 @@ class _Layout:
         # Picks BinaryIdsSize, the section fields and ValueKindLast out of the unpacked header
         # plus one trailing 0, which stands for the fields this version does not have.
         wanted = ("BinaryIdsSize", *_SECTION_FIELDS, "ValueKindLast")
-        self.pick = operator.itemgetter(*(fields.index(f) if f in fields else len(fields) for f in wanted))
+        indexes = (fields.index(f) if f in fields else len(fields) for f in wanted)
+        self.pick = operator.itemgetter(*indexes)
         self.data_record_size = data_record_size
         self.value_kinds = value_kinds  # IPVK_Last + 1
-        # NumValueSites is u16[value_kinds] at value_sites_offset in each data record; these
-        # are the indexes of the u32 words covering it (any padding in them is zero).
-        self.value_site_words = range(value_sites_offset // 4, (value_sites_offset + 2 * value_kinds + 3) // 4)
+        # NumValueSites is u16[value_kinds] at value_sites_offset in each data record; these are
+        # the indexes of the u32 words that cover it (the padding they may include is zero).
+        last_byte = value_sites_offset + 2 * value_kinds - 1
+        self.value_site_words = range(value_sites_offset // 4, last_byte // 4 + 1)
         self.value_sites = struct.Struct(f"<{value_sites_offset}x{value_kinds}H")
         self.padded_binary_ids = padded_binary_ids
         self.variant_mask = variant_mask  # the variant flags this release can set
@@ -173,14 +177,13 @@ def parse_profraw(data: bytes | bytearray | memoryview, *, max_parts: int = 64) 
     buf = memoryview(data).cast("B")
     end = len(buf)
     if end == 0:
-        raise ProfrawError("empty", "file is empty (0 bytes): the program wrote no profile")
+        raise ProfrawError("empty", "the file is empty (0 bytes): the program wrote no profile")
     parts: list[RawProfile] = []
     pos = 0
     while pos < end:
         if len(parts) == max_parts:
-            raise ProfrawError(
-                "too-many-parts", f"offset {pos}: more than {max_parts} raw profiles in one file"
-            )
+            message = f"one more raw profile after {max_parts} in one file"
+            raise _fail("too-many-parts", pos, message)
         part = _parse_part(buf, pos, first=not parts)
         parts.append(part)
         pos += part.length
@@ -189,6 +192,10 @@ def parse_profraw(data: bytes | bytearray | memoryview, *, max_parts: int = 64) 
 
 def _fail(reason: str, pos: int, message: str) -> ProfrawError:
     return ProfrawError(reason, f"raw profile at offset {pos}: {message}")
+
+
+def _trailing_garbage(pos: int, end: int) -> ProfrawError:
+    return _fail("trailing-garbage", pos, f"the last {end - pos} bytes are not a raw profile")
 
 
 def _padding_to_8(size: int) -> int:
@@ -200,39 +207,46 @@ def _parse_part(buf: memoryview, pos: int, *, first: bool) -> RawProfile:
     if end - pos < 8:
         if first:
             raise _fail("truncated-header", pos, f"only {end} bytes, not even the 8-byte Magic")
-        raise _fail("trailing-garbage", pos, f"{end - pos} bytes after the last part are not a raw profile")
+        raise _trailing_garbage(pos, end)
     (magic,) = _U64.unpack_from(buf, pos)
     if magic != RAW_MAGIC:
         if magic in _FOREIGN_MAGICS:
-            raise _fail("unsupported-format", pos, f"Magic {magic:#x} marks a {_FOREIGN_MAGICS[magic]} raw profile")
+            kind = _FOREIGN_MAGICS[magic]
+            raise _fail("unsupported-format", pos, f"Magic {magic:#x} marks a {kind} raw profile")
         if first:
             raise _fail("bad-magic", pos, f"Magic {magic:#x} is not {RAW_MAGIC:#x}")
-        raise _fail("trailing-garbage", pos, f"{end - pos} bytes after the last part are not a raw profile")
+        raise _trailing_garbage(pos, end)
     if end - pos < 16:
-        raise _fail("truncated-header", pos, f"the file ends at byte {end}, inside the Version field")
+        raise _fail("truncated-header", pos, f"the file ends at byte {end}, inside Version")
     (version_field,) = _U64.unpack_from(buf, pos + 8)
     version = version_field & 0xFFFFFFFF
     layout = _LAYOUTS.get(version)
     if layout is None:
-        raise _fail("unsupported-version", pos, f"Version {version} is not one of {sorted(_LAYOUTS)}")
+        message = f"Version {version} is not one of {sorted(_LAYOUTS)}"
+        raise _fail("unsupported-version", pos, message)
     unknown_flags = version_field & ~(0xFFFFFFFF | layout.variant_mask)
     if unknown_flags:
-        raise _fail("unsupported-version", pos, f"Version {version_field:#x} has unknown variant bits {unknown_flags:#x}")
+        message = f"Version {version_field:#x} sets variant bits unknown to v{version}"
+        raise _fail("unsupported-version", pos, message)
     header = layout.header
     if end - pos < header.size:
-        raise _fail("truncated-header", pos, f"the file ends at byte {end}, inside the {header.size}-byte v{version} header")
+        message = f"the file ends at byte {end}, inside the {header.size}-byte v{version} header"
+        raise _fail("truncated-header", pos, message)
     ids_size, *counts, value_kind_last = layout.pick(header.unpack_from(buf, pos) + (0,))
     if value_kind_last != layout.value_kinds - 1:
-        raise _fail("bad-header", pos, f"ValueKindLast {value_kind_last} is not {layout.value_kinds - 1}, as v{version} has")
+        message = f"ValueKindLast {value_kind_last} is not {layout.value_kinds - 1} (v{version})"
+        raise _fail("bad-header", pos, message)
 
     ids_start = pos + header.size
     if ids_size > end - ids_start:
-        raise _fail("size-mismatch", pos, f"BinaryIdsSize {ids_size} runs past the end of the file (byte {end})")
+        message = f"BinaryIdsSize {ids_size} runs past the end (byte {end})"
+        raise _fail("size-mismatch", pos, message)
     binary_ids = _parse_binary_ids(buf, ids_start, ids_size, layout.padded_binary_ids, pos)
 
     data_start = ids_start + ids_size
-    num_data, pad_before, num_counters, pad_after, num_bitmap, pad_bitmap, names_size, num_vtables, vnames_size = counts
-    counter_size = 8 if version >= 8 and version_field & _BYTE_COVERAGE else 8
+    (num_data, pad_before, num_counters, pad_after, num_bitmap, pad_bitmap, names_size, num_vtables,
+     vnames_size) = counts
+    counter_size = 1 if version >= 8 and version_field & _BYTE_COVERAGE else 8
     sizes = (
         num_data * layout.data_record_size,
         pad_before,
@@ -246,7 +260,12 @@ def _parse_part(buf: memoryview, pos: int, *, first: bool) -> RawProfile:
     )
     value_start = data_start + sum(sizes)
     if value_start > end:
-        raise _section_overrun(pos, data_start, end, counts, sizes)
+        field, count = next(
+            (field, count)
+            for field, count, section_end in zip(_SECTION_FIELDS, counts, accumulate(sizes))
+            if data_start + section_end > end
+        )
+        raise _fail("size-mismatch", pos, f"{field} {count} runs past the end (byte {end})")
 
     value_end = value_start
     records = buf[data_start : data_start + sizes[0]]
@@ -259,16 +278,9 @@ def _parse_part(buf: memoryview, pos: int, *, first: bool) -> RawProfile:
     )
 
 
-def _section_overrun(pos: int, cursor: int, end: int, counts: list[int], sizes: tuple[int, ...]) -> ProfrawError:
-    """The error naming the first header field whose section runs past the end of the file."""
-    for field, count, size in zip(_SECTION_FIELDS, counts, sizes):
-        cursor += size
-        if cursor > end:
-            return _fail("size-mismatch", pos, f"{field} {count} runs past the end of the file (byte {end})")
-    raise AssertionError("no section overruns")
-
-
-def _parse_binary_ids(buf: memoryview, start: int, size: int, padded: bool, pos: int) -> tuple[str, ...]:
+def _parse_binary_ids(
+    buf: memoryview, start: int, size: int, padded: bool, pos: int
+) -> tuple[str, ...]:
     """Each binary id is a u64 length then the id bytes; v8 and later pad each to 8 bytes."""
     if padded and size % 8:
         raise _fail("bad-binary-id", pos, f"BinaryIdsSize {size} is not a multiple of 8")
@@ -276,13 +288,12 @@ def _parse_binary_ids(buf: memoryview, start: int, size: int, padded: bool, pos:
     cursor, stop = start, start + size
     while cursor < stop:
         if stop - cursor < 8:
-            raise _fail("bad-binary-id", pos, f"the binary id at byte {cursor} has no room for its u64 length")
+            raise _fail("bad-binary-id", pos, f"no room for the binary id length at byte {cursor}")
         (length,) = _U64.unpack_from(buf, cursor)
         stored = length + _padding_to_8(length) if padded else length
         if length == 0 or stored > stop - cursor - 8:
-            raise _fail(
-                "bad-binary-id", pos, f"the binary id at byte {cursor} has length {length}, which BinaryIdsSize {size} cannot hold"
-            )
+            message = f"binary id length {length} at byte {cursor} overruns BinaryIdsSize {size}"
+            raise _fail("bad-binary-id", pos, message)
         ids.append(buf[cursor + 8 : cursor + 8 + length].hex())
         cursor += 8 + stored
     return tuple(ids)
@@ -301,34 +312,38 @@ def _any_value_sites(records: memoryview, layout: _Layout) -> bool:
     Front-end instrumentation (-fprofile-instr-generate) has none by default; IR instrumentation
     (-fprofile-generate) has them for memcpy sizes and indirect calls.
     """
-    return any(column.tobytes().count(0) != 4 * len(column) for column in _site_words(records, layout))
+    columns = _site_words(records, layout)
+    return any(column.tobytes().count(0) != 4 * len(column) for column in columns)
 
 
 def _records_with_value_sites(records: memoryview, layout: _Layout) -> Iterator[int]:
-    """Indexes of the data records whose NumValueSites are not all zero."""
+    """Indexes of the data records whose NumValueSites words are not all zero."""
     words = _site_words(records, layout)
     marks = words[0] if len(words) == 1 else map(operator.or_, *words)
     return compress(range(len(words[0])), marks)
 
 
-def _skip_value_data(buf: memoryview, records: memoryview, layout: _Layout, cursor: int, pos: int) -> int:
+def _skip_value_data(
+    buf: memoryview, records: memoryview, layout: _Layout, cursor: int, pos: int
+) -> int:
     """Walk the value-profile records (one per data record with value sites); return their end."""
     end = len(buf)
     for index in _records_with_value_sites(records, layout):
-        kinds = sum(1 for n in layout.value_sites.unpack_from(records, index * layout.data_record_size) if n)
-        if not kinds:  # only padding was set
+        site_counts = layout.value_sites.unpack_from(records, index * layout.data_record_size)
+        kinds = sum(1 for n in site_counts if n)
+        if not kinds:  # only the padding next to NumValueSites was set
             continue
         if end - cursor < _VALUE_PROF_DATA.size:
-            raise _fail("size-mismatch", pos, f"the value data of record {index} runs past the end of the file (byte {end})")
+            raise _fail("size-mismatch", pos, f"no room for value data at byte {cursor}")
         total, num_kinds = _VALUE_PROF_DATA.unpack_from(buf, cursor)
         if total % 8 or total <= _VALUE_PROF_DATA.size or num_kinds != kinds:
-            raise _fail(
-                "bad-value-data",
-                pos,
-                f"the value data of record {index} at byte {cursor} has TotalSize {total} and NumValueKinds "
-                f"{num_kinds}; expected a multiple of 8 and {kinds}",
+            message = (
+                f"the value data of data record {index} at byte {cursor} has TotalSize {total} and "
+                f"NumValueKinds {num_kinds}; expected a multiple of 8 above 8, and {kinds}"
             )
+            raise _fail("bad-value-data", pos, message)
         if total > end - cursor:
-            raise _fail("size-mismatch", pos, f"the value data of record {index} runs past the end of the file (byte {end})")
+            message = f"value data TotalSize {total} at byte {cursor} runs past the end ({end})"
+            raise _fail("size-mismatch", pos, message)
         cursor += total
     return cursor

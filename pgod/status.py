@@ -5,18 +5,20 @@ Pure reads: safe from any thread, since SQLite in WAL mode lets readers run besi
 
 from __future__ import annotations
 
+import time
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import __version__
 from .config import Config
-from .db import Merge, Package, Part, Quarantine
+from .db import Build, Merge, Package, Part, Quarantine
 
 STATES = ("profiling", "building", "ready", "active", "failed", "stale")
 
 
-def _package_summary(row: Package) -> dict:
-    return {
+def _package_summary(row: Package, running=None) -> dict:
+    summary = {
         "name": row.name,
         "state": row.state,
         "raw_bytes": row.raw_bytes,
@@ -33,7 +35,16 @@ def _package_summary(row: Package) -> dict:
         "total_files": row.total_files,
         "profile_generation": row.profile_generation,
         "last_activity": row.last_activity,
+        "build": None,
     }
+    if running is not None and running.package == row.name:
+        summary["build"] = {
+            "started_at": running.started,
+            "elapsed_seconds": round(time.time() - running.started, 1),
+            "last_line": running.last_line,
+            "log": str(running.log_path),
+        }
+    return summary
 
 
 def _counts(session: Session) -> dict:
@@ -47,11 +58,11 @@ def _counts(session: Session) -> dict:
     }
 
 
-def status_document(config: Config, sessions: sessionmaker[Session], spool_backlog: int) -> dict:
+def status_document(config: Config, sessions: sessionmaker[Session], spool_backlog: int, running=None) -> dict:
     """The whole-daemon status: every configured package, in configuration order."""
     with sessions() as session:
         rows = {row.name: row for row in session.scalars(select(Package))}
-        packages = [_package_summary(rows[name]) for name in config.packages if name in rows]
+        packages = [_package_summary(rows[name], running) for name in config.packages if name in rows]
         counts = _counts(session)
     return {
         "daemon": {"version": __version__, "spool_backlog": spool_backlog},
@@ -64,7 +75,9 @@ class UnknownPackage(KeyError):
     """A name that is not among the configured packages."""
 
 
-def package_document(config: Config, sessions: sessionmaker[Session], name: str, history: int = 20) -> dict:
+def package_document(
+    config: Config, sessions: sessionmaker[Session], name: str, history: int = 20, running=None
+) -> dict:
     """One package in detail: the summary plus its merge history and recent rejections."""
     if name not in config.packages:
         raise UnknownPackage(name)
@@ -73,7 +86,7 @@ def package_document(config: Config, sessions: sessionmaker[Session], name: str,
         row = session.get(Package, name)
         if row is None:
             raise UnknownPackage(name)
-        document = _package_summary(row)
+        document = _package_summary(row, running)
         document["profile_build"] = [str(p) for p in package.profile_build]
         document["build_command"] = list(package.build)
         document["merges"] = [
@@ -81,6 +94,23 @@ def package_document(config: Config, sessions: sessionmaker[Session], name: str,
             for m in session.scalars(
                 select(Merge).where(Merge.package == name).order_by(Merge.id.desc()).limit(history)
             )
+        ]
+        builds = list(
+            session.scalars(select(Build).where(Build.package == name).order_by(Build.id.desc()).limit(max(history, 1)))
+        )
+        document["build_log"] = builds[0].log_path if builds else None
+        document["builds"] = [
+            {
+                "id": b.id,
+                "status": b.status,
+                "started_at": b.started_at,
+                "finished_at": b.finished_at,
+                "profile": b.profile_store_path,
+                "profile_generation": b.profile_generation,
+                "out_path": b.out_path,
+                "error": b.error,
+            }
+            for b in builds[:history]
         ]
         document["quarantine"] = [
             {"file": q.original_name, "reason": q.reason, "detail": q.detail, "size": q.size, "at": q.at}

@@ -61,11 +61,12 @@ class Clang:
         _run(argv)
         return Path(out_path)
 
-    def profdata_show(self, profile: str | os.PathLike[str], *args: str) -> subprocess.CompletedProcess[str]:
+    def profdata_show(
+        self, profile: str | os.PathLike[str], *args: str
+    ) -> subprocess.CompletedProcess[str]:
         """Run `llvm-profdata show ARGS PROFILE` of this release; the caller checks returncode."""
-        return subprocess.run(
-            [str(self.profdata), "show", *args, str(profile)], capture_output=True, text=True
-        )
+        argv = [str(self.profdata), "show", *args, str(profile)]
+        return subprocess.run(argv, capture_output=True, text=True)
 
 
 def find_clang(version: int) -> Clang | None:

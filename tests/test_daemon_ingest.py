@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -67,16 +68,27 @@ def test_backlog_present_at_start_is_taken(pgod, workload, llvm_profdata_14, tmp
     assert daemon.status()["daemon"]["spool_backlog"] == 0
 
 
-def test_threshold_marks_package_due(pgod, workload, llvm_profdata_14):
+def test_threshold_starts_a_build_and_a_failing_build_backs_off(pgod, workload, llvm_profdata_14):
+    """Crossing the threshold starts the package's build; `true` prints no output path, so the
+    build fails, the package shows the error and a retry is scheduled later, not at once."""
     exe = workload / "bin" / "workload"
     pgod.write_config(
         {"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14, "threshold_mb": 0.01}}
     )
     daemon = pgod.daemon()
     run_workload(exe, pgod.spool, workload_inputs(40))
-    package = wait_for(lambda: (p := daemon.package("workload"))["build_due"] and p, 60, "threshold crossed")
-    assert package["raw_bytes"] >= package["threshold_bytes"]
+    package = wait_for(lambda: (p := daemon.package("workload"))["state"] == "failed" and p, 60, "build failed")
+    assert package["last_error"] == "build succeeded but printed no output path"
     assert "threshold_reached" in daemon.log()
+    detail = daemon.pgoctl("show", "workload", "--json")
+    builds = json.loads(detail.stdout)["builds"]
+    assert len(builds) == 1 and builds[0]["status"] == "failed"
+    assert builds[0]["profile"].startswith("/nix/store/") and builds[0]["profile"].endswith(".profdata")
+    # The retry waits (backoff starts at 30 s): more data arriving does not start another build.
+    run_workload(exe, pgod.spool, workload_inputs(5))
+    wait_for(lambda: daemon.package("workload")["files"] == 5, 30, "new files merged")
+    assert len(json.loads(daemon.pgoctl("show", "workload", "--json").stdout)["builds"]) == 1
+    assert daemon.process.poll() is None
 
 
 def test_sigterm_exits_zero(pgod, workload, llvm_profdata_14):

@@ -19,7 +19,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clangs import CLANG_VERSIONS, Clang, elf_build_id, find_clang, missing_packages_message, run_instrumented
+from clangs import (
+    CLANG_VERSIONS,
+    Clang,
+    elf_build_id,
+    find_clang,
+    missing_packages_message,
+    run_instrumented,
+)
 from pgod.profraw import RAW_MAGIC, ProfrawError, RawProfile, parse_profraw, part_bytes
 
 #: The raw-profile version each release writes.
@@ -65,6 +72,7 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
+SOURCES = {"solo.c": SOLO_C, "lib.c": LIB_C, "main.c": MAIN_C, "values.c": VALUES_C}
 
 
 @dataclass(frozen=True)
@@ -88,7 +96,7 @@ def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     if clang is None:
         pytest.skip(missing_packages_message(request.param))
     work = tmp_path_factory.mktemp(f"clang-{clang.version}")
-    for name, text in (("solo.c", SOLO_C), ("lib.c", LIB_C), ("main.c", MAIN_C), ("values.c", VALUES_C)):
+    for name, text in SOURCES.items():
         (work / name).write_text(text)
     solo_exe = clang.compile(work / "solo.c", work / "solo")
     lib = clang.compile(work / "lib.c", work / "libsquare.so", shared=True)
@@ -100,7 +108,9 @@ def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     }
     if clang.version >= 14:
         entry_coverage = ("-mllvm", "-pgo-function-entry-coverage")
-        programs["coverage"] = clang.compile(work / "solo.c", work / "coverage", ir=True, extra=entry_coverage)
+        programs["coverage"] = clang.compile(
+            work / "solo.c", work / "coverage", ir=True, extra=entry_coverage
+        )
     profiles = {}
     for name, exe in programs.items():
         run_instrumented(exe, (), work / f"{name}.profraw")
@@ -172,7 +182,9 @@ def test_executable_and_shared_library_profiles_split_into_two_parts(built: Buil
     assert parts[1].binary_ids == (lib_id,)
 
 
-def test_each_part_alone_is_accepted_by_llvm_profdata_of_its_release(built: Built, tmp_path: Path) -> None:
+def test_each_part_alone_is_accepted_by_llvm_profdata_of_its_release(
+    built: Built, tmp_path: Path
+) -> None:
     """A part sliced out by its computed length is a whole raw profile of its own module."""
     exe_part, lib_part = parse_profraw(built.two_part)
     exe_shown = show(built.clang, tmp_path / "exe.profraw", part_bytes(built.two_part, exe_part))
@@ -198,7 +210,7 @@ def test_single_byte_counters_are_one_byte_each(built: Built, tmp_path: Path) ->
     """Entry coverage uses 1-byte counters. LLVM 14 and 16 write no padding after them, so what
     follows is unaligned and the file length need not be a multiple of 8."""
     if built.coverage is None:
-        pytest.skip(f"clang {built.clang.version} has no single-byte coverage (raw version 8 added it)")
+        pytest.skip(f"clang {built.clang.version} has no single-byte coverage (v8 added it)")
     [part] = parse_profraw(built.coverage)
     assert part.counter_size == 1
     assert part.length == len(built.coverage)
@@ -223,94 +235,99 @@ def test_two_part_file_cut_anywhere_but_the_part_boundary_is_rejected(built: Bui
 
 
 def test_every_header_bit_flip_is_rejected_or_parses_consistently(built: Built) -> None:
-    """Flips in sizes must not make parts overlap, leave gaps or run past the end.
+    """Flips in sizes must never make parts overlap, leave gaps or run past the end.
 
-    Framing cannot catch everything: a flip in a delta, a variant bit, a build-id byte or the
-    low bits of NamesSize (same padded size) still parses, and so does one that grows a part by
-    exactly the length of the next; those must still parse consistently.
+    Framing cannot catch every flip: one in a delta, a known variant bit, a build-id byte or
+    the low bits of NamesSize (same padded size) still parses, and so does one that grows a part
+    by exactly the length of the next. Those must still parse consistently.
     """
     header_size = {7: 88, 8: 88, 9: 112, 10: 128}
     for data in (built.solo, built.two_part):
         for part in parse_profraw(data):
             (ids_size,) = struct.unpack_from("<Q", data, part.offset + 16)
-            region_end = part.offset + header_size[part.version] + ids_size
-            for index in range(part.offset, region_end):
+            for index in range(part.offset, part.offset + header_size[part.version] + ids_size):
                 for bit in range(8):
                     mutated = bytearray(data)
                     mutated[index] ^= 1 << bit
                     reason = rejection(mutated)
                     if index < part.offset + 8:
-                        assert reason is not None, f"flip of magic bit {bit} of byte {index} accepted"
+                        assert reason is not None, f"magic flip at byte {index} bit {bit} accepted"
 
 
-def test_each_reason_names_offset_and_field() -> None:
-    """The message says where and what, for the quarantine log."""
-    data = bytearray(synthetic_profile(8))
-    struct.pack_into("<Q", data, 8 * 5, 2**63)  # NumCounters
+def test_error_message_names_the_offset_and_the_field() -> None:
+    """The quarantine log says where and what."""
+    data = synthetic_profile(8) * 2
+    struct.pack_into("<Q", data, len(data) // 2 + 8 * 5, 2**63)  # NumCounters of the second part
     with pytest.raises(ProfrawError) as caught:
         parse_profraw(data)
     assert caught.value.reason == "size-mismatch"
-    assert "offset 0" in str(caught.value) and "NumCounters" in str(caught.value)
+    assert f"offset {len(data) // 2}" in str(caught.value) and "NumCounters" in str(caught.value)
 
 
 # --- synthetic profiles ----------------------------------------------------------------------
 
+V8_FIELDS = (
+    "Magic", "Version", "BinaryIdsSize", "NumData", "PaddingBytesBeforeCounters", "NumCounters",
+    "PaddingBytesAfterCounters", "NamesSize", "CountersDelta", "NamesDelta", "ValueKindLast",
+)
+V9_FIELDS = (
+    "Magic", "Version", "BinaryIdsSize", "NumData", "PaddingBytesBeforeCounters", "NumCounters",
+    "PaddingBytesAfterCounters", "NumBitmapBytes", "PaddingBytesAfterBitmapBytes", "NamesSize",
+    "CountersDelta", "BitmapDelta", "NamesDelta", "ValueKindLast",
+)
 HEADER_FIELDS = {
-    8: ("Magic", "Version", "BinaryIdsSize", "NumData", "PaddingBytesBeforeCounters", "NumCounters",
-        "PaddingBytesAfterCounters", "NamesSize", "CountersDelta", "NamesDelta", "ValueKindLast"),
-    9: ("Magic", "Version", "BinaryIdsSize", "NumData", "PaddingBytesBeforeCounters", "NumCounters",
-        "PaddingBytesAfterCounters", "NumBitmapBytes", "PaddingBytesAfterBitmapBytes", "NamesSize",
-        "CountersDelta", "BitmapDelta", "NamesDelta", "ValueKindLast"),
+    7: V8_FIELDS, 8: V8_FIELDS, 9: V9_FIELDS,
+    10: V9_FIELDS[:-1] + ("NumVTables", "VNamesSize", "ValueKindLast"),
 }
-HEADER_FIELDS[7] = HEADER_FIELDS[8]
-HEADER_FIELDS[10] = HEADER_FIELDS[9][:-1] + ("NumVTables", "VNamesSize", "ValueKindLast")
-SIZE_FIELDS = ("BinaryIdsSize", "NumData", "PaddingBytesBeforeCounters", "NumCounters",
-               "PaddingBytesAfterCounters", "NumBitmapBytes", "PaddingBytesAfterBitmapBytes",
-               "NamesSize", "NumVTables", "VNamesSize")
+SIZE_FIELDS = (
+    "BinaryIdsSize", "NumData", "PaddingBytesBeforeCounters", "NumCounters",
+    "PaddingBytesAfterCounters", "NumBitmapBytes", "PaddingBytesAfterBitmapBytes", "NamesSize",
+    "NumVTables", "VNamesSize",
+)
+BUILD_ID = bytes(range(1, 21))
+MAGIC_32 = 0xFF6C70726F665281  # "\xfflprofR\x81"
 
 
 def pad8(data: bytes) -> bytes:
     return data + bytes(-len(data) & 7)
 
 
-def synthetic_profile(version: int, *, records: int = 1, value_sites: bool = True) -> bytes:
+def synthetic_profile(version: int, *, records: int = 1, value_sites: bool = True) -> bytearray:
     """A raw profile with every section `version` has non-empty, as LLVM's sources describe it.
 
-    With `value_sites`, each data record has one memcpy-size value site, so each has a value
-    record after the names.
+    With `value_sites`, each data record has one memcpy-size value site, hence a value record.
     """
-    build_id = bytes(range(1, 21))
-    kinds = 3 if version == 10 else 2
     record = bytearray(48 if version < 9 else 64)
     struct.pack_into("<I", record, 40 if version < 9 else 48, 2)  # NumCounters
-    struct.pack_into("<H", record, (44 if version < 9 else 52) + 2, value_sites)  # NumValueSites[MemOPSize]
+    sites_offset = 44 if version < 9 else 52
+    struct.pack_into("<H", record, sites_offset + 2, value_sites)  # NumValueSites[IPVK_MemOPSize]
     if version >= 9:
         struct.pack_into("<I", record, 56 if version == 9 else 60, 3)  # NumBitmapBytes
-    binary_id = struct.pack("<Q", len(build_id)) + build_id
+    binary_id = struct.pack("<Q", len(BUILD_ID)) + BUILD_ID
+    binary_ids = binary_id if version == 7 else pad8(binary_id)  # v7 does not pad
     names = b"\x05\x00hello"
-    # ValueProfData: TotalSize, NumValueKinds; ValueProfRecord: Kind, NumValueSites, one site count.
+    # ValueProfData (TotalSize, NumValueKinds), one ValueProfRecord (Kind, NumValueSites, a count).
     value_record = struct.pack("<IIIIB", 24, 1, 1, 1, 0).ljust(24, b"\0")
-    fields = {
-        "Magic": RAW_MAGIC, "Version": version, "BinaryIdsSize": len(binary_id if version == 7 else pad8(binary_id)),
-        "NumData": records, "PaddingBytesBeforeCounters": 0, "NumCounters": 2 * records,
-        "PaddingBytesAfterCounters": 0, "NumBitmapBytes": 3 * records, "PaddingBytesAfterBitmapBytes": 0,
-        "NamesSize": len(names), "CountersDelta": 0, "BitmapDelta": 0, "NamesDelta": 0,
-        "NumVTables": 1, "VNamesSize": 3, "ValueKindLast": kinds - 1,
+    fields = dict.fromkeys(HEADER_FIELDS[version], 0) | {
+        "Magic": RAW_MAGIC, "Version": version, "BinaryIdsSize": len(binary_ids),
+        "NumData": records, "NumCounters": 2 * records, "NumBitmapBytes": 3 * records,
+        "PaddingBytesAfterBitmapBytes": -3 * records & 7, "NamesSize": len(names),
+        "NumVTables": 1, "VNamesSize": 3, "ValueKindLast": 2 if version == 10 else 1,
     }
-    fields["PaddingBytesAfterBitmapBytes"] = -fields["NumBitmapBytes"] & 7
+    header_values = (fields[name] for name in HEADER_FIELDS[version])
     sections = [
-        struct.pack(f"<{len(HEADER_FIELDS[version])}Q", *(fields[f] for f in HEADER_FIELDS[version])),
-        binary_id if version == 7 else pad8(binary_id),
+        struct.pack(f"<{len(HEADER_FIELDS[version])}Q", *header_values),
+        binary_ids,
         bytes(record) * records,
-        bytes(16 * records),
+        bytes(16 * records),  # counters
     ]
     if version >= 9:
-        sections.append(pad8(bytes(3 * records)))
+        sections.append(pad8(bytes(3 * records)))  # bitmap
     sections.append(pad8(names))
     if version >= 10:
-        sections += [bytes(24), pad8(b"vtb")]
+        sections += [bytes(24), pad8(b"vtb")]  # one vtable record, its name
     sections.append(value_record * (records if value_sites else 0))
-    return b"".join(sections)
+    return bytearray(b"".join(sections))
 
 
 @pytest.mark.parametrize("version", [7, 8, 9, 10])
@@ -318,11 +335,10 @@ def test_synthetic_profile_of_each_version_parses_to_what_it_was_built_from(vers
     """The only v9 coverage (no clang 18 here), and the bitmap and vtable sections of v9/v10."""
     data = synthetic_profile(version)
     [part] = parse_profraw(data)
-    assert (part.length, part.version, part.binary_ids) == (len(data), version, (bytes(range(1, 21)).hex(),))
+    assert (part.length, part.version, part.binary_ids) == (len(data), version, (BUILD_ID.hex(),))
     assert (part.num_data, part.num_counters, part.value_data_size) == (1, 2, 24)
-    assert (part.num_bitmap_bytes, part.num_vtables, part.vnames_size) == (
-        (3 if version >= 9 else 0), (1 if version == 10 else 0), (3 if version == 10 else 0)
-    )
+    assert part.num_bitmap_bytes == (3 if version >= 9 else 0)
+    assert (part.num_vtables, part.vnames_size) == ((1, 3) if version == 10 else (0, 0))
     for cut in range(len(data)):
         assert rejection(data[:cut]) is not None
 
@@ -331,12 +347,9 @@ def test_synthetic_profile_of_each_version_parses_to_what_it_was_built_from(vers
 @pytest.mark.parametrize("huge", [2**63, 2**64 - 1, 2**64 - 8])
 def test_absurd_sizes_are_rejected_without_allocating(version: int, huge: int) -> None:
     """A u64 size near 2**64 must fail the bounds check, not overflow it or allocate for it."""
-    base = synthetic_profile(version)
     fields = HEADER_FIELDS[version]
-    for field in SIZE_FIELDS:
-        if field not in fields:
-            continue
-        data = bytearray(base)
+    for field in set(SIZE_FIELDS) & set(fields):
+        data = synthetic_profile(version)
         struct.pack_into("<Q", data, 8 * fields.index(field), huge)
         tracemalloc.start()
         try:
@@ -348,49 +361,64 @@ def test_absurd_sizes_are_rejected_without_allocating(version: int, huge: int) -
         assert peak < 64 * 1024, f"{field}={huge} made the parser allocate {peak} bytes"
 
 
-def test_absurd_lengths_inside_sections_are_rejected() -> None:
-    """A binary id or value record claiming 2**63 bytes is caught by its own bounds check."""
-    data = bytearray(synthetic_profile(8))
-    struct.pack_into("<Q", data, 88, 2**63)  # the binary id's length
-    assert rejection(data) == "bad-binary-id"
-    data = bytearray(synthetic_profile(8))
-    struct.pack_into("<I", data, len(data) - 24, 0xFFFFFFF8)  # the value record's TotalSize
-    assert rejection(data) == "size-mismatch"
-
-
-MAGIC_32 = 0xFF6C70726F665281  # "\xfflprofR\x81"
+@pytest.mark.parametrize(
+    ("offset_from_end", "fmt", "value", "reason"),
+    [
+        (None, "<Q", 2**63, "bad-binary-id"),
+        (None, "<Q", 0, "bad-binary-id"),
+        (24, "<I", 0xFFFFFFF8, "size-mismatch"),
+        (24, "<I", 20, "bad-value-data"),
+        (20, "<I", 2, "bad-value-data"),
+    ],
+    ids=["huge-binary-id", "empty-binary-id", "huge-value-record", "odd-value-record",
+         "wrong-value-kinds"],
+)
+def test_impossible_lengths_inside_sections_are_rejected(
+    offset_from_end: int | None, fmt: str, value: int, reason: str
+) -> None:
+    """Binary-id lengths and value-record sizes get their own bounds checks."""
+    data = synthetic_profile(8)
+    offset = 88 if offset_from_end is None else len(data) - offset_from_end
+    struct.pack_into(fmt, data, offset, value)
+    assert rejection(data) == reason
 
 
 @pytest.mark.parametrize(
-    "magic", [struct.pack("<Q", MAGIC_32), struct.pack(">Q", RAW_MAGIC), struct.pack(">Q", MAGIC_32)],
+    "magic",
+    [struct.pack("<Q", MAGIC_32), struct.pack(">Q", RAW_MAGIC), struct.pack(">Q", MAGIC_32)],
     ids=["32-bit", "big-endian", "32-bit-big-endian"],
 )
 def test_32_bit_and_big_endian_profiles_are_unsupported(magic: bytes) -> None:
-    """LLVM writes these on other targets; pgod only serves 64-bit little-endian Linux."""
-    data = magic + synthetic_profile(8)[8:]
-    assert rejection(data) == "unsupported-format"
+    """LLVM writes these on other targets; pgod serves 64-bit little-endian Linux."""
+    assert rejection(magic + synthetic_profile(8)[8:]) == "unsupported-format"
 
 
 @pytest.mark.parametrize(
     ("version", "flags"),
     [(6, 0), (11, 0), (0, 0), (7, 1 << 60), (8, 1 << 40), (10, 1 << 32)],
-    ids=["v6", "v11", "v0", "v7-with-byte-coverage", "v8-with-bit-40", "v10-with-bit-32"],
+    ids=["v6", "v11", "v0", "v7-byte-coverage", "v8-bit-40", "v10-bit-32"],
 )
 def test_unknown_versions_and_variant_bits_are_unsupported(version: int, flags: int) -> None:
-    data = bytearray(synthetic_profile(version if version in HEADER_FIELDS else 8))
+    """Any other layout would be misread, so it is refused before any size is trusted."""
+    data = synthetic_profile(version if version in HEADER_FIELDS else 8)
     struct.pack_into("<Q", data, 8, flags | version)
     assert rejection(data) == "unsupported-version"
 
 
 def test_wrong_value_kind_count_is_a_bad_header() -> None:
-    data = bytearray(synthetic_profile(10))
-    struct.pack_into("<Q", data, 8 * 15, 1)  # ValueKindLast of v9, in a v10 header
+    """ValueKindLast is fixed per version; another value means another layout."""
+    data = synthetic_profile(10)
+    struct.pack_into("<Q", data, 8 * 15, 1)  # v9's ValueKindLast in a v10 header
     assert rejection(data) == "bad-header"
 
 
 @pytest.mark.parametrize(
     ("tail", "reason"),
-    [(bytes(8), "trailing-garbage"), (b"x", "trailing-garbage"), (struct.pack("<Q", RAW_MAGIC), "truncated-header")],
+    [
+        (bytes(8), "trailing-garbage"),
+        (b"x", "trailing-garbage"),
+        (struct.pack("<Q", RAW_MAGIC), "truncated-header"),
+    ],
     ids=["zeros", "one-byte", "lone-magic"],
 )
 def test_bytes_after_the_last_part_are_rejected(tail: bytes, reason: str) -> None:
@@ -404,6 +432,13 @@ def test_more_parts_than_max_parts_are_rejected() -> None:
     assert rejection(data, max_parts=2) == "too-many-parts"
 
 
+def test_parts_of_different_versions_split_independently() -> None:
+    """An executable and a library built by different clangs share one file; each part keeps
+    its own version, so each can go to the llvm-profdata that matches it."""
+    data = synthetic_profile(8) + synthetic_profile(10)
+    assert [part.version for part in parse_profraw(data)] == [8, 10]
+
+
 def test_empty_input_is_rejected_as_empty() -> None:
     assert rejection(b"") == "empty"
 
@@ -413,8 +448,9 @@ def test_parse_time_does_not_grow_with_section_sizes() -> None:
     data = synthetic_profile(8, records=100_000, value_sites=False)
     started = time.perf_counter()
     [part] = parse_profraw(data)
+    elapsed = time.perf_counter() - started
     assert part.num_data == 100_000
-    assert time.perf_counter() - started < 0.05
+    assert elapsed < 0.05, f"{elapsed * 1e3:.1f} ms for 100,000 data records"
 
 
 # --- random input ----------------------------------------------------------------------------
@@ -429,19 +465,25 @@ def test_random_bytes_only_raise_profraw_error(data: bytes) -> None:
 @settings(max_examples=500, deadline=None)
 @given(
     version=st.sampled_from([7, 8, 9, 10]),
-    sizes=st.lists(st.one_of(st.integers(0, 80), st.integers(0, 2**64 - 1)), min_size=13, max_size=13),
+    sizes=st.lists(st.integers(0, 80) | st.integers(0, 2**64 - 1), min_size=13, max_size=13),
     tail=st.binary(max_size=700),
 )
-def test_random_headers_after_a_valid_magic_only_raise_profraw_error(version: int, sizes: list[int], tail: bytes) -> None:
+def test_random_headers_after_a_valid_magic_only_raise_profraw_error(
+    version: int, sizes: list[int], tail: bytes
+) -> None:
     """Headers that pass the magic, version and ValueKindLast checks reach the size checks."""
     fields = HEADER_FIELDS[version]
-    values = dict(zip(fields[2:-1], sizes), Magic=RAW_MAGIC, Version=version, ValueKindLast=2 if version == 10 else 1)
+    values = dict(zip(fields[2:-1], sizes)) | {
+        "Magic": RAW_MAGIC, "Version": version, "ValueKindLast": 2 if version == 10 else 1,
+    }
     rejection(struct.pack(f"<{len(fields)}Q", *(values[f] for f in fields)) + tail)
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.data())
-def test_random_overwrites_of_real_profiles_only_raise_profraw_error(built: Built, data: st.DataObject) -> None:
+def test_random_overwrites_of_real_profiles_only_raise_profraw_error(
+    built: Built, data: st.DataObject
+) -> None:
     profile = bytearray(built.two_part)
     for _ in range(data.draw(st.integers(1, 4))):
         start = data.draw(st.integers(0, len(profile) - 1))

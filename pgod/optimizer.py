@@ -1,0 +1,312 @@
+"""The closed loop after merging: snapshot, optimized rebuild, activation, upgrades.
+
+Runs on the engine thread only (the engine calls it), so, like the merge, every state change
+happens in one place. Builds themselves run in a BuildRun thread that reports back through
+the engine's queue.
+
+States (CONTRACT.md): profiling → building → ready ⇄ active; building → failed → (backoff)
+building; a changed `profile_build` makes a package stale until its next build.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from . import nixstore
+from .builds import BuildResult, BuildRun, expand_argv
+from .config import Config
+from .db import Build, Package
+from .staging import Layout
+
+log = structlog.get_logger(__name__)
+
+BUILD_RETRY_BASE_SECONDS = 30.0
+BUILD_RETRY_MAX_SECONDS = 3600.0
+
+
+class OperationError(Exception):
+    """A requested operation cannot be done now; the message says why, for the caller."""
+
+
+def profile_build_key(paths) -> str:
+    return "\n".join(sorted(str(p) for p in paths))
+
+
+class Optimizer:
+    def __init__(
+        self,
+        config: Config,
+        layout: Layout,
+        sessions: sessionmaker[Session],
+        emit: Callable[..., None],
+        report_build: Callable[[BuildResult], None],
+    ) -> None:
+        self.config = config
+        self.layout = layout
+        self.sessions = sessions
+        self._emit = emit
+        self._report_build = report_build
+        self.running: BuildRun | None = None
+
+    @property
+    def gcroots(self) -> Path:
+        return self.layout.state / "gcroots"
+
+    # ---- start-up --------------------------------------------------------------------------
+    def adopt(self, session: Session, row: Package) -> None:
+        """Bring a package row in line with the configuration at start (upgrades, lost builds)."""
+        key = profile_build_key(self.config.packages[row.name].profile_build)
+        if row.state == "building":
+            # The daemon stopped mid-build: that build's result is lost, so build again.
+            row.state = "stale" if row.profile_build_key and row.profile_build_key != key else "profiling"
+            row.build_due = True
+            for build in session.scalars(select(Build).where(Build.package == row.name, Build.status == "running")):
+                build.status, build.error, build.finished_at = "failed", "interrupted by a daemon stop", time.time()
+        if row.profile_build_key and row.profile_build_key != key:
+            self._upgrade(row)
+        row.profile_build_key = key
+
+    def _upgrade(self, row: Package) -> None:
+        """The system now has a new version: the old optimized build must stop shadowing it."""
+        log.info("package.upgraded", package=row.name, was_active=row.active)
+        row.state = "stale"
+        if row.active:
+            row.active = False
+            self._pending_profile_sync = True
+        # The merged profile is carried forward: it is the starting profile of the new version,
+        # and clang reports how much of it still matches. Build as soon as there is one.
+        row.build_due = row.profile_path is not None
+        row.next_build_at = 0.0
+        row.build_failures = 0
+
+    _pending_profile_sync = False
+
+    def finish_start_up(self) -> None:
+        if self._pending_profile_sync:
+            self._pending_profile_sync = False
+            try:
+                self._sync_profile()
+            except nixstore.NixError as err:
+                log.error("activation.sync_failed", error=str(err))
+
+    # ---- builds ----------------------------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        """Wall-clock time of the next build retry, if one is waiting."""
+        if self.running is not None:
+            return None
+        with self.sessions() as session:
+            return session.scalar(
+                select(Package.next_build_at).where(Package.build_due.is_(True), Package.next_build_at > time.time())
+                .order_by(Package.next_build_at)
+                .limit(1)
+            )
+
+    def maybe_start_build(self) -> None:
+        """Start the first due package's build, if none is running (one build at a time)."""
+        if self.running is not None:
+            return
+        now = time.time()
+        with self.sessions() as session:
+            due = {
+                row.name: row
+                for row in session.scalars(
+                    select(Package).where(Package.build_due.is_(True), Package.next_build_at <= now)
+                )
+            }
+        for name in self.config.packages:  # configuration order is queue order
+            if name in due and due[name].profile_path:
+                self._start_build(name)
+                return
+
+    def request_build(self, name: str) -> None:
+        """`pgoctl rebuild`: build now, whatever the threshold."""
+        with self.sessions.begin() as session:
+            row = session.get(Package, name)
+            if row.profile_path is None:
+                raise OperationError(f"{name} has no merged profile yet: run the profiling build first")
+            if row.state == "building":
+                raise OperationError(f"{name} is already building")
+            row.build_due = True
+            row.next_build_at = 0.0
+        self.maybe_start_build()
+
+    def _start_build(self, name: str) -> None:
+        package = self.config.packages[name]
+        with self.sessions() as session:
+            row = session.get(Package, name)
+            profile_path, generation = Path(row.profile_path), row.profile_generation
+        try:
+            snapshot = nixstore.add_file(profile_path, f"pgo-{name}-{generation}.profdata")
+            nixstore.add_root(snapshot, self.gcroots / f"{name}-profile")
+        except (nixstore.NixError, OSError) as err:
+            self._build_failed_to_start(name, f"profile snapshot: {err}")
+            return
+        argv = expand_argv(package.build, snapshot)
+        started = time.time()
+        with self.sessions.begin() as session:
+            row = session.get(Package, name)
+            build = Build(
+                package=name,
+                profile_store_path=snapshot,
+                profile_generation=generation,
+                log_path="",
+                started_at=started,
+            )
+            session.add(build)
+            session.flush()
+            build.log_path = str(self.layout.state / "logs" / f"{name}-{build.id}.log")
+            row.state = "building"
+            row.build_due = False
+            row.raw_bytes = 0  # counters restart: they measure data since this build started
+            row.files = 0
+            build_id, log_path = build.id, Path(build.log_path)
+        self.running = BuildRun(name, build_id, argv, log_path, self._report_build)
+        self.running.start()
+        log.info("build.started", package=name, build=build_id, profile=snapshot, argv=argv)
+        self._emit("counters", package=name)
+        self._emit("package", package=name, event="building", detail=snapshot)
+
+    def _build_failed_to_start(self, name: str, error: str) -> None:
+        with self.sessions.begin() as session:
+            row = session.get(Package, name)
+            self._record_failure(row, error)
+        self._emit("counters", package=name)
+        self._emit("package", package=name, event="failed", detail=error)
+
+    def _record_failure(self, row: Package, error: str) -> None:
+        row.state = "failed"
+        row.last_error = error
+        row.build_failures += 1
+        delay = min(BUILD_RETRY_BASE_SECONDS * 2 ** (row.build_failures - 1), BUILD_RETRY_MAX_SECONDS)
+        row.next_build_at = time.time() + delay
+        row.build_due = True
+        log.error("build.failed", package=row.name, error=error, retry_in=delay, failures=row.build_failures)
+
+    def on_build_done(self, result: BuildResult) -> None:
+        self.running = None
+        name = result.package
+        if result.ok:
+            try:
+                nixstore.add_root(result.out_path, self.gcroots / f"{name}-optimized")
+            except nixstore.NixError as err:
+                result = BuildResult(name, result.build_id, False, None, f"GC root: {err}", result.seconds)
+        with self.sessions.begin() as session:
+            build = session.get(Build, result.build_id)
+            row = session.get(Package, name)
+            build.finished_at = time.time()
+            build.status = "succeeded" if result.ok else "failed"
+            build.out_path, build.error = result.out_path, result.error
+            if result.ok:
+                row.optimized = result.out_path
+                row.state = "active" if row.active else "ready"
+                row.last_error = None
+                row.build_failures = 0
+                row.next_build_at = 0.0
+                # Data that arrived during the build may already justify the next one.
+                row.build_due = row.raw_bytes >= row.threshold_bytes
+            else:
+                self._record_failure(row, result.error)
+            was_active = row.active
+        if result.ok:
+            log.info("build.succeeded", package=name, out=result.out_path, seconds=round(result.seconds, 1))
+            self._emit("package", package=name, event="ready", detail=result.out_path)
+            if self.config.activation == "auto" or was_active:
+                try:
+                    self.activate(name)
+                except (OperationError, nixstore.NixError) as err:
+                    self._set_error(name, f"activation: {err}")
+        else:
+            self._emit("package", package=name, event="failed", detail=result.error)
+        self._emit("counters", package=name)
+
+    # ---- activation ------------------------------------------------------------------------
+    def activate(self, name: str) -> None:
+        with self.sessions.begin() as session:
+            row = session.get(Package, name)
+            if row.optimized is None or row.state == "stale":
+                raise OperationError(f"{name} has no optimized build for its current version yet")
+        self._change_active(name, True)
+        self._emit("package", package=name, event="activated", detail=self._optimized(name))
+
+    def deactivate(self, name: str) -> None:
+        self._change_active(name, False)
+        self._emit("package", package=name, event="deactivated", detail="")
+
+    def _optimized(self, name: str) -> str:
+        with self.sessions() as session:
+            return session.get(Package, name).optimized or ""
+
+    def _change_active(self, name: str, active: bool) -> None:
+        with self.sessions() as session:
+            wanted = {
+                row.name: row.optimized
+                for row in session.scalars(select(Package).where(Package.active.is_(True)))
+                if row.name in self.config.packages
+            }
+            target = session.get(Package, name)
+            if active:
+                wanted[name] = target.optimized
+            else:
+                wanted.pop(name, None)
+        nixstore.profile_set(self.config.profile_link, sorted(wanted.values()))
+        with self.sessions.begin() as session:
+            row = session.get(Package, name)
+            row.active = active
+            if row.state in ("ready", "active"):
+                row.state = "active" if active else "ready"
+        log.info("activation.changed", package=name, active=active, profile=str(self.config.profile_link))
+        self._emit("counters", package=name)
+
+    def _sync_profile(self) -> None:
+        with self.sessions() as session:
+            wanted = sorted(
+                row.optimized for row in session.scalars(select(Package).where(Package.active.is_(True))) if row.optimized
+            )
+        nixstore.profile_set(self.config.profile_link, wanted)
+
+    def rollback(self) -> None:
+        """Return the profile to its previous generation, and believe what it now holds."""
+        nixstore.profile_rollback(self.config.profile_link)
+        contents = nixstore.profile_contents(self.config.profile_link)
+        changed = []
+        with self.sessions.begin() as session:
+            for row in session.scalars(select(Package)):
+                active = row.optimized is not None and row.optimized in contents
+                if active != row.active:
+                    row.active = active
+                    if row.state in ("ready", "active"):
+                        row.state = "active" if active else "ready"
+                    changed.append(row.name)
+        log.info("activation.rolled_back", profile=str(self.config.profile_link), changed=changed)
+        for name in changed:
+            self._emit("counters", package=name)
+            self._emit("package", package=name, event="rolled-back", detail="")
+
+    def reset(self, name: str) -> None:
+        """Forget a package's profile and counters (its optimized build stays in the profile)."""
+        with self.sessions.begin() as session:
+            row = session.get(Package, name)
+            if row.state == "building":
+                raise OperationError(f"{name} is building; wait for it to finish")
+            row.profile_path = None
+            row.raw_bytes = row.files = 0
+            row.build_due = False
+            row.build_failures = 0
+            row.next_build_at = 0.0
+            row.last_error = None
+            if row.state in ("failed", "stale"):
+                row.state = "profiling"
+        log.info("package.reset", package=name)
+        self._emit("counters", package=name)
+
+    def _set_error(self, name: str, error: str) -> None:
+        with self.sessions.begin() as session:
+            session.get(Package, name).last_error = error
+        log.error("package.error", package=name, error=error)
+        self._emit("package", package=name, event="failed", detail=error)

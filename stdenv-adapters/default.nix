@@ -1,0 +1,290 @@
+/*
+  Stdenv adapters for profile-guided optimization with pgod.
+
+  Written in the style of nixpkgs' pkgs/stdenv/adapters.nix: each adapter is a
+  curried function that takes a stdenv and returns a changed one (through
+  `stdenv.override`), and compiler or linker flags are appended to
+  `NIX_CFLAGS_COMPILE` / `NIX_CFLAGS_LINK`, never replacing what a package sets.
+
+  The file uses builtins only, so the very same code serves nixpkgs users (the
+  overlay and the NixOS module import it) and the nixpkgs-free test fixture in
+  nix/tests/fixture.
+
+  Usage:
+    adapters = import ./stdenv-adapters { };
+    pgo = adapters.makePgo { inherit (pkgs) clangStdenv; };
+    pgo.profile pkgs.lua                        # instrumented, writes raw profiles
+    pgo.optimize ./lua.profdata pkgs.lua        # rebuilt with the merged profile
+*/
+{
+  # Where instrumented programs write their raw profiles unless LLVM_PROFILE_FILE
+  # says otherwise: the spool pgod watches.
+  defaultSpoolDir ? "/var/spool/pgod",
+}:
+
+let
+  # The setup hook every adapted build sources (it is put in nativeBuildInputs):
+  # writes nix-support/pgo.json or nix-support/pgo-warnings.json in fixup.
+  setupHook = ./pgo-setup-hook.sh;
+
+  # clang's warnings about how well a profile matches the code being compiled.
+  # They are worth counting, never worth failing a build for (-Werror packages).
+  profileMatchWarnings = [
+    "profile-instr-unprofiled"
+    "profile-instr-out-of-date"
+    "profile-instr-missing"
+  ];
+
+  describe = pkg: pkg.name or pkg.pname or "this package";
+
+  hasWhitespace = s: builtins.match ".*[[:space:]].*" s != null;
+
+  # Append `flags` to the variable `var` (NIX_CFLAGS_COMPILE or NIX_CFLAGS_LINK)
+  # of a mkDerivation argument set. Older packages set these at the top level,
+  # newer ones under `env`; nixpkgs refuses the same name in both places, so the
+  # flags go where the package already has the variable, else under `env`.
+  appendFlags =
+    var: flags: attrs:
+    let
+      append = old: builtins.toString old + " " + builtins.toString flags;
+    in
+    if attrs ? ${var} then
+      attrs // { ${var} = append attrs.${var}; }
+    else
+      attrs // { env = (attrs.env or { }) // { ${var} = append (attrs.env.${var} or ""); }; };
+
+  # Apply `f` (prevAttrs -> attrs) to mkDerivation arguments, which may be an
+  # attribute set or a `finalAttrs: { … }` function.
+  extendArgs =
+    f: args:
+    if builtins.isFunction args then finalAttrs: f (args finalAttrs) else f args;
+
+  # A stdenv whose mkDerivation applies `f` to every package's arguments.
+  #
+  # nixpkgs keeps the default `mkDerivationFromStdenv` to itself, so when no
+  # adapter before this one set it, the given stdenv's own mkDerivation is the
+  # one underneath. That is exact as long as nothing changes the compiler after
+  # this adapter: apply the PGO adapters last (makePgo does).
+  extendMkDerivationArgs =
+    stdenv: f:
+    stdenv.override (old: {
+      mkDerivationFromStdenv =
+        stdenvSelf: args:
+        let
+          mkDerivationSuper =
+            if old ? mkDerivationFromStdenv then
+              old.mkDerivationFromStdenv stdenvSelf
+            else
+              stdenv.mkDerivation;
+        in
+        mkDerivationSuper (extendArgs f args);
+    });
+
+  # The stdenv, if the PGO adapters can handle it; else a `throw` saying why.
+  checkStdenv =
+    who: stdenv:
+    let
+      host = stdenv.hostPlatform;
+      build = stdenv.buildPlatform;
+    in
+    if !(stdenv.cc.isClang or false) then
+      throw "${who}: the compiler of this stdenv (${stdenv.cc.name or "unknown"}) is not clang. clang's -fprofile-instr-* instrumentation needs a clang stdenv: use pkgs.clangStdenv, or pgo.profile / pgo.optimize, which move a package there."
+    else if !(host.isElf or false) then
+      throw "${who}: ${host.system or "this platform"} does not produce ELF files. pgod attributes raw profiles by GNU build-id, which only ELF binaries carry."
+    else if (build.config or build.system or null) != (host.config or host.system or null) then
+      throw "${who}: cross-compiling (${build.config or build.system or "?"} to ${host.config or host.system or "?"}) is not supported. Profiles are written and merged on the machine that runs the program, so build its profiling and optimized variants natively there."
+    else
+      stdenv;
+
+  # llvm-profdata of the LLVM release the stdenv's clang belongs to: raw
+  # profiles carry no compatibility promise across releases.
+  matchingLlvmProfdata =
+    who: stdenv:
+    let
+      libllvm = stdenv.cc.cc.libllvm or null;
+    in
+    if libllvm == null then
+      throw "${who}: cannot tell which llvm-profdata matches ${stdenv.cc.name or "this stdenv's clang"}; pass `llvmProfdata`, the llvm-profdata of the same LLVM release as the compiler."
+    else
+      "${libllvm.out or libllvm}/bin/llvm-profdata";
+
+  # A `profile` argument of withPgoOptimize as a string Nix treats as an input
+  # of the build (a path literal is copied to the store, a store path string
+  # must carry its context).
+  profileInput =
+    profile:
+    if builtins.isPath profile || profile ? outPath then
+      "${profile}"
+    else if builtins.isString profile && builtins.hasContext profile then
+      profile
+    else if builtins.isString profile then
+      throw ''withPgoOptimize: the profile "${profile}" is a plain string, so Nix would not make it an input of the build (and a sandboxed build could not read it). Pass a path (./app.profdata) or `builtins.storePath "/nix/store/…-app.profdata"`.''
+    else
+      throw "withPgoOptimize: the profile must be a path or a store path string, not a ${builtins.typeOf profile}.";
+in
+rec {
+  /*
+    Instrument every package built with this stdenv for clang's front-end
+    profile-guided optimization. Compile and link get
+    `-fprofile-instr-generate=<spoolDir>/%p.profraw`, so the profile path is
+    baked into the binaries: programs started by system services, cron jobs or
+    sudo, which drop the environment, still write to the spool. LLVM_PROFILE_FILE
+    overrides it where set. Links also get `-Wl,--build-id`: pgod attributes a
+    raw profile to the ELF file whose GNU build-id it names.
+
+    Every output gets `nix-support/pgo.json` listing the build-ids of all ELF
+    files of all outputs and the llvm-profdata that can merge their profiles.
+
+    `llvmProfdata` defaults to the one of the stdenv's clang
+    (`stdenv.cc.cc.libllvm`). The stdenv must use clang and target ELF.
+
+    Example:
+      hello-profiling = pkgs.hello.override {
+        stdenv = withPgoProfile { spoolDir = "/var/spool/pgod"; } pkgs.clangStdenv;
+      };
+  */
+  withPgoProfile =
+    {
+      spoolDir ? defaultSpoolDir,
+      llvmProfdata ? null,
+    }:
+    stdenv:
+    let
+      stdenv' = checkStdenv "withPgoProfile" stdenv;
+      profdata =
+        if llvmProfdata != null then
+          builtins.toString llvmProfdata
+        else
+          matchingLlvmProfdata "withPgoProfile" stdenv';
+      instrument = "-fprofile-instr-generate=${spoolDir}/%p.profraw";
+    in
+    if builtins.substring 0 1 spoolDir != "/" || hasWhitespace spoolDir then
+      throw ''withPgoProfile: spoolDir must be an absolute path without white space (it becomes part of a compiler flag), got "${spoolDir}".''
+    else
+      extendMkDerivationArgs stdenv' (
+        prevAttrs:
+        let
+          flagged = appendFlags "NIX_CFLAGS_LINK" [ instrument "-Wl,--build-id" ] (
+            appendFlags "NIX_CFLAGS_COMPILE" [ instrument ] prevAttrs
+          );
+        in
+        flagged
+        // {
+          nativeBuildInputs = (prevAttrs.nativeBuildInputs or [ ]) ++ [ setupHook ];
+          pgoVariant = "profile";
+          pgoLlvmProfdata = profdata;
+          passthru = (prevAttrs.passthru or { }) // {
+            pgo = {
+              variant = "profile";
+              llvmProfdata = profdata;
+              inherit spoolDir;
+            };
+          };
+        }
+      );
+
+  /*
+    Build every package with this stdenv optimized by a merged, indexed profile
+    (`llvm-profdata merge` output): `-fprofile-instr-use=<profile>`.
+
+    clang's profile mismatch warnings (-Wprofile-instr-unprofiled,
+    -Wprofile-instr-out-of-date, -Wprofile-instr-missing) are enabled, never
+    errors, and counted into `nix-support/pgo-warnings.json` of every output,
+    so reports can show how much of the profile matched the code.
+
+    `profile` is a path, a store path string with context
+    (`builtins.storePath`), or `{ profile; llvmProfdata ? …; }` where
+    llvmProfdata (default: the stdenv clang's) only serves to record the
+    profile's function count.
+
+    Example:
+      hello-optimized = pkgs.hello.override {
+        stdenv = withPgoOptimize ./hello.profdata pkgs.clangStdenv;
+      };
+  */
+  withPgoOptimize =
+    profileArg: stdenv:
+    let
+      options =
+        if builtins.isAttrs profileArg && !(profileArg ? outPath) then
+          profileArg
+        else
+          { profile = profileArg; };
+      stdenv' = checkStdenv "withPgoOptimize" stdenv;
+      profile = profileInput options.profile;
+      profdata =
+        if options.llvmProfdata or null != null then
+          builtins.toString options.llvmProfdata
+        else if (stdenv'.cc.cc or { }) ? libllvm then
+          matchingLlvmProfdata "withPgoOptimize" stdenv'
+        else
+          "";
+      flags =
+        [ "-fprofile-instr-use=${profile}" ]
+        ++ map (w: "-W${w}") profileMatchWarnings
+        ++ map (w: "-Wno-error=${w}") profileMatchWarnings;
+    in
+    extendMkDerivationArgs stdenv' (
+      prevAttrs:
+      appendFlags "NIX_CFLAGS_COMPILE" flags prevAttrs
+      // {
+        nativeBuildInputs = (prevAttrs.nativeBuildInputs or [ ]) ++ [ setupHook ];
+        pgoVariant = "optimize";
+        pgoProfile = profile;
+        pgoLlvmProfdata = profdata;
+        passthru = (prevAttrs.passthru or { }) // {
+          pgo = {
+            variant = "optimize";
+            inherit profile;
+          };
+        };
+      }
+    );
+
+  /*
+    The two variants of any package for pgod, given the clang stdenv to move
+    gcc-built packages to (packages already built with clang keep their own).
+
+      profile  : package -> its instrumented variant
+      optimize : profile -> package -> its variant optimized with `profile`
+
+    A package qualifies when it comes from callPackage (has `override`) and
+    takes a `stdenv` argument; anything else ends in a `throw` saying so.
+
+    Example:
+      pgo = makePgo { inherit (pkgs) clangStdenv; };
+      environment.systemPackages = [ (pgo.profile pkgs.lua) ];
+      lua-fast = pgo.optimize ./lua.profdata pkgs.lua;
+  */
+  makePgo =
+    {
+      clangStdenv,
+      spoolDir ? defaultSpoolDir,
+    }:
+    let
+      clangStdenvFor =
+        pkg:
+        let
+          own = pkg.stdenv or null;
+        in
+        if own != null && (own.cc.isClang or false) then own else clangStdenv;
+
+      withStdenv =
+        who: pkg: stdenv:
+        let
+          takes = pkg.override.__functionArgs or null;
+        in
+        if !(builtins.isAttrs pkg && pkg ? override) then
+          throw "pgo.${who}: ${describe pkg} has no `override` (it does not come from callPackage), so its stdenv cannot be replaced. Build it with `stdenv = withPgoProfile { } clangStdenv` yourself."
+        else if takes != null && !(takes ? stdenv) then
+          throw "pgo.${who}: ${describe pkg} does not take a `stdenv` argument (it takes: ${builtins.concatStringsSep ", " (builtins.attrNames takes)}), so its compiler cannot be changed with override. Only packages built by stdenv.mkDerivation from a C or C++ compiler can be profiled this way."
+        else
+          pkg.override { inherit stdenv; };
+    in
+    {
+      profile = pkg: withStdenv "profile" pkg (withPgoProfile { inherit spoolDir; } (clangStdenvFor pkg));
+
+      optimize =
+        profile: pkg: withStdenv "optimize" pkg (withPgoOptimize profile (clangStdenvFor pkg));
+    };
+}
