@@ -17,9 +17,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     status = commands.add_parser("status", help="every watched package, its state and progress")
     status.add_argument("--json", action="store_true", help="print the status document as JSON")
-    show = commands.add_parser("show", help="one package in detail")
+    show = commands.add_parser("show", help="one package in detail: profile, builds, history, last error")
     show.add_argument("name")
     show.add_argument("--json", action="store_true", help="print as JSON")
+    for verb, text in (
+        ("rebuild", "start an optimized build now, whatever the threshold"),
+        ("activate", "put the optimized build in use"),
+        ("deactivate", "go back to the profiling build"),
+        ("reset", "forget the package's merged profile and counters"),
+        ("logs", "print the log of the latest optimized build"),
+    ):
+        commands.add_parser(verb, help=text).add_argument("name")
+    commands.add_parser("rollback", help="return the optimized-packages profile to its previous generation")
+    watch = commands.add_parser("watch", help="a live view of status, updated from daemon signals")
+    watch.add_argument("--json", action="store_true", help="print each new status as one JSON line")
+    commands.add_parser("notify-agent", help="per-user agent: desktop notifications for daemon events")
     return parser
 
 
@@ -59,7 +71,37 @@ def _dispatch(args: argparse.Namespace) -> int:
         document = client.package(args.name)
         print(json.dumps(document, indent=2) if args.json else render_package(document))
         return EXIT_OK
+    if args.command in MUTATIONS:
+        method, done = MUTATIONS[args.command]
+        name = getattr(args, "name", None)
+        client.call(method, *([name] if name is not None else []))
+        print(done.format(name=name))
+        return EXIT_OK
+    if args.command == "logs":
+        log = client.call("GetBuildLog", args.name)
+        if not log:
+            print(f"pgoctl: {args.name} has no optimized build yet", file=sys.stderr)
+            return EXIT_FAILED
+        sys.stdout.write(log)
+        return EXIT_OK
+    if args.command == "watch":
+        from .watch import watch
+
+        return watch(client, as_json=args.json)
+    if args.command == "notify-agent":
+        from .notify import run_agent
+
+        return run_agent(client)
     return EXIT_FAILED
+
+
+MUTATIONS = {
+    "rebuild": ("Rebuild", "{name}: optimized build started"),
+    "activate": ("Activate", "{name}: optimized build activated"),
+    "deactivate": ("Deactivate", "{name}: back to the profiling build"),
+    "reset": ("Reset", "{name}: profile and counters reset"),
+    "rollback": ("Rollback", "optimized-packages profile rolled back to its previous generation"),
+}
 
 
 if __name__ == "__main__":

@@ -78,6 +78,13 @@ class Client:
         except GLib.Error as err:
             raise _remote_error(err) from None
 
+    def subscribe(self, signal_name: str, handler) -> None:
+        """Call ``handler(*args)`` for each of the daemon's ``signal_name`` signals."""
+        self.bus.subscribe(
+            sender=BUS_NAME, iface=BUS_NAME, signal=signal_name, object=OBJECT_PATH,
+            signal_fired=lambda _sender, _path, _iface, _signal, args: handler(*args),
+        )
+
     def status(self) -> dict:
         return json.loads(self.call("GetStatus"))
 

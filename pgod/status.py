@@ -65,7 +65,7 @@ def status_document(config: Config, sessions: sessionmaker[Session], spool_backl
         packages = [_package_summary(rows[name], running) for name in config.packages if name in rows]
         counts = _counts(session)
     return {
-        "daemon": {"version": __version__, "spool_backlog": spool_backlog},
+        "daemon": {"version": __version__, "spool_backlog": spool_backlog, "activation": config.activation},
         "packages": packages,
         **counts,
     }
