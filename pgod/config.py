@@ -100,13 +100,15 @@ class _Reader:
             raise self.error(name, f"must be positive, got {value}")
         return int(value * MB)
 
-    def string_list(self, name: str) -> tuple[str, ...]:
+    def string_list(self, name: str, allow_empty_items: bool = False) -> tuple[str, ...]:
         value = self.get(name, list, what="a list of strings")
         if not value:
             raise self.error(name, "must not be empty")
         for index, item in enumerate(value):
-            if not isinstance(item, str) or not item:
-                raise ConfigError(self.path, f"{self.key(name)}[{index}]", "expected a non-empty string")
+            if not isinstance(item, str):
+                raise ConfigError(self.path, f"{self.key(name)}[{index}]", f"expected a string, got {_toml_type(item)}")
+            if not item and (index == 0 or not allow_empty_items):
+                raise ConfigError(self.path, f"{self.key(name)}[{index}]", "must not be empty")
         return tuple(value)
 
     def reject_unknown(self, known: set[str]) -> None:
@@ -204,7 +206,8 @@ def _parse_package(path: Path, name: str, table: dict[str, Any], default_thresho
     return PackageConfig(
         name=name,
         profile_build=tuple(Path(p) for p in profile_build),
-        build=reader.string_list("build"),
+        # An argv: empty arguments are legitimate (`--option substituters ""`), an empty program is not.
+        build=reader.string_list("build", allow_empty_items=True),
         threshold_bytes=reader.megabytes("threshold_mb", default_threshold / MB),
         llvm_profdata=reader.absolute_path("llvm_profdata", None),
     )

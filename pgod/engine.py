@@ -145,6 +145,7 @@ class Engine:
         self.recover()
         self.optimizer.finish_start_up()
         self._scan_spool()
+        self.optimizer.maybe_start_build()
 
     def _next_work(self) -> tuple[list[str], list] | None:
         """Block until work arrives (or a deadline passes); then drain the queue.

@@ -71,6 +71,9 @@ class Optimizer:
         if row.profile_build_key and row.profile_build_key != key:
             self._upgrade(row)
         row.profile_build_key = key
+        # A restart is how a changed configuration arrives (a fixed build command, say), so a
+        # failed build is retried now rather than after the rest of its backoff.
+        row.next_build_at = 0.0
 
     def _upgrade(self, row: Package) -> None:
         """The system now has a new version: the old optimized build must stop shadowing it."""

@@ -46,7 +46,12 @@ let
   appendFlags =
     var: flags: attrs:
     let
-      append = old: builtins.toString old + " " + builtins.toString flags;
+      append =
+        old:
+        let
+          before = builtins.toString old;
+        in
+        (if before == "" then "" else before + " ") + builtins.toString flags;
     in
     if attrs ? ${var} then
       attrs // { ${var} = append attrs.${var}; }
@@ -224,21 +229,24 @@ rec {
         ++ map (w: "-W${w}") profileMatchWarnings
         ++ map (w: "-Wno-error=${w}") profileMatchWarnings;
     in
-    extendMkDerivationArgs stdenv' (
-      prevAttrs:
-      appendFlags "NIX_CFLAGS_COMPILE" flags prevAttrs
-      // {
-        nativeBuildInputs = (prevAttrs.nativeBuildInputs or [ ]) ++ [ setupHook ];
-        pgoVariant = "optimize";
-        pgoProfile = profile;
-        pgoLlvmProfdata = profdata;
-        passthru = (prevAttrs.passthru or { }) // {
-          pgo = {
-            variant = "optimize";
-            inherit profile;
+    # Check the profile argument now, not when a build first needs its flags.
+    builtins.seq profile (
+      extendMkDerivationArgs stdenv' (
+        prevAttrs:
+        appendFlags "NIX_CFLAGS_COMPILE" flags prevAttrs
+        // {
+          nativeBuildInputs = (prevAttrs.nativeBuildInputs or [ ]) ++ [ setupHook ];
+          pgoVariant = "optimize";
+          pgoProfile = profile;
+          pgoLlvmProfdata = profdata;
+          passthru = (prevAttrs.passthru or { }) // {
+            pgo = {
+              variant = "optimize";
+              inherit profile;
+            };
           };
-        };
-      }
+        }
+      )
     );
 
   /*

@@ -29,6 +29,8 @@ def wait_for(predicate: Callable[[], object], timeout: float, message: str, inte
             value = predicate()
             if value:
                 return value
+        except AssertionError:
+            raise  # a definite failure (e.g. the daemon exited): no point waiting
         except Exception as err:  # the thing polled may not exist yet
             last_error = err
         if time.monotonic() > deadline:

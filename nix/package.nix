@@ -1,0 +1,91 @@
+/*
+  pgod, the daemon, and pgoctl, its client, from this repository.
+
+  Callable with python3Packages.callPackage (the overlay and flake.nix do so).
+*/
+{
+  lib,
+  buildPythonApplication,
+  setuptools,
+  watchdog,
+  sqlalchemy,
+  pydbus,
+  pygobject3,
+  structlog,
+  pyelftools,
+  glib,
+  gobject-introspection,
+  wrapGAppsNoGuiHook,
+  pytestCheckHook,
+  hypothesis,
+  dbus,
+}:
+
+buildPythonApplication {
+  pname = "pgod";
+  version = "0.1.0";
+  pyproject = true;
+
+  src = lib.fileset.toSource {
+    root = ../.;
+    fileset = lib.fileset.unions [
+      ../pyproject.toml
+      ../pgod
+      ../tests
+      (lib.fileset.maybeMissing ../README.md)
+    ];
+  };
+
+  build-system = [ setuptools ];
+
+  # pydbus reaches D-Bus through GLib's Gio: the wrapper must find the GLib,
+  # GObject and Gio typelibs.
+  nativeBuildInputs = [
+    gobject-introspection
+    wrapGAppsNoGuiHook
+  ];
+  buildInputs = [ glib ];
+
+  dependencies = [
+    watchdog
+    sqlalchemy
+    pydbus
+    pygobject3
+    structlog
+    pyelftools
+  ];
+
+  # pyproject.toml caps PyGObject for pip users at releases it was tried with;
+  # nixpkgs pins the one its package set is tested with.
+  pythonRelaxDeps = [ "PyGObject" ];
+
+  # One wrapper per program, holding both the Python and the GObject
+  # environment, instead of a GApps wrapper around a Python wrapper.
+  dontWrapGApps = true;
+  preFixup = ''
+    makeWrapperArgs+=("''${gappsWrapperArgs[@]}")
+  '';
+
+  postInstall = ''
+    install -Dm644 pgod/data/org.pgod.Daemon1.conf \
+      $out/share/dbus-1/system.d/org.pgod.Daemon1.conf
+  '';
+
+  # The test suite runs as the flake's `checks.pytest`; tests that need tools
+  # missing from the build sandbox (the Debian clangs, nix-build) skip.
+  doCheck = false;
+  nativeCheckInputs = [
+    pytestCheckHook
+    hypothesis
+    dbus
+  ];
+
+  pythonImportsCheck = [ "pgod" ];
+
+  meta = {
+    description = "Profile-guided optimization as a system service";
+    license = lib.licenses.mit;
+    mainProgram = "pgod";
+    platforms = lib.platforms.linux;
+  };
+}

@@ -1,0 +1,66 @@
+/*
+  Entry point of tests/test_nix_adapters.py: hello-pgo (nix/tests/fixture)
+  through pgod's stdenv adapters, over the fixture stdenv (host clang 14).
+
+    nix-build adapters.nix -A profile --argstr spoolDir /tmp/spool
+    nix-build adapters.nix -A optimize --argstr profile /nix/store/…-hello-pgo.profdata
+*/
+{
+  spoolDir ? "/var/spool/pgod",
+  # Store path of a merged, indexed profile, for the optimized variants.
+  profile ? null,
+}:
+
+let
+  pkgs = import ./fixture { };
+  adapters = import ../../stdenv-adapters { };
+  pgo = adapters.makePgo {
+    inherit (pkgs) clangStdenv;
+    inherit spoolDir;
+  };
+  mergedProfile = builtins.storePath profile;
+
+  # A package in the older style: NIX_CFLAGS_COMPILE at the top level.
+  topLevelFlags = pkgs.callPackage (
+    { stdenv }:
+    stdenv.mkDerivation {
+      name = "top-level-flags";
+      NIX_CFLAGS_COMPILE = "-DTOP_LEVEL=1";
+    }
+  ) { };
+in
+{
+  plain = pkgs.hello;
+  profile = pgo.profile pkgs.hello;
+  optimize = pgo.optimize mergedProfile pkgs.hello;
+  optimizeTweaked = pgo.optimize mergedProfile (pkgs.hello.override { tweak = true; });
+
+  flags = {
+    env = (pgo.profile pkgs.hello).NIX_CFLAGS_COMPILE;
+    link = (pgo.profile pkgs.hello).NIX_CFLAGS_LINK;
+    topLevel = (pgo.profile topLevelFlags).NIX_CFLAGS_COMPILE;
+  };
+
+  # Each of these must end in a `throw` that says what is wrong.
+  errors = {
+    gccStdenv = adapters.withPgoProfile { } pkgs.stdenv;
+    notElf = adapters.withPgoProfile { } (
+      pkgs.clangStdenv
+      // {
+        hostPlatform = {
+          system = "x86_64-darwin";
+          isElf = false;
+        };
+      }
+    );
+    relativeSpool = (adapters.makePgo {
+      inherit (pkgs) clangStdenv;
+      spoolDir = "spool";
+    }).profile pkgs.hello;
+    noOverride = pgo.profile (pkgs.clangStdenv.mkDerivation { name = "bare"; });
+    noStdenvArgument = pgo.profile (
+      pkgs.callPackage ({ clangStdenv }: clangStdenv.mkDerivation { name = "no-stdenv-argument"; }) { }
+    );
+    plainStringProfile = pgo.optimize "/tmp/app.profdata" pkgs.hello;
+  };
+}

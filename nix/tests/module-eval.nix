@@ -1,0 +1,68 @@
+/*
+  Evaluates the pgod NixOS module with nixpkgs' real module system, the NixOS
+  option stubs (nixos-stubs.nix) and the fake nixpkgs of fixture/, for
+  tests/test_nixos_module.py. `configJSON` is the system's configuration as
+  JSON, e.g. { "services": { "pgod": { "enable": true, "packages": ["hello"] } } }.
+*/
+{
+  nixpkgsLib,
+  configJSON ? "{}",
+}:
+
+let
+  lib = import nixpkgsLib;
+  pkgs = import ./fixture { inherit lib; };
+
+  system = lib.evalModules {
+    modules = [
+      ../../nixos-module
+      ./nixos-stubs.nix
+      { _module.args.pkgs = pkgs; }
+      (builtins.fromJSON configJSON)
+    ];
+  };
+
+  inherit (system) config;
+  service = config.systemd.services.pgod;
+  userService = config.systemd.user.services.pgod-notify-agent;
+  unitSummary = unit: {
+    inherit (unit)
+      description
+      wantedBy
+      partOf
+      requires
+      after
+      environment
+      serviceConfig
+      ;
+    path = map toString unit.path;
+  };
+in
+{
+  inherit config;
+
+  # The files the module writes, to build.
+  configFile = config.environment.etc."pgod/config.toml".source;
+  buildFile = config.environment.etc."pgod/build.nix".source;
+  dbusPolicy = builtins.head config.services.dbus.packages;
+
+  # What the module sets, as JSON-friendly values.
+  summary = {
+    failedAssertions = map (a: a.message) (builtins.filter (a: !a.assertion) config.assertions);
+    inherit (config) warnings;
+    service = unitSummary service;
+    userService = if config.systemd.user.services ? pgod-notify-agent then unitSummary userService else null;
+    tmpfiles = config.systemd.tmpfiles.rules;
+    sessionVariables = config.environment.sessionVariables;
+    globalEnvironment = config.systemd.globalEnvironment;
+    profiles = config.environment.profiles;
+    dbusPackages = map toString config.services.dbus.packages;
+    etc = lib.mapAttrs (_: file: toString file.source) config.environment.etc;
+    systemPackages = map (p: {
+      name = p.name;
+      priority = p.meta.priority or null;
+      pgoVariant = p.pgo.variant or null;
+    }) config.environment.systemPackages;
+    settings = config.services.pgod.settings;
+  };
+}

@@ -1,0 +1,140 @@
+/*
+  The options of a NixOS system that services.pgod sets or reads, declared
+  with the types NixOS gives them, so tests/test_nixos_module.py can evaluate
+  nixos-module/ with lib.evalModules outside NixOS.
+*/
+{ lib, pkgs, ... }:
+
+let
+  inherit (lib) mkOption types;
+
+  unit = types.submodule {
+    freeformType = types.attrsOf types.anything;
+    options = {
+      description = mkOption {
+        type = types.str;
+        default = "";
+      };
+      wantedBy = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+      partOf = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+      requires = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+      after = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+      restartTriggers = mkOption {
+        type = types.listOf types.unspecified;
+        default = [ ];
+      };
+      path = mkOption {
+        type = types.listOf (types.either types.package types.str);
+        default = [ ];
+      };
+      environment = mkOption {
+        type = types.attrsOf (
+          types.nullOr (
+            types.oneOf [
+              types.str
+              types.path
+              types.package
+            ]
+          )
+        );
+        default = { };
+      };
+      serviceConfig = mkOption {
+        type = types.attrsOf types.anything;
+        default = { };
+      };
+    };
+  };
+
+  listOf = type: mkOption {
+    type = types.listOf type;
+    default = [ ];
+  };
+in
+{
+  options = {
+    assertions = listOf types.unspecified;
+    warnings = listOf types.str;
+
+    environment = {
+      systemPackages = listOf types.package;
+      profiles = listOf types.str;
+      sessionVariables = mkOption {
+        type = types.attrsOf (types.either types.str (types.listOf types.str));
+        default = { };
+      };
+      etc = mkOption {
+        type = types.attrsOf (
+          types.submodule {
+            options.source = mkOption { type = types.path; };
+          }
+        );
+        default = { };
+      };
+    };
+
+    systemd = {
+      services = mkOption {
+        type = types.attrsOf unit;
+        default = { };
+      };
+      user.services = mkOption {
+        type = types.attrsOf unit;
+        default = { };
+      };
+      tmpfiles.rules = listOf types.str;
+      globalEnvironment = mkOption {
+        type = types.attrsOf (types.nullOr (types.either types.str types.path));
+        default = { };
+      };
+    };
+
+    services.dbus.packages = listOf types.path;
+
+    users.groups = mkOption {
+      type = types.attrsOf (types.submodule { });
+      default = { };
+    };
+
+    nix = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+      };
+      package = mkOption {
+        type = types.package;
+        default = {
+          type = "derivation";
+          name = "nix-host";
+          outPath = "/usr";
+        };
+      };
+    };
+
+    nixpkgs = {
+      overlays = listOf types.unspecified;
+      config = mkOption {
+        type = types.attrsOf types.anything;
+        default = { };
+      };
+    };
+  };
+
+  # NixOS declares these groups itself.
+  config.users.groups = {
+    root = { };
+    wheel = { };
+  };
+}

@@ -1,0 +1,26 @@
+/*
+  The package pgod's closed-loop tests optimize: the fixture's hello-pgo, in its
+  three variants, through the real stdenv adapters on the nixpkgs-free fixture.
+
+    nix-build loop.nix -A profiling --argstr spoolDir /tmp/…/spool
+    nix-build loop.nix -A optimized.out --argstr spoolDir … --argstr profile /nix/store/…profdata
+
+  `tweak = true` stands for an upgrade: the same package, one function changed.
+*/
+{
+  spoolDir,
+  profile ? null,
+  tweak ? false,
+}:
+
+let
+  pkgs = import ../../nix/tests/fixture { };
+  adapters = import ../../stdenv-adapters { defaultSpoolDir = spoolDir; };
+  pgo = adapters.makePgo { inherit (pkgs) clangStdenv; inherit spoolDir; };
+  hello = pkgs.hello.override { inherit tweak; };
+in
+{
+  profiling = pgo.profile hello;
+  optimized = pgo.optimize (builtins.storePath profile) hello;
+  plain = pkgs.hello.override { inherit tweak; stdenv = pkgs.clangStdenv; };
+}

@@ -1,0 +1,225 @@
+"""The PGO stdenv adapters, built for real: a C program in its profiling and optimized variants.
+
+nix-build runs the very adapters nixpkgs users get (stdenv-adapters/) over the fixture stdenv of
+nix/tests/fixture (the host's clang 14, no nixpkgs needed); nix/tests/adapters.nix is the entry
+point. The program, hello-pgo, links a shared library of its own, so each run writes one raw
+profile of two parts, each naming the build-id of its ELF file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from clangs import elf_build_id
+from pgod.profraw import parse_profraw
+
+REPO = Path(__file__).resolve().parent.parent
+ENTRY = REPO / "nix" / "tests" / "adapters.nix"
+CLANG = Path("/usr/bin/clang-14")
+LLVM_PROFDATA = Path("/usr/bin/llvm-profdata-14")
+# What the fixture's clang stdenv gives as its LLVM (Debian's prefix of LLVM 14).
+FIXTURE_LLVM_PROFDATA = "/usr/lib/llvm-14/bin/llvm-profdata"
+NO_SUBSTITUTERS = ["--option", "substituters", ""]
+
+
+def _missing_tools() -> list[str]:
+    missing = [name for name in ("nix-build", "nix-instantiate", "nix-store") if not shutil.which(name)]
+    missing += [str(p) for p in (CLANG, LLVM_PROFDATA, Path("/usr/bin/gcc")) if not os.access(p, os.X_OK)]
+    return missing
+
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        bool(_missing_tools()),
+        reason=f"needs Nix and the host compilers the fixture stdenv uses; missing: {', '.join(_missing_tools())}",
+    ),
+]
+
+
+def nix(tool: str, *args: str) -> str:
+    """Run a Nix command on the adapters' entry point; its stdout, or a failure showing its stderr."""
+    result = subprocess.run([tool, str(ENTRY), *args, *NO_SUBSTITUTERS], capture_output=True, text=True)
+    assert result.returncode == 0, f"{tool} {' '.join(args)} failed:\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+def nix_eval(attr: str, *args: str):
+    return json.loads(nix("nix-instantiate", "--eval", "--strict", "--json", "-A", attr, *args))
+
+
+def nix_build(attr: str, link: Path, *args: str) -> dict[str, Path]:
+    """Build `attr` with its out-link at `link`; the store path of each of its outputs."""
+    nix("nix-build", "-A", attr, "-o", str(link), *args)
+    outputs = nix_eval(f"{attr}.outputs", *args)
+    return {name: Path(nix_eval(f"{attr}.{name}.outPath", *args)) for name in outputs}
+
+
+def elf_files(roots) -> list[Path]:
+    found = []
+    for root in roots:
+        for path in sorted(Path(root).rglob("*")):
+            if path.is_file() and not path.is_symlink() and path.read_bytes()[:4] == b"\x7fELF":
+                found.append(path)
+    return found
+
+
+def run_program(exe: Path, *, profile_file: str | None) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin"}
+    if profile_file is not None:
+        env["LLVM_PROFILE_FILE"] = profile_file
+    return subprocess.run([str(exe), "pgo"], env=env, capture_output=True, text=True, check=True)
+
+
+def binary_ids(profraw: Path) -> set[str]:
+    return {build_id for part in parse_profraw(profraw.read_bytes()) for build_id in part.binary_ids}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("nix-adapters")
+
+
+@pytest.fixture(scope="module")
+def baked_spool(work) -> Path:
+    spool = work / "baked-spool"
+    spool.mkdir()
+    return spool
+
+
+@pytest.fixture(scope="module")
+def profiling(work, baked_spool) -> dict[str, Path]:
+    """The profiling variant, with the test's own spool baked in as the default profile path."""
+    return nix_build("profile", work / "result-profile", "--argstr", "spoolDir", str(baked_spool))
+
+
+@pytest.fixture(scope="module")
+def manifest(profiling) -> dict:
+    return json.loads((profiling["out"] / "nix-support" / "pgo.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def raw_profiles(work, profiling) -> list[Path]:
+    """Raw profiles of three runs of the instrumented program, written where LLVM_PROFILE_FILE says."""
+    spool = work / "env-spool"
+    spool.mkdir()
+    for _ in range(3):
+        run_program(profiling["out"] / "bin" / "hello-pgo", profile_file=f"{spool}/%p.profraw")
+    return sorted(spool.iterdir())
+
+
+@pytest.fixture(scope="module")
+def merged_profile(work, raw_profiles) -> Path:
+    """The raw profiles merged by llvm-profdata 14 and added to the store, as pgod does."""
+    merged = work / "hello-pgo.profdata"
+    subprocess.run([str(LLVM_PROFDATA), "merge", "-o", str(merged), *map(str, raw_profiles)], check=True)
+    added = subprocess.run(["nix-store", "--add", str(merged)], check=True, capture_output=True, text=True)
+    return Path(added.stdout.strip())
+
+
+@pytest.fixture(scope="module")
+def profile_functions(merged_profile) -> int:
+    shown = subprocess.run(
+        [str(LLVM_PROFDATA), "show", str(merged_profile)], check=True, capture_output=True, text=True
+    ).stdout
+    return int(next(line.split(":")[1] for line in shown.splitlines() if line.startswith("Total functions:")))
+
+
+def test_flags_are_appended_to_what_the_package_sets():
+    flags = nix_eval("flags")
+    assert flags["env"].startswith("-DHELLO_PGO_GREETING_ID=42 ")
+    assert "-fprofile-instr-generate=/var/spool/pgod/%p.profraw" in flags["env"].split()
+    assert flags["link"].split() == ["-fprofile-instr-generate=/var/spool/pgod/%p.profraw", "-Wl,--build-id"]
+    # An older package's top-level NIX_CFLAGS_COMPILE is extended in place, not shadowed by `env`.
+    assert flags["topLevel"].startswith("-DTOP_LEVEL=1 -fprofile-instr-generate=")
+
+
+def test_pgo_json_lists_the_build_id_of_every_elf_file_in_every_output(profiling, manifest):
+    assert set(profiling) == {"out", "lib"}
+    elves = elf_files(profiling.values())
+    assert {p.name for p in elves} == {"hello-pgo", "libhellowork.so"}
+    assert manifest == {
+        "version": 1,
+        "name": "hello-pgo",
+        "variant": "profile",
+        "llvm_profdata": FIXTURE_LLVM_PROFDATA,
+        "build_ids": sorted(elf_build_id(p) for p in elves),
+    }
+    # Every output carries the same manifest, whichever of them pgod's config lists.
+    for output in profiling.values():
+        assert json.loads((output / "nix-support" / "pgo.json").read_text()) == manifest
+
+
+def test_profile_goes_where_llvm_profile_file_says_and_names_listed_build_ids(profiling, manifest, raw_profiles):
+    assert len(raw_profiles) == 3
+    exe_id = elf_build_id(profiling["out"] / "bin" / "hello-pgo")
+    lib_id = elf_build_id(profiling["lib"] / "lib" / "libhellowork.so")
+    for raw in raw_profiles:
+        assert binary_ids(raw) == {exe_id, lib_id}
+        assert binary_ids(raw) <= set(manifest["build_ids"])
+
+
+def test_without_the_environment_the_baked_in_spool_is_used(profiling, manifest, baked_spool):
+    before = set(baked_spool.iterdir())
+    exe = profiling["out"] / "bin" / "hello-pgo"
+    process = subprocess.Popen([str(exe)], env={"PATH": "/usr/bin:/bin"}, stdout=subprocess.DEVNULL)
+    assert process.wait() == 0
+    written = set(baked_spool.iterdir()) - before
+    assert written == {baked_spool / f"{process.pid}.profraw"}
+    assert binary_ids(written.pop()) <= set(manifest["build_ids"])
+
+
+def test_optimized_variant_is_built_with_the_merged_profile(work, profiling, merged_profile, profile_functions):
+    optimized = nix_build("optimize", work / "result-optimize", "--argstr", "profile", str(merged_profile))
+    report = json.loads((optimized["out"] / "nix-support" / "pgo-warnings.json").read_text())
+    assert report["variant"] == "optimize"
+    assert report["profile"] == str(merged_profile)
+    assert report["profile_functions"] == profile_functions == 5
+    # The same source as profiled: every function's profile matched.
+    assert report["mismatched_functions"] + report["missing_functions"] < profile_functions
+    assert report["mismatched_functions"] == 0 and report["unprofiled_files"] == 0
+    assert not (optimized["out"] / "nix-support" / "pgo.json").exists()
+
+    # Built with -fprofile-instr-use, not instrumented: it writes no profile.
+    spool = work / "optimized-spool"
+    spool.mkdir()
+    ran = run_program(optimized["out"] / "bin" / "hello-pgo", profile_file=f"{spool}/%p.profraw")
+    assert ran.stdout == run_program(profiling["out"] / "bin" / "hello-pgo", profile_file="/dev/null").stdout
+    assert ran.stdout.startswith("hello-pgo greeting 42:")
+    assert list(spool.iterdir()) == []
+
+
+def test_optimized_variant_counts_the_function_whose_code_changed(work, merged_profile, profile_functions):
+    """hello-pgo with `tweak` changes one function of main.c: clang reports it out of date."""
+    optimized = nix_build("optimizeTweaked", work / "result-tweaked", "--argstr", "profile", str(merged_profile))
+    report = json.loads((optimized["out"] / "nix-support" / "pgo-warnings.json").read_text())
+    assert report["mismatched_functions"] == 1
+    assert report["translation_units_warned"] == 1
+    # main.c has three of the profile's five functions; the other two are the library's.
+    assert report["functions_in_warned_units"] == 3
+    assert report["mismatched_functions"] < report["profile_functions"] == profile_functions
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("gccStdenv", "is not clang"),
+        ("notElf", "does not produce ELF files"),
+        ("relativeSpool", "spoolDir must be an absolute path"),
+        ("noOverride", "has no `override`"),
+        ("noStdenvArgument", "does not take a `stdenv` argument (it takes: clangStdenv)"),
+        ("plainStringProfile", "is a plain string"),
+    ],
+)
+def test_adapters_throw_a_reason_for_what_they_cannot_handle(case, message):
+    result = subprocess.run(
+        ["nix-instantiate", "--eval", str(ENTRY), "-A", f"errors.{case}"], capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert message in result.stderr

@@ -1,0 +1,320 @@
+"""The NixOS module (nixos-module/), evaluated by nixpkgs' real module system.
+
+nix/tests/module-eval.nix runs lib.evalModules over the module, the option declarations a NixOS
+system would provide (nix/tests/nixos-stubs.nix) and the fake nixpkgs of nix/tests/fixture, whose
+`hello` is a real C program built with the host's compilers. The tests read what the module sets,
+build the files it writes, feed the TOML to pgod's own config loader, and run the build argv it
+generates, end to end, to get an optimized hello.
+
+NIXPKGS_LIB must name a nixpkgs lib checkout (github:nix-community/nixpkgs.lib, or nixpkgs itself).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tomllib
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from pgod.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+ENTRY = REPO / "nix" / "tests" / "module-eval.nix"
+NO_SUBSTITUTERS = ["--option", "substituters", ""]
+POLICY = "share/dbus-1/system.d/org.pgod.Daemon1.conf"
+
+
+def _nixpkgs_lib() -> Path | None:
+    root = os.environ.get("NIXPKGS_LIB")
+    if not root:
+        return None
+    root_path = Path(root)
+    return root_path / "lib" if (root_path / "lib" / "default.nix").exists() else root_path
+
+
+NIXPKGS_LIB = _nixpkgs_lib()
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        NIXPKGS_LIB is None,
+        reason="NIXPKGS_LIB is not set: point it at a nixpkgs lib checkout (github:nix-community/nixpkgs.lib) "
+        "to evaluate the NixOS module with the real module system",
+    ),
+    pytest.mark.skipif(
+        shutil.which("nix-build") is None or not os.access("/usr/bin/clang-14", os.X_OK),
+        reason="needs nix-build and /usr/bin/clang-14 (the fixture packages are built with the host's clang)",
+    ),
+]
+
+
+class System:
+    """One evaluated system configuration."""
+
+    def __init__(self, configuration: dict) -> None:
+        self.args = ["--arg", "nixpkgsLib", str(NIXPKGS_LIB), "--argstr", "configJSON", json.dumps(configuration)]
+
+    def _run(self, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [tool, str(ENTRY), *self.args, *args, *NO_SUBSTITUTERS], capture_output=True, text=True
+        )
+
+    def eval(self, attr: str):
+        result = self._run("nix-instantiate", "--eval", "--strict", "--json", "-A", attr)
+        assert result.returncode == 0, result.stderr[-4000:]
+        return json.loads(result.stdout)
+
+    def build(self, attr: str, link: Path) -> Path:
+        result = self._run("nix-build", "-A", attr, "-o", str(link))
+        assert result.returncode == 0, result.stderr[-4000:]
+        return Path(result.stdout.strip().splitlines()[-1])
+
+
+def pgod_configuration(tmp: Path, **options) -> dict:
+    pgod = {
+        "enable": True,
+        "packages": ["hello"],
+        "settings": {"spool_dir": str(tmp / "spool"), "state_dir": str(tmp / "state")},
+    }
+    pgod.update(options)
+    return {"services": {"pgod": pgod}}
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("nixos-module")
+
+
+@pytest.fixture(scope="module")
+def system(tmp) -> System:
+    return System(pgod_configuration(tmp))
+
+
+@pytest.fixture(scope="module")
+def summary(system) -> dict:
+    return system.eval("summary")
+
+
+@pytest.fixture(scope="module")
+def config_file(system, tmp) -> Path:
+    return system.build("configFile", tmp / "config.toml")
+
+
+def test_module_evaluates_without_failed_assertions_or_warnings(summary):
+    assert summary["failedAssertions"] == []
+    assert summary["warnings"] == []
+
+
+def test_daemon_runs_as_a_hardened_dbus_service(summary, tmp):
+    service = summary["service"]
+    unit = service["serviceConfig"]
+    assert unit["Type"] == "dbus" and unit["BusName"] == "org.pgod.Daemon1"
+    assert unit["ExecStart"].endswith("/bin/pgod --config /etc/pgod/config.toml --bus system")
+    assert service["wantedBy"] == ["multi-user.target"]
+    assert "nix-daemon.socket" in service["requires"] and "nix-daemon.socket" in service["after"]
+    # Builds go through nix-daemon: the store and everything else is read-only but what pgod writes.
+    assert service["environment"]["NIX_REMOTE"] == "daemon"
+    assert unit["ProtectSystem"] == "strict"
+    assert unit["ReadWritePaths"] == [str(tmp / "spool"), str(tmp / "state"), "/nix/var/nix/profiles"]
+    # No network at all: D-Bus and nix-daemon are Unix sockets.
+    assert unit["RestrictAddressFamilies"] == ["AF_UNIX"]
+    assert unit["PrivateNetwork"] is True and unit["IPAddressDeny"] == "any"
+    assert "IPAddressAllow" not in unit
+    assert unit["CapabilityBoundingSet"] == ["CAP_DAC_READ_SEARCH"]
+    for option in (
+        "NoNewPrivileges",
+        "PrivateTmp",
+        "PrivateDevices",
+        "ProtectHome",
+        "ProtectKernelTunables",
+        "ProtectKernelModules",
+        "ProtectControlGroups",
+        "RestrictNamespaces",
+        "RestrictSUIDSGID",
+        "LockPersonality",
+        "MemoryDenyWriteExecute",
+    ):
+        assert unit[option] is True, option
+    assert unit["SystemCallFilter"][0] == "@system-service"
+
+
+def test_tmpfiles_create_a_sticky_world_writable_spool_and_a_private_state_dir(summary, tmp):
+    assert summary["tmpfiles"] == [f"d {tmp / 'spool'} 1777 root root -", f"d {tmp / 'state'} 0700 root root -"]
+
+
+def test_llvm_profile_file_is_set_for_login_sessions_and_system_services(summary, tmp):
+    assert summary["sessionVariables"]["LLVM_PROFILE_FILE"] == f"{tmp / 'spool'}/%p.profraw"
+    # Written into every unit's Environment=, where systemd would expand %p: escaped as %%p.
+    assert summary["globalEnvironment"]["LLVM_PROFILE_FILE"] == f"{tmp / 'spool'}/%%p.profraw"
+
+
+def test_profiling_variant_is_installed_ahead_of_the_plain_package(summary):
+    installed = {package["name"]: package for package in summary["systemPackages"]}
+    assert installed["hello-pgo-1.0"]["pgoVariant"] == "profile"
+    assert installed["hello-pgo-1.0"]["priority"] < 0
+    assert any(name.startswith("pgod") for name in installed)
+
+
+def test_profile_link_bin_is_put_in_path(summary):
+    assert summary["profiles"] == ["/nix/var/nix/profiles/pgod"]
+
+
+def test_notify_agent_runs_in_graphical_sessions(summary, tmp):
+    agent = summary["userService"]
+    assert agent["wantedBy"] == ["graphical-session.target"]
+    assert agent["partOf"] == ["graphical-session.target"]
+    assert agent["serviceConfig"]["ExecStart"].endswith("/bin/pgoctl notify-agent")
+    without = System(pgod_configuration(tmp, notifyAgent={"enable": False})).eval("summary")
+    assert without["userService"] is None
+
+
+def test_dbus_policy_gives_the_admin_group_the_mutating_methods(tmp):
+    configuration = pgod_configuration(tmp, adminGroup="pgod-admins")
+    configuration["users"] = {"groups": {"pgod-admins": {}}}
+    system = System(configuration)
+    assert system.eval("summary.failedAssertions") == []
+    policy = ET.parse(system.build("dbusPolicy", tmp / "dbus") / POLICY).getroot()
+    by_group = {p.get("group"): p for p in policy.iter("policy") if p.get("group")}
+    assert set(by_group) == {"pgod-admins"}
+    assert by_group["pgod-admins"].find("allow").get("send_destination") == "org.pgod.Daemon1"
+    root = next(p for p in policy.iter("policy") if p.get("user") == "root")
+    assert root.find("allow").get("own") == "org.pgod.Daemon1"
+
+
+def test_generated_toml_is_a_valid_pgod_configuration(config_file, system, tmp):
+    document = tomllib.loads(config_file.read_text())
+    assert set(document) == {
+        "spool_dir",
+        "state_dir",
+        "profile_link",
+        "threshold_mb",
+        "activation",
+        "admin_group",
+        "packages",
+    }
+    assert document["threshold_mb"] == 64 and document["activation"] == "notify"
+    assert document["admin_group"] == "wheel"
+    hello = document["packages"]["hello"]
+    assert set(hello) == {"profile_build", "build", "llvm_profdata"}
+    assert hello["llvm_profdata"] == "/usr/lib/llvm-14/bin/llvm-profdata"
+    # Both outputs of the profiling variant, each with the manifest pgod attributes profiles by.
+    assert len(hello["profile_build"]) == 2
+    for output in hello["profile_build"]:
+        manifest = json.loads((Path(output) / "nix-support" / "pgo.json").read_text())
+        assert manifest["variant"] == "profile" and len(manifest["build_ids"]) == 2
+    build_nix = system.eval("summary.etc")["pgod/build.nix"]
+    assert hello["build"] == [
+        "nix-build",
+        build_nix,
+        "-A",
+        "hello",
+        "--argstr",
+        "profile",
+        "{profile}",
+        "--out-link",
+        f"{tmp / 'state'}/result-hello",
+    ]
+    # pgod's own loader accepts it.
+    config = load_config(config_file)
+    assert config.packages["hello"].build == tuple(hello["build"])
+    assert config.spool_dir == tmp / "spool"
+
+
+def test_options_reach_the_toml(tmp):
+    configuration = pgod_configuration(tmp, thresholdMB=8, activation="auto")
+    configuration["services"]["pgod"]["settings"]["packages"] = {"hello": {"threshold_mb": 2}}
+    settings = System(configuration).eval("summary.settings")
+    assert settings["threshold_mb"] == 8 and settings["activation"] == "auto"
+    assert settings["packages"]["hello"]["threshold_mb"] == 2
+    assert "profile_build" in settings["packages"]["hello"]
+
+
+def test_build_argv_rebuilds_the_package_with_a_merged_profile(config_file, tmp):
+    """What pgod does past the threshold: run the argv with {profile} replaced; last line = out path."""
+    hello = tomllib.loads(config_file.read_text())["packages"]["hello"]
+    spool = tmp / "spool"
+    spool.mkdir(exist_ok=True)
+    exe = Path(hello["profile_build"][0]) / "bin" / "hello-pgo"
+    for text in ("one", "two 2", "three 33"):
+        # No LLVM_PROFILE_FILE: the module's spool is baked into the profiling variant.
+        subprocess.run([str(exe), text], env={"PATH": "/usr/bin:/bin"}, check=True, capture_output=True)
+    raw = sorted(spool.glob("*.profraw"))
+    assert len(raw) == 3
+    merged = tmp / "hello.profdata"
+    subprocess.run([hello["llvm_profdata"], "merge", "-o", str(merged), *map(str, raw)], check=True)
+    profile = subprocess.run(["nix-store", "--add", str(merged)], check=True, capture_output=True, text=True)
+    profile_path = profile.stdout.strip()
+
+    argv = [arg.replace("{profile}", profile_path) for arg in hello["build"]]
+    built = subprocess.run([*argv, *NO_SUBSTITUTERS], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-4000:]
+    optimized = Path(built.stdout.strip().splitlines()[-1])
+    report = json.loads((optimized / "nix-support" / "pgo-warnings.json").read_text())
+    assert report["profile"] == profile_path
+    assert report["mismatched_functions"] == 0 and report["profile_functions"] == 5
+    assert (tmp / "state" / "result-hello").resolve() == optimized
+
+
+@pytest.mark.parametrize(
+    ("options", "extra", "message"),
+    [
+        ({"packages": ["hello", "no-such-package"]}, {}, "`no-such-package` not found in pkgs"),
+        ({"adminGroup": "pgod-admins"}, {}, "add `users.groups.pgod-admins = { };`"),
+        ({"settings": {"spool_dir": "spool"}}, {}, "must be absolute paths"),
+        ({"settings": {"packages": {"lua": {"threshold_mb": 2}}}}, {}, "`lua` is not in services.pgod.packages"),
+        ({}, {"nix": {"enable": False}}, "needs the Nix daemon"),
+    ],
+    ids=["unknown-package", "undeclared-admin-group", "relative-spool", "orphan-package-table", "no-nix-daemon"],
+)
+def test_assertions_say_what_to_change(tmp, options, extra, message):
+    configuration = pgod_configuration(tmp, **options)
+    if "settings" in options:
+        configuration["services"]["pgod"]["settings"] = {
+            "spool_dir": str(tmp / "spool"),
+            "state_dir": str(tmp / "state"),
+            **options["settings"],
+        }
+    configuration.update(extra)
+    failed = System(configuration).eval("summary.failedAssertions")
+    assert any(message in text for text in failed), failed
+
+
+def test_warnings_for_empty_packages_and_overlays(tmp):
+    empty = System(pgod_configuration(tmp, packages=[])).eval("summary.warnings")
+    assert any("services.pgod.packages is empty" in text for text in empty)
+    configuration = pgod_configuration(tmp)
+    configuration["nixpkgs"] = {"overlays": [{}]}
+    with_overlay = System(configuration).eval("summary.warnings")
+    assert any("without this system's nixpkgs.overlays" in text for text in with_overlay)
+
+
+def test_flake_outputs_offer_lib_overlay_and_module():
+    """flake.nix, with a stand-in nixpkgs input: its system-independent outputs are usable."""
+    expression = f"""
+      let
+        fixture = {REPO}/nix/tests/fixture;
+        nixpkgs = {{ lib = import {NIXPKGS_LIB}; legacyPackages = {{ }}; }};
+        outputs = (import {REPO}/flake.nix).outputs {{ self = outputs; inherit nixpkgs; }};
+        pkgs = import fixture {{ overlays = [ outputs.overlays.default ]; }};
+      in {{
+        outputs = builtins.attrNames outputs;
+        lib = builtins.attrNames outputs.lib;
+        overlay = builtins.attrNames pkgs.stdenvAdapters ++ builtins.attrNames pkgs.pgo;
+        profiled = (pkgs.pgo.profile pkgs.hello).pgo.variant;
+        module = builtins.isFunction outputs.nixosModules.default;
+      }}
+    """
+    result = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "-E", expression], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    flake = json.loads(result.stdout)
+    assert set(flake["outputs"]) >= {"packages", "overlays", "nixosModules", "lib", "checks", "devShells"}
+    assert set(flake["lib"]) == {"withPgoProfile", "withPgoOptimize", "makePgo"}
+    assert set(flake["overlay"]) == {"withPgoProfile", "withPgoOptimize", "profile", "optimize"}
+    assert flake["profiled"] == "profile" and flake["module"] is True
