@@ -114,6 +114,39 @@ class SystemLikeBus:
         self.process.wait(timeout=10)
 
 
+class NotificationServer:
+    """dunst, a real notification server, on an Xvfb screen and the given session bus.
+
+    A dunst rule runs a script for every notification from pgod, recording its summary and
+    body, so a test can see what the server itself received."""
+
+    def __init__(self, directory: Path, bus_env: dict[str, str], display: int = 97) -> None:
+        self.record = directory / "notifications.log"
+        script = directory / "record.sh"
+        script.write_text(f'#!/bin/sh\nprintf "%s|%s|%s\\n" "$1" "$2" "$3" >> {self.record}\n')
+        script.chmod(0o755)
+        config = directory / "dunstrc"
+        config.write_text(f'[global]\n    font = Monospace 8\n[pgod]\n    appname = pgod\n    script = {script}\n')
+        self.display = f":{display}"
+        self.xvfb = subprocess.Popen(["Xvfb", self.display, "-nolisten", "tcp"], stderr=subprocess.DEVNULL)
+        env = {**os.environ, **bus_env, "DISPLAY": self.display}
+        wait_for(lambda: Path(f"/tmp/.X11-unix/X{display}").exists(), 20, "Xvfb started")
+        self.dunst = subprocess.Popen(["dunst", "-config", str(config)], env=env, stderr=subprocess.DEVNULL)
+        wait_for(
+            lambda: subprocess.run(["dunstctl", "is-paused"], env=env, capture_output=True).returncode == 0,
+            20,
+            "dunst owns org.freedesktop.Notifications",
+        )
+
+    def received(self) -> list[str]:
+        return self.record.read_text().splitlines() if self.record.exists() else []
+
+    def close(self) -> None:
+        for process in (self.dunst, self.xvfb):
+            process.terminate()
+            process.wait(timeout=10)
+
+
 def toml_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

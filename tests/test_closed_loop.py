@@ -112,3 +112,54 @@ def test_upgrade_marks_stale_unshadows_and_rebuilds_from_the_carried_profile(pgo
     report = json.loads((Path(second["optimized"]) / "nix-support" / "pgo-warnings.json").read_text())
     assert report["profile"] == builds[0]["profile"]
     assert report["mismatched_functions"] >= 1, report
+
+
+@pytest.fixture
+def notification_server(tmp_path, bus):
+    from harness import NotificationServer
+
+    directory = tmp_path / "dunst"
+    directory.mkdir()
+    server = NotificationServer(directory, bus.env())
+    yield server
+    server.close()
+
+
+def test_notify_mode_stops_at_ready_notifies_and_activates_on_request(pgod, notification_server):
+    profiling = nix_build("profiling", pgod.spool)
+    configure(pgod, profiling, "notify")
+    daemon = pgod.daemon()
+    agent = subprocess.Popen(
+        [str(Path(os.sys.executable).parent / "pgoctl"), "--bus", "session", "notify-agent"],
+        env=daemon.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert agent.stdout.readline().strip() == "pgoctl: notify-agent running"
+        run_hello(Path(profiling) / "bin" / "hello-pgo", 20)
+        ready = wait_for(lambda: (p := daemon.package("hello"))["state"] == "ready" and p, 180, "optimized build ready")
+        assert ready["active"] is False
+        assert not (pgod.root / "profile" / "bin" / "hello-pgo").exists()
+        received = wait_for(notification_server.received, 30, "dunst received the notification")
+        assert received[0].startswith("pgod|hello: optimized build ready|"), received
+        assert ready["optimized"] in received[0]
+
+        assert daemon.pgoctl("activate", "hello").returncode == 0
+        active = daemon.package("hello")
+        assert active["state"] == "active" and active["active"] is True
+        assert (pgod.root / "profile" / "bin" / "hello-pgo").exists()
+        wait_for(lambda: any("hello: optimized build in use" in line for line in notification_server.received()), 30,
+                 "activation notified")
+
+        # Each change is a generation of the Nix profile; rollback returns the previous one.
+        daemon.pgoctl("deactivate", "hello")
+        assert daemon.package("hello")["state"] == "ready"
+        assert not (pgod.root / "profile" / "bin" / "hello-pgo").exists()
+        assert len(generations(pgod.root / "profile")) == 2
+        daemon.pgoctl("rollback")
+        back = daemon.package("hello")
+        assert back["active"] is True and back["state"] == "active"
+        assert (pgod.root / "profile" / "bin" / "hello-pgo").exists()
+        assert "(current)" in generations(pgod.root / "profile")[0]
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
