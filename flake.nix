@@ -37,7 +37,12 @@
           pgod = self.packages.${pkgs.stdenv.hostPlatform.system}.pgod;
         in
         {
-          pytest = pgod.overridePythonAttrs { doCheck = true; };
+          # The whole repository, so the tests of the Nix files run too (those
+          # needing nix-build or the Debian clangs skip in the sandbox).
+          pytest = pgod.overridePythonAttrs {
+            src = self;
+            doCheck = true;
+          };
           nixos = pkgs.testers.runNixOSTest (import ./nix/tests/vm.nix { inherit self; });
         }
       );

@@ -52,3 +52,76 @@ def test_other_users_read_status_but_cannot_call_anything_else(system_bus, tmp_p
         assert "AccessDenied" in refused.stderr
     finally:
         assert daemon.stop() == 0
+
+
+PERMISSIVE_POLICY = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <policy user="root"><allow own="org.pgod.Daemon1"/></policy>
+  <policy context="default"><allow send_destination="org.pgod.Daemon1"/></policy>
+</busconfig>
+"""
+
+MUTATIONS = [("Rebuild", "string:workload"), ("Activate", "string:workload"), ("Deactivate", "string:workload"),
+             ("Rollback",), ("Reset", "string:workload")]
+
+
+def test_the_daemon_itself_refuses_mutations_from_outside_the_admin_group(tmp_path, workload, llvm_profdata_14):
+    """With a bus policy that lets everything through, the daemon's own uid check still holds."""
+    from harness import write_config
+
+    policy = tmp_path / "permissive.conf"
+    policy.write_text(PERMISSIVE_POLICY)
+    bus = SystemLikeBus(Path(tempfile.mkdtemp(prefix="pgod-sysbus-")), [policy])
+    config = write_config(
+        tmp_path / "pgod.toml",
+        {"spool_dir": str(tmp_path / "spool"), "state_dir": str(tmp_path / "state"),
+         "profile_link": str(tmp_path / "profile"), "admin_group": "adm"},
+        {"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}},
+    )
+    daemon = Daemon(config, bus, tmp_path / "pgod.log").start()
+    try:
+        for method, *args in MUTATIONS:
+            refused = dbus_send_as("nobody", bus, method, *args)
+            assert refused.returncode != 0, method
+            assert "org.freedesktop.DBus.Error.AccessDenied" in refused.stderr, (method, refused.stderr)
+            assert "'adm' group" in refused.stderr, refused.stderr
+        assert dbus_send_as("nobody", bus, "GetStatus").returncode == 0
+        # Root passes the check (and then meets the operation's own precondition).
+        reset = dbus_send_as("root", bus, "Reset", "string:workload")
+        assert reset.returncode == 0, reset.stderr
+        assert "access_denied" in (tmp_path / "pgod.log").read_text()
+    finally:
+        assert daemon.stop() == 0
+        bus.close()
+
+
+def test_pgoctl_exits_4_when_access_is_denied(tmp_path, workload, llvm_profdata_14):
+    """pgoctl run as another uid needs its Python: skip where the interpreter is not readable to it."""
+    import os
+    import sys
+
+    probe = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c", "import pgod"],
+                           capture_output=True, text=True, env={**os.environ, "HOME": "/"})
+    if probe.returncode != 0:
+        pytest.skip(f"this venv's Python is not usable by uid nobody here: {probe.stderr.strip().splitlines()[-1:]}")
+    from harness import write_config
+
+    bus = SystemLikeBus(Path(tempfile.mkdtemp(prefix="pgod-sysbus-")), [POLICY])
+    config = write_config(
+        tmp_path / "pgod.toml",
+        {"spool_dir": str(tmp_path / "spool"), "state_dir": str(tmp_path / "state"), "profile_link": str(tmp_path / "profile")},
+        {"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}},
+    )
+    daemon = Daemon(config, bus, tmp_path / "pgod.log").start()
+    try:
+        pgoctl = Path(sys.executable).parent / "pgoctl"
+        result = subprocess.run(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", str(pgoctl), "activate", "workload"],
+            capture_output=True, text=True, env={**os.environ, **bus.env(), "HOME": "/"},
+        )
+        assert result.returncode == 4, result.stderr
+        assert "access denied" in result.stderr
+    finally:
+        daemon.stop()
+        bus.close()
