@@ -49,8 +49,9 @@ TARGETS = {
     "idle_cpu_s": 0.1,
     "idle_rss_mb": 80.0,
 }
-FULL = {"small": 2000, "large": 300, "backlog": 20000, "idle": 60.0}
-QUICK = {"small": 200, "large": 30, "backlog": 2000, "idle": 5.0}
+FULL = {"small": 2000, "large": 300, "backlog": 20000, "idle": 60.0, "trickle": 200}
+QUICK = {"small": 200, "large": 30, "backlog": 2000, "idle": 5.0, "trickle": 40}
+TRICKLE_RATE = 20.0  # files/s in the trickle scenario: programs exiting one after another
 
 SMALL_PACKAGE = "bench"
 LARGE_PACKAGE = "bench_large"
@@ -414,6 +415,7 @@ class IngestResult:
     files_per_s: float
     files_per_s_target: float | None
     merges: int  # llvm-profdata calls pgod made (rows in its merges table)
+    cpu_ms_per_file: float = 0.0
     arrival_s: float = 0.0  # how long the benchmark took to put the files into the spool
     note: str = ""
 
@@ -429,12 +431,14 @@ def ingest_scenario(
     ratio_target: float | None,
     rate_target: float | None,
     arrival_mode: str = "rename",
+    rate: float | None = None,
 ) -> IngestResult:
     """Put ``files`` into the spool of an idle daemon; wait until its package counts them all.
 
     ``rename`` (the default) moves each file in from a folder on the same filesystem, so it
     arrives whole, by IN_MOVED_TO; ``write`` creates each in the spool and writes it, as the LLVM
-    profile runtime does (IN_CREATE, then IN_CLOSE_WRITE).
+    profile runtime does (IN_CREATE, then IN_CLOSE_WRITE). ``rate`` (files/s) spaces the arrivals
+    out, as programs exiting one by one would; by default they all arrive at once.
     """
     poll_interval = 0.2 if poll == "dbus" else 0.05
     own0, kids0 = daemon.wait_idle()
@@ -445,12 +449,13 @@ def ingest_scenario(
     contents = [path.read_bytes() for path in files] if arrival_mode == "write" else []
     started = time.monotonic()
     started_wall = time.time()
-    if arrival_mode == "write":
-        for path, content in zip(files, contents):
+    for index, path in enumerate(files):
+        if rate:
+            time.sleep(max(0.0, started + index / rate - time.monotonic()))
+        if arrival_mode == "write":
             with open(daemon.spool / path.name, "wb") as out:
-                out.write(content)
-    else:
-        for path in files:
+                out.write(contents[index])
+        else:
             os.rename(path, daemon.spool / path.name)  # IN_MOVED_TO in the spool, like an atomic writer
     arrival = time.monotonic() - started
     count, last_change = before, time.monotonic()
@@ -490,6 +495,7 @@ def ingest_scenario(
         files_per_s=merged / wall if wall > 0 else 0.0,
         files_per_s_target=rate_target,
         merges=merges_after - merges_before,
+        cpu_ms_per_file=1000 * cpu / merged if merged else 0.0,
         arrival_s=arrival,
         note=note,
     )
@@ -554,7 +560,8 @@ class BacklogResult:
     backlog_middle: int | None
     backlog_last: int | None
     backlog_max: int | None
-    backlog_non_increasing: bool
+    backlog_non_increasing: bool  # from its highest value on, it never went up
+    backlog_zero_before_scan: bool  # status answered 0 while the start-up scan had not counted the files yet
     max_status_latency_s: float  # slowest GetStatus answer while the backlog was worked off
     samples: list[dict] = field(default_factory=list)
     note: str = ""
@@ -625,11 +632,19 @@ def backlog_scenario(bus: PrivateBus, root: Path, build_dir: Path, seeds: list[P
         backlog_middle=backlog[len(backlog) // 2] if backlog else None,
         backlog_last=backlog[-1] if backlog else None,
         backlog_max=max(backlog) if backlog else None,
-        backlog_non_increasing=all(a >= b for a, b in zip(backlog, backlog[1:])),
+        backlog_non_increasing=_non_increasing_from_peak(backlog),
+        backlog_zero_before_scan=bool(backlog) and backlog[0] == 0 and max(backlog) > 0,
         max_status_latency_s=max(latencies) if latencies else 0.0,
         samples=samples,
         note="" if complete else f"stalled: {merged} of {count} counted after {seconds:.0f} s",
     )
+
+
+def _non_increasing_from_peak(values: list[int]) -> bool:
+    if not values:
+        return False
+    tail = values[values.index(max(values)) :]
+    return all(a >= b for a, b in zip(tail, tail[1:]))
 
 
 # ---- report --------------------------------------------------------------------------------------
@@ -653,17 +668,17 @@ def render(report: dict) -> str:
     )
     header = (
         f"{'scenario':<22}{'files':>7}{'size':>10}{'wall s':>8}{'pgod CPU s':>12}{'(own+llvm)':>14}"
-        f"{'baseline s':>12}{'ratio (target)':>17}{'files/s (target)':>19}{'merges':>8}"
+        f"{'baseline s':>12}{'ratio (target)':>17}{'files/s (target)':>19}{'merges':>8}{'ms/file':>9}"
     )
     out.append(header)
     out.append("-" * len(header))
-    rows = [report.get("small"), report.get("large")]
+    rows = [report.get("small"), report.get("large"), report.get("trickle")]
     for row in filter(None, rows):
         out.append(
             f"{row['scenario']:<22}{row['files']:>7}{_fmt_size(row['file_bytes']):>10}{row['wall_s']:>8.2f}"
             f"{row['pgod_cpu_s']:>12.2f}{'(%.2f+%.2f)' % (row['pgod_own_cpu_s'], row['pgod_profdata_cpu_s']):>14}"
             f"{row['baseline_cpu_s']:>12.3f}{_target(row['ratio'], row['ratio_target'], '≤', '×'):>17}"
-            f"{_target(row['files_per_s'], row['files_per_s_target'], '≥'):>19}{row['merges']:>8}"
+            f"{_target(row['files_per_s'], row['files_per_s_target'], '≥'):>19}{row['merges']:>8}{row['cpu_ms_per_file']:>9.3f}"
         )
         if row["note"]:
             out.append(f"    !! {row['note']}")
@@ -673,6 +688,7 @@ def render(report: dict) -> str:
             f"{'4 backlog at start':<22}{backlog['files']:>7}{_fmt_size(backlog['file_bytes']):>10}{backlog['seconds']:>8.2f}"
             f"{backlog['pgod_cpu_s']:>12.2f}{'(incl start)':>14}{backlog['baseline_cpu_s']:>12.3f}"
             f"{_target(backlog['ratio'], None, ''):>17}{_target(backlog['files_per_s'], None, ''):>19}{backlog['merges']:>8}"
+            f"{1000 * backlog['pgod_cpu_s'] / max(1, backlog['merged']):>9.3f}"
         )
     out.append("")
     start = report.get("startup")
@@ -691,7 +707,8 @@ def render(report: dict) -> str:
             f"4 backlog at start: peak RSS {backlog['peak_rss_mb']:.1f} MB sampled / {backlog['vm_hwm_mb']:.1f} MB VmHWM; "
             f"all {backlog['merged']} merged {backlog['seconds']:.1f} s after exec; spool_backlog first/middle/last "
             f"{backlog['backlog_first']}/{backlog['backlog_middle']}/{backlog['backlog_last']} (max {backlog['backlog_max']}, "
-            f"non-increasing: {'yes' if backlog['backlog_non_increasing'] else 'NO'}); slowest status answer "
+            f"non-increasing from its peak: {'yes' if backlog['backlog_non_increasing'] else 'NO'}"
+            f"{'; read 0 before the start-up scan counted the files' if backlog['backlog_zero_before_scan'] else ''}); slowest status answer "
             f"{backlog['max_status_latency_s']:.2f} s"
         )
         if backlog["note"]:
@@ -708,6 +725,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--small-files", type=int, help="number of small raw files (default 2000)")
     parser.add_argument("--large-files", type=int, help="number of ~100 KB raw files (default 300)")
     parser.add_argument("--backlog-files", type=int, help="files in the spool before start (default 20000)")
+    parser.add_argument("--trickle-files", type=int, help="small files arriving one by one at 20/s (default 200)")
     parser.add_argument("--seed-runs", type=int, default=50, help="real program runs whose profiles are copied")
     parser.add_argument(
         "--poll",
@@ -727,7 +745,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run the daemon from this folder's pgod package (PYTHONPATH), e.g. a patched copy under /tmp",
     )
     parser.add_argument("--stall-seconds", type=float, default=30, help="give up a scenario after this long without progress")
-    parser.add_argument("--skip", action="append", default=[], choices=("small", "large", "idle", "backlog"))
+    parser.add_argument("--skip", action="append", default=[], choices=("small", "large", "idle", "backlog", "trickle"))
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (daemon logs, state)")
     return parser.parse_args(argv)
 
@@ -735,7 +753,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     counts = dict(QUICK if args.quick else FULL)
-    for key, value in (("small", args.small_files), ("large", args.large_files), ("backlog", args.backlog_files), ("idle", args.idle_seconds)):
+    for key, value in (("small", args.small_files), ("large", args.large_files), ("backlog", args.backlog_files), ("idle", args.idle_seconds), ("trickle", args.trickle_files)):
         if value is not None:
             counts[key] = value
     for tool in (CLANG, PROFDATA):
@@ -784,8 +802,9 @@ def main(argv: list[str] | None = None) -> int:
         outbox = root_a / "outbox"
         small_files = make_copies(small_seeds, outbox / "small", counts["small"], "small") if "small" not in args.skip else []
         large_files = make_copies(large_seeds, outbox / "large", counts["large"], "large") if "large" not in args.skip else []
+        trickle_files = make_copies(small_seeds, outbox / "trickle", counts["trickle"], "trickle") if "trickle" not in args.skip else []
         baselines = {}
-        for name, files in (("small", small_files), ("large", large_files)):
+        for name, files in (("small", small_files), ("large", large_files), ("trickle", trickle_files)):
             if files:
                 say(f"baseline: one llvm-profdata merge of {len(files)} {name} files (median of 3)")
                 baselines[name] = baseline_cpu(files, root_a / f"baseline-{name}")
@@ -808,6 +827,12 @@ def main(argv: list[str] | None = None) -> int:
             report["large"] = asdict(
                 ingest_scenario(daemon, LARGE_PACKAGE, large_files, "2 large files", baselines["large"], args.poll,
                                 args.stall_seconds, TARGETS["large_ratio"], None, args.arrival)
+            )
+        if trickle_files:
+            say(f"5: {len(trickle_files)} small files arriving one by one at {TRICKLE_RATE:g}/s")
+            report["trickle"] = asdict(
+                ingest_scenario(daemon, SMALL_PACKAGE, trickle_files, f"5 trickle {TRICKLE_RATE:g}/s", baselines["trickle"],
+                                args.poll, args.stall_seconds, None, None, args.arrival, rate=TRICKLE_RATE)
             )
         if "idle" not in args.skip:
             say(f"3: idle for {counts['idle']:g} s (no polling)")

@@ -23,6 +23,7 @@ let
     boolToString
     concatMapStrings
     concatMapStringsSep
+    concatStringsSep
     filter
     genAttrs
     getExe'
@@ -100,7 +101,7 @@ let
       let
         path = map builtins.toJSON (attrPath name);
       in
-      "  ${lib.concatStringsSep "." path} = optimize [ ${lib.concatStringsSep " " path} ];\n"
+      "  ${concatStringsSep "." path} = optimize [ ${concatStringsSep " " path} ];\n"
     ) cfg.packages}}
   '';
 

@@ -36,6 +36,7 @@ from .failpoints import failpoint
 from .ingest import Ingestor
 from .merge import fsync_dir, merge_batch
 from .optimizer import Optimizer
+from .profraw import ProfrawError, parse_profraw
 from .staging import Layout, prune_oldest
 
 log = structlog.get_logger(__name__)
@@ -43,10 +44,18 @@ log = structlog.get_logger(__name__)
 CLAIM_BATCH = 2000  # spool names claimed per cycle: bounds memory on a large backlog
 MERGE_BATCH = 5000  # raw parts per llvm-profdata call
 YOUNG_FILE_SECONDS = 5.0  # at start, a file this fresh may still be open by its writer
+# The profile runtime creates its file empty when the program starts and appends at exit, so
+# an empty file is most likely a program still running: it is left alone this long.
+EMPTY_FILE_GRACE_SECONDS = 600.0
+ARRIVAL_SETTLE_SECONDS = 60.0  # how long an entry that never sees a close event may settle
 RETRY_BASE_SECONDS = 5.0
 RETRY_MAX_SECONDS = 600.0
 
 Listener = Callable[[str, dict], None]
+
+
+class Arrival(str):
+    """A spool name seen appearing (created, moved or linked in) rather than closed by a writer."""
 
 
 @dataclass
@@ -76,6 +85,8 @@ class Engine:
         self._deferred: dict[str, float] = {}  # spool name → when to look at it again
         self._merge_retry: dict[str, tuple[float, float]] = {}  # package → (when, current delay)
         self._scan_remaining = 0
+        # Staging may live inside the spool (see staging.py): never claim our own folder.
+        self._own_name = layout.staging.name if layout.staging.parent == layout.spool else None
         self._restart_at: float | None = None  # set when a step failed: redo start-up then
         self._thread: threading.Thread | None = None
         self.optimizer = Optimizer(config, layout, sessions, self._emit, self._queue.put)
@@ -195,13 +206,15 @@ class Engine:
         if self._restart_at is not None and time.monotonic() >= self._restart_at:
             self._restart_at = None
             self._start_up()
-        self._ingest_names(dict.fromkeys(names))
+        # A name seen both appearing and closed by its writer is simply ready.
+        closed = {name for name in names if not isinstance(name, Arrival)}
+        self._ingest_names([name if name in closed else Arrival(name) for name in dict.fromkeys(map(str, names))])
         self._merge_due_packages()
         self.optimizer.maybe_start_build()
 
     def _scan_spool(self) -> None:
         """Take what was in the spool before the watch began, in bounded chunks."""
-        own = self.layout.staging.name if self.layout.staging.parent == self.layout.spool else None
+        own = self._own_name
         with os.scandir(self.layout.spool) as scan:
             self._scan_remaining = sum(1 for entry in scan if entry.name != own)
         log.info("spool.scan", backlog=self._scan_remaining)
@@ -218,30 +231,46 @@ class Engine:
         self._scan_remaining = 0
 
     def _scan_chunk(self, names: list[str]) -> None:
-        ready = []
-        fresh_after = time.time() - YOUNG_FILE_SECONDS
-        for name in names:
-            try:
-                info = os.lstat(self.layout.spool / name)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISREG(info.st_mode) and info.st_nlink == 1 and info.st_mtime > fresh_after:
-                # Maybe still being written; its close event, or this deadline, brings it back.
-                self._deferred[name] = time.monotonic() + YOUNG_FILE_SECONDS
-            else:
-                ready.append(name)
-        self._ingest_names(ready)
+        self._ingest_names(names, at_start=True)
         self._merge_due_packages()
         self._scan_remaining = max(0, self._scan_remaining - len(names))
         self._emit("backlog", remaining=self.spool_backlog)
 
     # ---- ingest --------------------------------------------------------------------------
-    def _ingest_names(self, names: Iterable[str]) -> None:
+    def _not_yet(self, name: str, at_start: bool) -> float | None:
+        """Seconds to wait before claiming a spool entry that is probably still being written;
+        0 to leave it alone altogether (an event will bring it back), None to claim it now."""
+        try:
+            info = os.lstat(self.layout.spool / name)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            return None
+        age = time.time() - info.st_mtime
+        if info.st_size == 0 and age < EMPTY_FILE_GRACE_SECONDS:
+            # A program still running; its exit write closes the file again and brings it back.
+            return 0.0
+        if info.st_size > 0 and isinstance(name, Arrival) and not _parses_whole(self.layout.spool / name, self.config.max_file_bytes):
+            # Moved or linked in, or written without a close yet: if it is a complete profile
+            # it is done; if not, give its writer time, then take it whatever it holds.
+            return ARRIVAL_SETTLE_SECONDS
+        if at_start and age < YOUNG_FILE_SECONDS:
+            # Found by the scan, not by a close event: its writer may not be done. Its close
+            # event, or this deadline, brings it back.
+            return YOUNG_FILE_SECONDS - age
+        return None
+
+    def _ingest_names(self, names: Iterable[str], at_start: bool = False) -> None:
         staged = []
         for name in names:
-            if "/" in name or name in (".", ".."):
+            if "/" in name or name in (".", "..", self._own_name):
                 continue
             self._deferred.pop(name, None)
+            wait = self._not_yet(name, at_start)
+            if wait is not None:
+                if wait > 0:
+                    self._deferred[str(name)] = time.monotonic() + wait
+                continue
             claimed = self._claimer.claim(name)
             if claimed is not None:
                 staged.append((claimed.staging_path, claimed.original_name))
@@ -500,6 +529,25 @@ class Engine:
                 listener(kind, data)
             except Exception:  # a listener's bug must not stop the engine
                 log.exception("engine.listener_failed", kind=kind)
+
+
+def _parses_whole(path: Path, max_bytes: int) -> bool:
+    """Is the spool file, as it is now, one or more complete raw profiles? A readiness hint
+    only: the claimed copy is checked again from scratch."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return True  # let the claim find out and say why
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
+            return True
+        parse_profraw(os.read(fd, info.st_size))
+        return True
+    except ProfrawError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _unlink(path: Path) -> None:

@@ -1,14 +1,17 @@
 """Watch the spool with inotify (watchdog) and hand ready entry names to the engine.
 
-A regular file is ready when its writer closes it (IN_CLOSE_WRITE) or when it is renamed into
-the spool. Links, FIFOs and devices never get a close event, so they are handed over as soon as
-they appear, to be rejected. This thread only enqueues names; it never touches a file's content.
+A regular file is ready when its writer closes it (IN_CLOSE_WRITE). One renamed into the spool
+from elsewhere shows up as created, with its content already there; it is handed over as an
+Arrival, which the engine takes once it parses whole (or after a settling time). Links, FIFOs
+and devices never get a close event, so they are handed over as soon as they appear, to be
+rejected. This thread only enqueues names; it never reads a file's content.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +23,8 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+
+from .engine import EMPTY_FILE_GRACE_SECONDS, Arrival
 
 
 class _SpoolHandler(FileSystemEventHandler):
@@ -39,7 +44,7 @@ class _SpoolHandler(FileSystemEventHandler):
     def on_moved(self, event: FileSystemEvent) -> None:
         name = self._name_in_spool(event.dest_path)
         if name:
-            self.submit(name)
+            self.submit(Arrival(name))
 
     def on_created(self, event: FileSystemEvent) -> None:
         name = self._name_in_spool(event.src_path)
@@ -49,10 +54,13 @@ class _SpoolHandler(FileSystemEventHandler):
             info = os.lstat(event.src_path)
         except FileNotFoundError:
             return
-        # A plain new file is still being written: wait for its close. Anything else
-        # (link, FIFO, device, second hard link) will never be "closed": take it now.
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            # A link, FIFO, device or second hard link will never be "closed": take it now.
             self.submit(name)
+        elif info.st_size > 0 or time.time() - info.st_mtime > EMPTY_FILE_GRACE_SECONDS:
+            # Content already there (renamed in from elsewhere), or an old empty file.
+            self.submit(Arrival(name))
+        # else: a new, empty file being written; its close event will come.
 
 
 class SpoolWatcher:

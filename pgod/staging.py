@@ -1,13 +1,16 @@
 """The daemon's private folders: staging (claimed files), parts, quarantine, unattributed, profiles.
 
-Staging must sit on the spool's filesystem, because claiming is a rename. It lives under the
-state folder when that is on the same device, otherwise in a root-owned 0700 folder inside the
-spool; either way its ownership and mode are checked at start, since the spool is world-writable
-and someone could have planted a folder (or a symlink) of that name first.
+Staging must be reachable from the spool by rename, because claiming is a rename. It lives
+under the state folder when a probe rename from the spool to there works, otherwise (another
+filesystem, or another mount of the same one, as systemd's ReadWritePaths makes) in a
+daemon-owned 0700 folder inside the spool. Either way its ownership and mode are checked at
+start, since the spool is world-writable and someone could have planted a folder (or a symlink)
+of that name first.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -59,15 +62,31 @@ def prepare_layout(config: Config) -> Layout:
     for directory in (config.state_dir, config.spool_dir):
         directory.mkdir(parents=True, exist_ok=True)
     os.chmod(config.state_dir, 0o700)
-    if os.stat(config.state_dir).st_dev == os.stat(config.spool_dir).st_dev:
-        staging = config.state_dir / "staging"
-    else:
-        staging = config.spool_dir / SPOOL_STAGING_NAME
+    staging = config.state_dir / "staging"
     _make_private_dir(staging)
+    if not _rename_reaches(config.spool_dir, staging):
+        staging = config.spool_dir / SPOOL_STAGING_NAME
+        _make_private_dir(staging)
     layout = Layout(config.spool_dir, staging, config.state_dir)
     for directory in (layout.incoming, layout.parts, layout.quarantine, layout.unattributed, layout.profiles):
         _make_private_dir(directory)
     return layout
+
+
+def _rename_reaches(spool: Path, staging: Path) -> bool:
+    """Can a file in the spool be renamed into staging? Tried with a probe file of our own."""
+    probe = spool / f".pgod-probe-{os.getpid()}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    os.close(fd)
+    try:
+        os.rename(probe, staging / probe.name)
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+        os.unlink(probe)
+        return False
+    os.unlink(staging / probe.name)
+    return True
 
 
 def _make_private_dir(path: Path) -> None:

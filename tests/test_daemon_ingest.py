@@ -95,3 +95,17 @@ def test_sigterm_exits_zero(pgod, workload, llvm_profdata_14):
     pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
     daemon = pgod.daemon()
     assert daemon.stop() == 0
+
+
+def test_files_renamed_into_the_spool_are_taken(pgod, workload, llvm_profdata_14, tmp_path):
+    """A profile written elsewhere and moved in gets no close event in the spool, only a create."""
+    exe = workload / "bin" / "workload"
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
+    daemon = pgod.daemon()
+    outside = pgod.root / "outside"
+    outside.mkdir()
+    run_workload(exe, outside, workload_inputs(25))
+    for entry in outside.iterdir():
+        os.rename(entry, pgod.spool / entry.name)
+    wait_for(lambda: daemon.package("workload")["files"] == 25, 30, "moved-in files merged")
+    assert daemon.status()["quarantine"]["files"] == 0

@@ -44,7 +44,11 @@ def test_hostile_entries_are_quarantined_and_good_files_still_merge(pgod, worklo
     os.symlink(symlink_target, pgod.spool / "link.profraw")
     os.link(hardlink_target, pgod.spool / "hard.profraw")
     os.mkfifo(pgod.spool / "fifo.profraw")
-    (pgod.spool / "empty.profraw").write_bytes(b"")
+    # An empty file is what a still-running program leaves (the runtime appends at exit), so
+    # only an old one is rejected: drop in one whose time stamp says it was left long ago.
+    (tmp_path / "empty.profraw").write_bytes(b"")
+    os.utime(tmp_path / "empty.profraw", (1_000_000, 1_000_000))
+    os.rename(tmp_path / "empty.profraw", pgod.spool / "empty.profraw")
     (pgod.spool / "truncated.profraw").write_bytes(data[: len(data) // 2])
     (pgod.spool / "random.profraw").write_bytes(os.urandom(4096))
     run_instrumented(stranger_exe, [], pgod.spool / "stranger-%p.profraw")
@@ -134,3 +138,23 @@ def test_one_file_with_executable_and_library_profiles_is_split_between_packages
 def profile_functions(clang, profile: Path) -> set[str]:
     shown = clang.profdata_show(profile, "--all-functions").stdout
     return {line.strip().rstrip(":") for line in shown.splitlines() if line.startswith("  ") and line.rstrip().endswith(":") and not line.startswith("    ")}
+
+
+def test_a_fresh_empty_file_is_left_for_its_writer_to_finish(pgod, workload, clang14):
+    """The runtime creates its file empty at program start and appends at exit: a fresh empty
+    file is a program still running, and claiming it would only produce a false rejection."""
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": str(clang14.profdata)}})
+    daemon = pgod.daemon()
+    started = pgod.spool / "4242.profraw"
+    started.write_bytes(b"")
+    run_instrumented(workload / "bin" / "workload", ["9", "x"], pgod.spool / "%p.profraw")
+    wait_for(lambda: daemon.package("workload")["files"] == 1, 30, "the finished program's profile merged")
+    # Now the "running" program exits: the runtime appends its profile to the same file.
+    data = next(iter((pgod.state / "profiles" / "workload").iterdir()))  # noqa: F841 (exists)
+    probe = pgod.root / "probe"
+    probe.mkdir()
+    run_instrumented(workload / "bin" / "workload", ["11", "y"], probe / "p.profraw")
+    with open(started, "ab") as appending:
+        appending.write((probe / "p.profraw").read_bytes())
+    wait_for(lambda: daemon.package("workload")["files"] == 2, 30, "the appended profile merged")
+    assert daemon.status()["quarantine"]["files"] == 0

@@ -188,15 +188,8 @@ def test_dbus_policy_gives_the_admin_group_the_mutating_methods(tmp):
 
 def test_generated_toml_is_a_valid_pgod_configuration(config_file, system, tmp):
     document = tomllib.loads(config_file.read_text())
-    assert set(document) == {
-        "spool_dir",
-        "state_dir",
-        "profile_link",
-        "threshold_mb",
-        "activation",
-        "admin_group",
-        "packages",
-    }
+    top_keys = "activation admin_group packages profile_link spool_dir state_dir threshold_mb"
+    assert sorted(document) == top_keys.split()
     assert document["threshold_mb"] == 64 and document["activation"] == "notify"
     assert document["admin_group"] == "wheel"
     hello = document["packages"]["hello"]
@@ -258,6 +251,18 @@ def test_build_argv_rebuilds_the_package_with_a_merged_profile(config_file, tmp)
     assert report["profile"] == profile_path
     assert report["mismatched_functions"] == 0 and report["profile_functions"] == 5
     assert (tmp / "state" / "result-hello").resolve() == optimized
+
+
+def test_dotted_attribute_paths_name_packages_in_package_sets(tmp):
+    system = System(pgod_configuration(tmp, packages=["testPackages.hello"]))
+    settings = system.eval("summary.settings")
+    assert settings["packages"]["testPackages.hello"]["build"][2:4] == ["-A", "testPackages.hello"]
+    build_nix = system.build("buildFile", tmp / "build-dotted.nix")
+    # Any store path stands in for the profile: only evaluation is asked for.
+    argv = ["nix-instantiate", "--eval", str(build_nix), "--argstr", "profile", str(build_nix)]
+    attr = subprocess.run([*argv, "-A", "testPackages.hello.pgo.variant"], capture_output=True, text=True)
+    assert attr.returncode == 0, attr.stderr
+    assert attr.stdout.strip() == '"optimize"'
 
 
 @pytest.mark.parametrize(

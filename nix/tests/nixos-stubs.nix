@@ -8,6 +8,11 @@
 let
   inherit (lib) mkOption types;
 
+  listOption = type: mkOption {
+    type = types.listOf type;
+    default = [ ];
+  };
+
   unit = types.submodule {
     freeformType = types.attrsOf types.anything;
     options = {
@@ -15,30 +20,12 @@ let
         type = types.str;
         default = "";
       };
-      wantedBy = mkOption {
-        type = types.listOf types.str;
-        default = [ ];
-      };
-      partOf = mkOption {
-        type = types.listOf types.str;
-        default = [ ];
-      };
-      requires = mkOption {
-        type = types.listOf types.str;
-        default = [ ];
-      };
-      after = mkOption {
-        type = types.listOf types.str;
-        default = [ ];
-      };
-      restartTriggers = mkOption {
-        type = types.listOf types.unspecified;
-        default = [ ];
-      };
-      path = mkOption {
-        type = types.listOf (types.either types.package types.str);
-        default = [ ];
-      };
+      wantedBy = listOption types.str;
+      partOf = listOption types.str;
+      requires = listOption types.str;
+      after = listOption types.str;
+      restartTriggers = listOption types.unspecified;
+      path = listOption (types.either types.package types.str);
       environment = mkOption {
         type = types.attrsOf (
           types.nullOr (
@@ -57,20 +44,15 @@ let
       };
     };
   };
-
-  listOf = type: mkOption {
-    type = types.listOf type;
-    default = [ ];
-  };
 in
 {
   options = {
-    assertions = listOf types.unspecified;
-    warnings = listOf types.str;
+    assertions = listOption types.unspecified;
+    warnings = listOption types.str;
 
     environment = {
-      systemPackages = listOf types.package;
-      profiles = listOf types.str;
+      systemPackages = listOption types.package;
+      profiles = listOption types.str;
       sessionVariables = mkOption {
         type = types.attrsOf (types.either types.str (types.listOf types.str));
         default = { };
@@ -94,14 +76,14 @@ in
         type = types.attrsOf unit;
         default = { };
       };
-      tmpfiles.rules = listOf types.str;
+      tmpfiles.rules = listOption types.str;
       globalEnvironment = mkOption {
         type = types.attrsOf (types.nullOr (types.either types.str types.path));
         default = { };
       };
     };
 
-    services.dbus.packages = listOf types.path;
+    services.dbus.packages = listOption types.path;
 
     users.groups = mkOption {
       type = types.attrsOf (types.submodule { });
@@ -124,7 +106,7 @@ in
     };
 
     nixpkgs = {
-      overlays = listOf types.unspecified;
+      overlays = listOption types.unspecified;
       config = mkOption {
         type = types.attrsOf types.anything;
         default = { };

@@ -1,0 +1,49 @@
+"""Staging must be reachable by rename from the spool, even when the state folder is not."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from clangs import run_instrumented
+from conftest import workload_inputs
+from harness import wait_for
+
+
+@pytest.fixture
+def spool_on_other_filesystem():
+    if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(tempfile.gettempdir()).st_dev:
+        pytest.skip("needs /dev/shm on a filesystem other than the temp folder's")
+    spool = Path(tempfile.mkdtemp(prefix="pgod-spool-", dir="/dev/shm"))
+    yield spool
+    shutil.rmtree(spool, ignore_errors=True)
+
+
+def test_staging_falls_back_into_the_spool_when_rename_cannot_reach_state(pgod, workload, llvm_profdata_14, spool_on_other_filesystem):
+    spool = spool_on_other_filesystem
+    pgod.spool = spool
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
+    daemon = pgod.daemon()
+    staging = spool / ".pgod-staging"
+    info = os.lstat(staging)
+    assert stat.S_ISDIR(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o700
+    for args in workload_inputs(10):
+        run_instrumented(workload / "bin" / "workload", args, spool / "%p.profraw")
+    wait_for(lambda: daemon.package("workload")["files"] == 10, 30, "files merged through the in-spool staging")
+    assert os.listdir(spool) == [".pgod-staging"]
+    assert daemon.status()["quarantine"]["files"] == 0
+
+
+def test_a_planted_staging_folder_stops_the_daemon_from_starting(pgod, workload, llvm_profdata_14, spool_on_other_filesystem):
+    spool = spool_on_other_filesystem
+    (spool / ".pgod-staging").symlink_to("/etc")
+    pgod.spool = spool
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
+    with pytest.raises(AssertionError, match="exited with 1"):
+        pgod.daemon()
+    assert "not a directory" in pgod.log_path.read_text()
