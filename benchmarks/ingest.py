@@ -382,6 +382,7 @@ class PrivateBus:
         self.process = subprocess.Popen(
             ["dbus-daemon", "--session", "--nofork", "--print-address=1", f"--address=unix:path={directory / 'bus.socket'}"],
             stdout=subprocess.PIPE,
+            stderr=open(directory / "dbus-daemon.log", "ab"),  # its fd-limit warning is noise here
             text=True,
         )
         self.address = self.process.stdout.readline().strip()

@@ -52,3 +52,36 @@ def test_render_status_lists_unattributed_and_quarantine():
     }
     text = render_status(document)
     assert "spool backlog: 3" in text and "unattributed: 2 files, 2.0 KiB" in text and "quarantine: 1 files" in text
+
+
+def test_watch_prints_a_new_status_when_the_daemon_signals_a_change(pgod, workload, llvm_profdata_14):
+    import subprocess
+
+    from clangs import run_instrumented
+    from harness import BIN
+
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
+    daemon = pgod.daemon()
+    # Unbuffered, so select() sees every line that is not yet read.
+    watcher = subprocess.Popen([str(BIN / "pgoctl"), "--bus", "session", "watch", "--json"], stdout=subprocess.PIPE,
+                               bufsize=0, env=daemon.env())
+    try:
+        first = json.loads(line_within(watcher, 30))
+        assert first["packages"][0]["files"] == 0
+        run_instrumented(workload / "bin" / "workload", ["3", "abc"], pgod.spool / "%p.profraw")
+        # Each line is printed only when a signal arrives.
+        while (update := json.loads(line_within(watcher, 30)))["packages"][0]["files"] != 1:
+            pass
+        assert update["packages"][0]["raw_bytes"] > 0
+    finally:
+        watcher.terminate()
+        assert watcher.wait(timeout=10) == 0
+
+
+def line_within(process, seconds: float) -> str:
+    """The next line of a child's stdout, failing (not hanging) if none comes in time."""
+    import select
+
+    ready, _, _ = select.select([process.stdout], [], [], seconds)
+    assert ready, f"no output within {seconds}s"
+    return process.stdout.readline().decode()
