@@ -24,32 +24,32 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .attribution import Attributor, resolve_profdata
 from .builds import BuildResult
 from .claim import Claimer
 from .config import Config
-from .db import Merge, Package, Part, Quarantine, SpoolFile
+from .db import Package
 from .failpoints import failpoint
 from .ingest import Ingestor
-from .merge import fsync_dir, merge_batch
+from .merge import fsync_dir
 from .optimizer import Optimizer
+from .profiles import ProfileMerger
 from .profraw import ProfrawError, parse_profraw
+from .recovery import recover, settle_files
 from .staging import Layout, prune_oldest
 
 log = structlog.get_logger(__name__)
 
 CLAIM_BATCH = 2000  # spool names claimed per cycle: bounds memory on a large backlog
-MERGE_BATCH = 5000  # raw parts per llvm-profdata call
 YOUNG_FILE_SECONDS = 5.0  # at start, a file this fresh may still be open by its writer
 # The profile runtime creates its file empty when the program starts and appends at exit, so
 # an empty file is most likely a program still running: it is left alone this long.
 EMPTY_FILE_GRACE_SECONDS = 600.0
 ARRIVAL_SETTLE_SECONDS = 60.0  # how long an entry that never sees a close event may settle
-RETRY_BASE_SECONDS = 5.0
-RETRY_MAX_SECONDS = 600.0
+RETRY_BASE_SECONDS = 5.0  # after an unexpected failure, redo start-up this much later
 
 Listener = Callable[[str, dict], None]
 
@@ -79,11 +79,11 @@ class Engine:
         self._queue: queue.SimpleQueue[str | BuildResult | Command | None] = queue.SimpleQueue()
         self._claimer = Claimer(layout.spool, layout.incoming)
         self._ingestor = Ingestor(layout, attributor, config.max_file_bytes)
-        self._profdata = {
+        profdata = {
             name: resolve_profdata(package, attributor.builds.get(name)) for name, package in config.packages.items()
         }
+        self.merger = ProfileMerger(config, layout, sessions, profdata, self._emit)
         self._deferred: dict[str, float] = {}  # spool name → when to look at it again
-        self._merge_retry: dict[str, tuple[float, float]] = {}  # package → (when, current delay)
         self._scan_remaining = 0
         # Staging may live inside the spool (see staging.py): never claim our own folder.
         self._own_name = layout.staging.name if layout.staging.parent == layout.spool else None
@@ -153,7 +153,8 @@ class Engine:
 
     def _start_up(self) -> None:
         self.sync_packages()
-        self.recover()
+        recover(self.layout, self.sessions, self._reingest)
+        self.merger.merge_due()
         self.optimizer.finish_start_up()
         self._scan_spool()
         self.optimizer.maybe_start_build()
@@ -192,7 +193,9 @@ class Engine:
         return names, events
 
     def _next_deadline(self) -> float | None:
-        deadlines = list(self._deferred.values()) + [when for when, _ in self._merge_retry.values()]
+        deadlines = list(self._deferred.values())
+        if (merge_retry := self.merger.next_retry()) is not None:
+            deadlines.append(merge_retry)
         if self._restart_at is not None:
             deadlines.append(self._restart_at)
         build_at = self.optimizer.next_deadline()
@@ -209,7 +212,7 @@ class Engine:
         # A name seen both appearing and closed by its writer is simply ready.
         closed = {name for name in names if not isinstance(name, Arrival)}
         self._ingest_names([name if name in closed else Arrival(name) for name in dict.fromkeys(map(str, names))])
-        self._merge_due_packages()
+        self.merger.merge_due()
         self.optimizer.maybe_start_build()
 
     def _scan_spool(self) -> None:
@@ -232,7 +235,7 @@ class Engine:
 
     def _scan_chunk(self, names: list[str]) -> None:
         self._ingest_names(names, at_start=True)
-        self._merge_due_packages()
+        self.merger.merge_due()
         self._scan_remaining = max(0, self._scan_remaining - len(names))
         self._emit("backlog", remaining=self.spool_backlog)
 
@@ -276,6 +279,11 @@ class Engine:
                 staged.append((claimed.staging_path, claimed.original_name))
         self._ingest_staged(staged)
 
+    def _reingest(self, staged: list[tuple[Path, str]]) -> None:
+        """Examine staging files again that were claimed but never recorded."""
+        for start in range(0, len(staged), CLAIM_BATCH):
+            self._ingest_staged(staged[start : start + CLAIM_BATCH])
+
     def _ingest_staged(self, staged: list[tuple[Path, str]]) -> None:
         if not staged:
             return
@@ -288,7 +296,7 @@ class Engine:
                 session.execute(update(Package).where(Package.name == name).values(last_activity=now))
         failpoint("after-ingest-commit")
         # Rows for entirely-unattributed files are born done; their staging copies can go.
-        self._delete_done_files([path.name for path, _ in staged])
+        settle_files(self.layout, self.sessions, [path.name for path, _ in staged])
         if report.unattributed:
             prune_oldest(self.layout.unattributed, self.config.unattributed_max_files)
         if report.quarantined:
@@ -302,177 +310,6 @@ class Engine:
         )
         for original_name, reason in report.quarantined:
             self._emit("quarantined", file=original_name, reason=reason, package="")
-
-    def _delete_done_files(self, staging_names: list[str]) -> None:
-        """Settle the files of spool entries whose every part is done: merged copies are deleted,
-        rejected ones moved to quarantine (unattributed copies live elsewhere and are kept)."""
-        if not staging_names:
-            return
-        with self.sessions() as session:
-            rows = session.execute(
-                select(SpoolFile.id, SpoolFile.staging_name).where(
-                    SpoolFile.staging_name.in_(staging_names), SpoolFile.done.is_(True)
-                )
-            ).all()
-            if not rows:
-                return
-            parts = session.execute(
-                select(Part.path, Part.status).where(
-                    Part.file_id.in_([row.id for row in rows]), Part.status.in_(("merged", "quarantined"))
-                )
-            ).all()
-        for index, part in enumerate(parts):
-            path = Path(part.path)
-            if part.status == "quarantined":
-                _move(path, self.layout.quarantine / path.name)
-            else:
-                _unlink(path)
-            if index == len(parts) // 2:
-                failpoint("mid-cleanup")
-        for row in rows:
-            _unlink(self.layout.incoming / row.staging_name)
-
-    # ---- merge ---------------------------------------------------------------------------
-    def _merge_due_packages(self) -> None:
-        with self.sessions() as session:
-            waiting = session.scalars(
-                select(Part.package).where(Part.status == "pending").group_by(Part.package)
-            ).all()
-        now = time.monotonic()
-        for name in waiting:
-            retry = self._merge_retry.get(name)
-            if retry is not None and retry[0] > now:
-                continue
-            if name not in self.config.packages:
-                continue
-            self._merge_package(name)
-
-    def _merge_package(self, name: str) -> None:
-        """Merge every pending part of one package, batch by batch."""
-        while True:
-            with self.sessions() as session:
-                package = session.get(Package, name)
-                parts = session.execute(
-                    select(Part.id, Part.path, Part.size, Part.file_id)
-                    .where(Part.package == name, Part.status == "pending")
-                    .order_by(Part.id)
-                    .limit(MERGE_BATCH)
-                ).all()
-            if not parts:
-                return
-            generation = package.profile_generation + 1
-            base = Path(package.profile_path) if package.profile_path else None
-            directory = self.layout.package_profiles(name)
-            directory.mkdir(mode=0o700, exist_ok=True)
-            output = directory / f"{generation:08d}.profdata"
-            outcome = merge_batch(self._profdata[name], base, [Path(p.path) for p in parts], output)
-            if outcome.error:
-                self._merge_failed(name, outcome.error)
-                _unlink(output)
-                return
-            self._merge_retry.pop(name, None)
-            failpoint("after-merge")
-            self._commit_merge(name, parts, outcome, generation, output, base)
-            if len(parts) < MERGE_BATCH:
-                return
-
-    def _commit_merge(self, name, parts, outcome, generation: int, output: Path, base: Path | None) -> None:
-        rejected = [p for p in parts if Path(p.path) in outcome.rejected]
-        merged = [p for p in parts if Path(p.path) not in outcome.rejected]
-        merged_bytes = sum(p.size for p in merged)
-        now = time.time()
-        crossed = False
-        with self.sessions.begin() as session:
-            package = session.get(Package, name)
-            advanced = outcome.merged and bool(merged)
-            if advanced:
-                merge = Merge(
-                    package=name,
-                    generation=generation,
-                    files=len(merged),
-                    bytes=merged_bytes,
-                    seconds=outcome.seconds,
-                    at=now,
-                )
-                session.add(merge)
-                session.flush()
-                session.execute(
-                    update(Part).where(Part.id.in_([p.id for p in merged])).values(status="merged", merge_id=merge.id)
-                )
-                package.profile_generation = generation
-                package.profile_path = str(output)
-                package.raw_bytes += merged_bytes
-                package.files += len(merged)
-                package.total_raw_bytes += merged_bytes
-                package.total_files += len(merged)
-                package.last_activity = now
-                if not package.build_due and package.raw_bytes >= package.threshold_bytes:
-                    package.build_due = True
-                    crossed = True
-            if rejected:
-                session.execute(update(Part).where(Part.id.in_([p.id for p in rejected])).values(status="quarantined"))
-                session.add_all(
-                    Quarantine(
-                        original_name=Path(p.path).name,
-                        package=name,
-                        size=p.size,
-                        reason="llvm-profdata",
-                        detail=outcome.rejected[Path(p.path)],
-                        path=str(self.layout.quarantine / Path(p.path).name),
-                        at=now,
-                    )
-                    for p in rejected
-                )
-                package.quarantined += len(rejected)
-            done_names = self._mark_done(session, {p.file_id for p in parts})
-            snapshot = dict(raw_bytes=package.raw_bytes, files=package.files, state=package.state)
-        # After the commit: clean-ups that recovery would otherwise finish.
-        failpoint("after-merge-commit")
-        for part in rejected:
-            _move(Path(part.path), self.layout.quarantine / Path(part.path).name)
-        self._delete_done_files(done_names)
-        if advanced and base is not None and base != output:
-            _unlink(base)
-        elif not advanced:
-            _unlink(output)
-        log.info(
-            "profile.merged",
-            package=name,
-            generation=generation if advanced else generation - 1,
-            files=len(merged),
-            bytes=merged_bytes,
-            rejected=len(rejected),
-            seconds=round(outcome.seconds, 3),
-        )
-        for part in rejected:
-            log.warning("profile.rejected", package=name, file=Path(part.path).name, reason=outcome.rejected[Path(part.path)])
-            self._emit("quarantined", file=Path(part.path).name, reason="llvm-profdata", package=name)
-        self._emit("counters", package=name, **snapshot)
-        if crossed:
-            log.info("package.threshold_reached", package=name, raw_bytes=snapshot["raw_bytes"])
-            self._emit("threshold", package=name, raw_bytes=snapshot["raw_bytes"])
-
-    @staticmethod
-    def _mark_done(session: Session, file_ids: set[int]) -> list[str]:
-        still_pending = set(
-            session.scalars(
-                select(Part.file_id).where(Part.file_id.in_(file_ids), Part.status == "pending").group_by(Part.file_id)
-            ).all()
-        )
-        done_ids = file_ids - still_pending
-        if not done_ids:
-            return []
-        session.execute(update(SpoolFile).where(SpoolFile.id.in_(done_ids)).values(done=True))
-        return list(session.scalars(select(SpoolFile.staging_name).where(SpoolFile.id.in_(done_ids))).all())
-
-    def _merge_failed(self, name: str, error: str) -> None:
-        _when, delay = self._merge_retry.get(name, (0.0, RETRY_BASE_SECONDS / 2))
-        delay = min(delay * 2, RETRY_MAX_SECONDS)
-        self._merge_retry[name] = (time.monotonic() + delay, delay)
-        log.error("profile.merge_failed", package=name, error=error, retry_in=delay)
-        with self.sessions.begin() as session:
-            session.execute(update(Package).where(Package.name == name).values(last_error=f"merge: {error}"))
-        self._emit("error", package=name, message=error)
 
     # ---- start-up ------------------------------------------------------------------------
     def sync_packages(self) -> None:
@@ -488,39 +325,6 @@ class Engine:
                 self.optimizer.adopt(session, row)
                 if not row.build_due and row.raw_bytes >= row.threshold_bytes and row.files > 0:
                     row.build_due = True
-
-    def recover(self) -> None:
-        """Make the staging folders agree with the database after any kind of stop."""
-        incoming = sorted(os.listdir(self.layout.incoming))
-        with self.sessions() as session:
-            known: dict[str, tuple[int, bool]] = {}
-            for start in range(0, len(incoming), 500):
-                chunk = incoming[start : start + 500]
-                for row in session.execute(
-                    select(SpoolFile.id, SpoolFile.staging_name, SpoolFile.done).where(SpoolFile.staging_name.in_(chunk))
-                ):
-                    known[row.staging_name] = (row.id, row.done)
-            profiles = {
-                name: path for name, path in session.execute(select(Package.name, Package.profile_path)) if path
-            }
-        self._delete_done_files([name for name, (_id, done) in known.items() if done])
-        for entry in os.listdir(self.layout.parts):
-            owner = entry.split(".", 1)[0]
-            if owner not in known or known[owner][1]:
-                # Its file is done (already counted) or will be examined again and re-split.
-                _unlink(self.layout.parts / entry)
-        new = [(self.layout.incoming / name, name) for name in incoming if name not in known]
-        if new:
-            log.info("recovery.reingest", files=len(new))
-        for start in range(0, len(new), CLAIM_BATCH):
-            self._ingest_staged(new[start : start + CLAIM_BATCH])
-        for name, current in profiles.items():
-            directory = self.layout.package_profiles(name)
-            if directory.is_dir():
-                for entry in os.listdir(directory):
-                    if str(directory / entry) != current:
-                        _unlink(directory / entry)
-        self._merge_due_packages()
 
     # ---- events --------------------------------------------------------------------------
     def _emit(self, kind: str, **data) -> None:
@@ -550,15 +354,3 @@ def _parses_whole(path: Path, max_bytes: int) -> bool:
         os.close(fd)
 
 
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _move(source: Path, target: Path) -> None:
-    try:
-        os.rename(source, target)
-    except FileNotFoundError:
-        pass

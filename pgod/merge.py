@@ -36,21 +36,16 @@ def merge_batch(profdata: str, base: Path | None, inputs: list[Path], output: Pa
     generation in the database and only then deletes the inputs.
     """
     started = time.monotonic()
-    with tempfile.NamedTemporaryFile("w", dir=output.parent, prefix=".inputs-", suffix=".txt") as listing:
-        listing.write("".join(f"{path}\n" for path in inputs))
-        listing.flush()
-        argv = [profdata, "merge", "--failure-mode=all", "-o", str(output)]
-        if base is not None:
-            argv.append(str(base))
-        argv += ["-f", listing.name]
-        try:
-            proc = subprocess.run(
-                argv, capture_output=True, text=True, errors="replace", timeout=MERGE_TIMEOUT_SECONDS
-            )
-        except FileNotFoundError:
+    try:
+        proc = _run_merge(profdata, base, inputs, output)
+    except FileNotFoundError as err:
+        if err.filename == profdata:
             return MergeOutcome(False, error=f"llvm-profdata not found: {profdata}")
-        except subprocess.TimeoutExpired:
-            return MergeOutcome(False, error=f"llvm-profdata timed out after {MERGE_TIMEOUT_SECONDS} s")
+        return MergeOutcome(False, error=f"cannot write the input list: {err}")
+    except OSError as err:  # disk full, read-only state folder: the batch waits for a retry
+        return MergeOutcome(False, error=f"cannot write the input list: {err}")
+    except subprocess.TimeoutExpired:
+        return MergeOutcome(False, error=f"llvm-profdata timed out after {MERGE_TIMEOUT_SECONDS} s")
     outcome = MergeOutcome(False, seconds=time.monotonic() - started)
     outcome.rejected = _rejected_inputs(proc.stderr, set(inputs))
     if base is not None and base in _rejected_inputs(proc.stderr, {base}):
@@ -65,6 +60,17 @@ def merge_batch(profdata: str, base: Path | None, inputs: list[Path], output: Pa
         outcome.error = f"llvm-profdata exited {proc.returncode}: {proc.stderr.strip()[-2000:]}"
     # else: every input was rejected and there was no base, so there is nothing to write.
     return outcome
+
+
+def _run_merge(profdata: str, base: Path | None, inputs: list[Path], output: Path) -> subprocess.CompletedProcess:
+    with tempfile.NamedTemporaryFile("w", dir=output.parent, prefix=".inputs-", suffix=".txt") as listing:
+        listing.write("".join(f"{path}\n" for path in inputs))
+        listing.flush()
+        argv = [profdata, "merge", "--failure-mode=all", "-o", str(output)]
+        if base is not None:
+            argv.append(str(base))
+        argv += ["-f", listing.name]
+        return subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=MERGE_TIMEOUT_SECONDS)
 
 
 def _rejected_inputs(stderr: str, inputs: set[Path]) -> dict[Path, str]:

@@ -1,0 +1,193 @@
+"""Fold pending raw parts into each package's profile, one generation per llvm-profdata call.
+
+Runs on the engine thread. A batch is merged into generation N+1 from generation N; one
+transaction then records the new generation, the counters and the parts as merged (the moment
+they are counted); only after it are the raw files deleted and generation N removed. A batch
+that fails as a whole is retried later with a growing delay, and nothing in it is counted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from .config import Config
+from .db import Merge, Package, Part, Quarantine, SpoolFile
+from .failpoints import failpoint
+from .merge import merge_batch
+from .recovery import move_if_present, settle_files, unlink_if_present
+from .staging import Layout
+
+log = structlog.get_logger(__name__)
+
+MERGE_BATCH = 5000  # raw parts per llvm-profdata call
+RETRY_BASE_SECONDS = 5.0
+RETRY_MAX_SECONDS = 600.0
+
+
+class ProfileMerger:
+    def __init__(
+        self,
+        config: Config,
+        layout: Layout,
+        sessions: sessionmaker[Session],
+        profdata: dict[str, str],
+        emit: Callable[..., None],
+    ) -> None:
+        self.config = config
+        self.layout = layout
+        self.sessions = sessions
+        self._profdata = profdata  # package → the llvm-profdata matching its compiler
+        self._emit = emit
+        self._retry: dict[str, tuple[float, float]] = {}  # package → (when, current delay)
+
+    def next_retry(self) -> float | None:
+        """Monotonic time of the next batch retry, if one is waiting."""
+        return min((when for when, _ in self._retry.values()), default=None)
+
+    def merge_due(self) -> None:
+        """Merge the pending parts of every package not waiting out a retry delay."""
+        with self.sessions() as session:
+            waiting = session.scalars(
+                select(Part.package).where(Part.status == "pending").group_by(Part.package)
+            ).all()
+        now = time.monotonic()
+        for name in waiting:
+            retry = self._retry.get(name)
+            if retry is not None and retry[0] > now:
+                continue
+            if name not in self.config.packages:
+                continue
+            self.merge_package(name)
+
+    def merge_package(self, name: str) -> None:
+        """Merge every pending part of one package, batch by batch."""
+        while True:
+            with self.sessions() as session:
+                package = session.get(Package, name)
+                parts = session.execute(
+                    select(Part.id, Part.path, Part.size, Part.file_id)
+                    .where(Part.package == name, Part.status == "pending")
+                    .order_by(Part.id)
+                    .limit(MERGE_BATCH)
+                ).all()
+            if not parts:
+                return
+            generation = package.profile_generation + 1
+            base = Path(package.profile_path) if package.profile_path else None
+            directory = self.layout.package_profiles(name)
+            directory.mkdir(mode=0o700, exist_ok=True)
+            output = directory / f"{generation:08d}.profdata"
+            outcome = merge_batch(self._profdata[name], base, [Path(p.path) for p in parts], output)
+            if outcome.error:
+                self._merge_failed(name, outcome.error)
+                unlink_if_present(output)
+                return
+            self._retry.pop(name, None)
+            failpoint("after-merge")
+            self._commit_merge(name, parts, outcome, generation, output, base)
+            if len(parts) < MERGE_BATCH:
+                return
+
+    def _commit_merge(self, name, parts, outcome, generation: int, output: Path, base: Path | None) -> None:
+        rejected = [p for p in parts if Path(p.path) in outcome.rejected]
+        merged = [p for p in parts if Path(p.path) not in outcome.rejected]
+        merged_bytes = sum(p.size for p in merged)
+        now = time.time()
+        crossed = False
+        with self.sessions.begin() as session:
+            package = session.get(Package, name)
+            advanced = outcome.merged and bool(merged)
+            if advanced:
+                merge = Merge(
+                    package=name,
+                    generation=generation,
+                    files=len(merged),
+                    bytes=merged_bytes,
+                    seconds=outcome.seconds,
+                    at=now,
+                )
+                session.add(merge)
+                session.flush()
+                session.execute(
+                    update(Part).where(Part.id.in_([p.id for p in merged])).values(status="merged", merge_id=merge.id)
+                )
+                package.profile_generation = generation
+                package.profile_path = str(output)
+                package.raw_bytes += merged_bytes
+                package.files += len(merged)
+                package.total_raw_bytes += merged_bytes
+                package.total_files += len(merged)
+                package.last_activity = now
+                if not package.build_due and package.raw_bytes >= package.threshold_bytes:
+                    package.build_due = True
+                    crossed = True
+            if rejected:
+                session.execute(update(Part).where(Part.id.in_([p.id for p in rejected])).values(status="quarantined"))
+                session.add_all(
+                    Quarantine(
+                        original_name=Path(p.path).name,
+                        package=name,
+                        size=p.size,
+                        reason="llvm-profdata",
+                        detail=outcome.rejected[Path(p.path)],
+                        path=str(self.layout.quarantine / Path(p.path).name),
+                        at=now,
+                    )
+                    for p in rejected
+                )
+                package.quarantined += len(rejected)
+            done_names = self._mark_done(session, {p.file_id for p in parts})
+            snapshot = dict(raw_bytes=package.raw_bytes, files=package.files, state=package.state)
+        # After the commit: clean-ups that recovery would otherwise finish.
+        failpoint("after-merge-commit")
+        for part in rejected:
+            move_if_present(Path(part.path), self.layout.quarantine / Path(part.path).name)
+        settle_files(self.layout, self.sessions, done_names)
+        if advanced and base is not None and base != output:
+            unlink_if_present(base)
+        elif not advanced:
+            unlink_if_present(output)
+        log.info(
+            "profile.merged",
+            package=name,
+            generation=generation if advanced else generation - 1,
+            files=len(merged),
+            bytes=merged_bytes,
+            rejected=len(rejected),
+            seconds=round(outcome.seconds, 3),
+        )
+        for part in rejected:
+            log.warning("profile.rejected", package=name, file=Path(part.path).name, reason=outcome.rejected[Path(part.path)])
+            self._emit("quarantined", file=Path(part.path).name, reason="llvm-profdata", package=name)
+        self._emit("counters", package=name, **snapshot)
+        if crossed:
+            log.info("package.threshold_reached", package=name, raw_bytes=snapshot["raw_bytes"])
+            self._emit("threshold", package=name, raw_bytes=snapshot["raw_bytes"])
+
+    @staticmethod
+    def _mark_done(session: Session, file_ids: set[int]) -> list[str]:
+        still_pending = set(
+            session.scalars(
+                select(Part.file_id).where(Part.file_id.in_(file_ids), Part.status == "pending").group_by(Part.file_id)
+            ).all()
+        )
+        done_ids = file_ids - still_pending
+        if not done_ids:
+            return []
+        session.execute(update(SpoolFile).where(SpoolFile.id.in_(done_ids)).values(done=True))
+        return list(session.scalars(select(SpoolFile.staging_name).where(SpoolFile.id.in_(done_ids))).all())
+
+    def _merge_failed(self, name: str, error: str) -> None:
+        _when, delay = self._retry.get(name, (0.0, RETRY_BASE_SECONDS / 2))
+        delay = min(delay * 2, RETRY_MAX_SECONDS)
+        self._retry[name] = (time.monotonic() + delay, delay)
+        log.error("profile.merge_failed", package=name, error=error, retry_in=delay)
+        with self.sessions.begin() as session:
+            session.execute(update(Package).where(Package.name == name).values(last_error=f"merge: {error}"))
+        self._emit("error", package=name, message=error)

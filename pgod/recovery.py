@@ -1,0 +1,99 @@
+"""Make the staging folders agree with the database: after each commit, and after any stop.
+
+The database says what is counted; these functions only finish the file operations a commit
+made due (delete what was merged, move what was rejected), so each is safe to run again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from .db import Package, Part, SpoolFile
+from .failpoints import failpoint
+from .staging import Layout
+
+log = structlog.get_logger(__name__)
+
+LOOKUP_CHUNK = 500  # names per IN (...) query
+
+
+def settle_files(layout: Layout, sessions: sessionmaker[Session], staging_names: list[str]) -> None:
+    """Finish the files of spool entries whose every part is settled: merged copies are deleted,
+    rejected ones moved to quarantine (unattributed copies live elsewhere and are kept)."""
+    if not staging_names:
+        return
+    with sessions() as session:
+        rows = session.execute(
+            select(SpoolFile.id, SpoolFile.staging_name).where(
+                SpoolFile.staging_name.in_(staging_names), SpoolFile.done.is_(True)
+            )
+        ).all()
+        if not rows:
+            return
+        parts = session.execute(
+            select(Part.path, Part.status).where(
+                Part.file_id.in_([row.id for row in rows]), Part.status.in_(("merged", "quarantined"))
+            )
+        ).all()
+    for index, part in enumerate(parts):
+        path = Path(part.path)
+        if part.status == "quarantined":
+            move_if_present(path, layout.quarantine / path.name)
+        else:
+            unlink_if_present(path)
+        if index == len(parts) // 2:
+            failpoint("mid-cleanup")
+    for row in rows:
+        unlink_if_present(layout.incoming / row.staging_name)
+
+
+def recover(layout: Layout, sessions: sessionmaker[Session], reingest: Callable[[list[tuple[Path, str]]], None]) -> None:
+    """After any kind of stop: settle what was committed, re-examine what was not."""
+    incoming = sorted(os.listdir(layout.incoming))
+    with sessions() as session:
+        known: dict[str, bool] = {}  # staging name → done
+        for start in range(0, len(incoming), LOOKUP_CHUNK):
+            chunk = incoming[start : start + LOOKUP_CHUNK]
+            for row in session.execute(
+                select(SpoolFile.staging_name, SpoolFile.done).where(SpoolFile.staging_name.in_(chunk))
+            ):
+                known[row.staging_name] = row.done
+        current_profiles = {
+            name: path for name, path in session.execute(select(Package.name, Package.profile_path)) if path
+        }
+    settle_files(layout, sessions, [name for name, done in known.items() if done])
+    for entry in os.listdir(layout.parts):
+        owner = entry.split(".", 1)[0]
+        if known.get(owner, True):
+            # Its file is done (already counted), or will be examined again and re-split.
+            unlink_if_present(layout.parts / entry)
+    unseen = [(layout.incoming / name, name) for name in incoming if name not in known]
+    if unseen:
+        log.info("recovery.reingest", files=len(unseen))
+        reingest(unseen)
+    for name, current in current_profiles.items():
+        directory = layout.package_profiles(name)
+        if directory.is_dir():
+            for entry in os.listdir(directory):
+                if str(directory / entry) != current:
+                    unlink_if_present(directory / entry)  # a generation never committed, or superseded
+
+
+def unlink_if_present(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def move_if_present(source: Path, target: Path) -> None:
+    try:
+        os.rename(source, target)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,60 @@
+"""llvm-profdata's verdicts: culprits are quarantined with its message, the rest is merged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clangs import find_clang, missing_packages_message, run_instrumented
+from conftest import WORKLOAD_C, workload_inputs
+from harness import wait_for
+from pgod.merge import merge_batch
+
+
+@pytest.fixture(scope="module")
+def clang19():
+    clang = find_clang(19)
+    if clang is None:
+        pytest.skip(missing_packages_message(19))
+    return clang
+
+
+def test_a_profile_the_package_tool_cannot_read_is_quarantined_and_the_rest_merged(pgod, clang14, clang19, tmp_path):
+    """One package holding programs from two compilers: its llvm-profdata (14) refuses clang 19's
+    raw format. Those files are parked with the tool's own words; clang 14's are counted."""
+    build = tmp_path / "build"
+    (build / "bin").mkdir(parents=True)
+    source = tmp_path / "w.c"
+    source.write_text(WORKLOAD_C)
+    old = clang14.compile(source, build / "bin" / "w14")
+    new = clang19.compile(source, build / "bin" / "w19")
+    pgod.write_config({"mixed": {"profile_build": [str(build)], "build": ["true"], "llvm_profdata": str(clang14.profdata)}})
+    daemon = pgod.daemon()
+    for args in workload_inputs(6):
+        run_instrumented(old, args, pgod.spool / "%p.profraw")
+        run_instrumented(new, args, pgod.spool / "%p.profraw")
+    package = wait_for(
+        lambda: (p := daemon.package("mixed"))["files"] + p["quarantined"] == 12 and p, 30, "every file settled"
+    )
+    assert package["files"] == 6 and package["quarantined"] == 6
+    shown = daemon.pgoctl("show", "mixed", "--json").stdout
+    assert "llvm-profdata" in shown and "unsupported instrumentation profile format version" in shown
+    assert daemon.status()["quarantine"]["files"] == 6
+
+
+def test_a_batch_that_fails_as_a_whole_counts_nothing(tmp_path, clang14):
+    """No output can be written: no input is blamed, and the caller keeps every file."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    exe = clang14.compile(_write(tmp_path / "w.c", WORKLOAD_C), tmp_path / "w")
+    run_instrumented(exe, ["5"], raw / "a.profraw")
+    outcome = merge_batch(str(clang14.profdata), None, [raw / "a.profraw"], tmp_path / "missing-dir" / "out.profdata")
+    assert not outcome.merged and outcome.error and outcome.rejected == {}
+    outcome = merge_batch("/nonexistent/llvm-profdata", None, [raw / "a.profraw"], tmp_path / "out.profdata")
+    assert outcome.error == "llvm-profdata not found: /nonexistent/llvm-profdata"
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
