@@ -5,7 +5,7 @@
 set -euo pipefail
 
 REQUIRED=(clang-14 llvm-14 nix-bin dbus-daemon dbus xvfb dunst libnotify-bin
-          libgirepository1.0-dev libcairo2-dev pkg-config binutils python3-venv git make)
+          libgirepository1.0-dev libcairo2-dev pkg-config binutils python3-venv python3-dev git make)
 OPTIONAL=(clang-13 llvm-13 clang-16 llvm-16 clang-19 llvm-19)
 
 missing() {

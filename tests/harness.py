@@ -120,17 +120,19 @@ class NotificationServer:
     A dunst rule runs a script for every notification from pgod, recording its summary and
     body, so a test can see what the server itself received."""
 
-    def __init__(self, directory: Path, bus_env: dict[str, str], display: int = 97) -> None:
+    def __init__(self, directory: Path, bus_env: dict[str, str]) -> None:
         self.record = directory / "notifications.log"
         script = directory / "record.sh"
         script.write_text(f'#!/bin/sh\nprintf "%s|%s|%s\\n" "$1" "$2" "$3" >> {self.record}\n')
         script.chmod(0o755)
         config = directory / "dunstrc"
         config.write_text(f'[global]\n    font = Monospace 8\n[pgod]\n    appname = pgod\n    script = {script}\n')
-        self.display = f":{display}"
-        self.xvfb = subprocess.Popen(["Xvfb", self.display, "-nolisten", "tcp"], stderr=subprocess.DEVNULL)
+        # -displayfd: Xvfb picks a free display and says which, once it is ready.
+        self.xvfb = subprocess.Popen(
+            ["Xvfb", "-displayfd", "1", "-nolisten", "tcp"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        self.display = f":{self.xvfb.stdout.readline().strip()}"
         env = {**os.environ, **bus_env, "DISPLAY": self.display}
-        wait_for(lambda: Path(f"/tmp/.X11-unix/X{display}").exists(), 20, "Xvfb started")
         self.dunst = subprocess.Popen(["dunst", "-config", str(config)], env=env, stderr=subprocess.DEVNULL)
         wait_for(
             lambda: subprocess.run(["dunstctl", "is-paused"], env=env, capture_output=True).returncode == 0,
