@@ -40,9 +40,14 @@ def run_hello(exe: Path, count: int, env_extra: dict | None = None) -> list[str]
     ]
 
 
+# 20 runs write about 14 KB of raw profiles: enough to cross 8 KB once, not twice, so each
+# test sees exactly one build.
+THRESHOLD_MB = 0.008
+
+
 def configure(pgod, profiling: str, activation: str, tweak: bool = False) -> None:
     pgod.write_config(
-        {"hello": {"profile_build": [profiling], "build": build_argv(pgod.spool, tweak), "threshold_mb": 0.005}},
+        {"hello": {"profile_build": [profiling], "build": build_argv(pgod.spool, tweak), "threshold_mb": THRESHOLD_MB}},
         activation=activation,
     )
 
@@ -94,7 +99,7 @@ def test_upgrade_marks_stale_unshadows_and_rebuilds_from_the_carried_profile(pgo
     upgraded = nix_build("profiling", pgod.spool, tweak=True)
     assert upgraded != profiling
     pgod.write_config(
-        {"hello": {"profile_build": [upgraded], "build": ["false"], "threshold_mb": 0.005}}, activation="auto"
+        {"hello": {"profile_build": [upgraded], "build": ["false"], "threshold_mb": THRESHOLD_MB}}, activation="auto"
     )
     daemon = pgod.daemon()
     stale = wait_for(lambda: (p := daemon.package("hello"))["state"] in ("stale", "failed") and p, 60, "upgrade seen")
