@@ -119,7 +119,7 @@ class DaemonService:
     def Rebuild(self, name: str, dbus_context=None) -> None:
         self._authorize(dbus_context, "Rebuild")
         self._known(name)
-        self._engine.call(self._engine.optimizer.request_build, name)
+        self._engine.call(self._engine.rebuild, name)
 
     @dbus_errors
     def Activate(self, name: str, dbus_context=None) -> None:

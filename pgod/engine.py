@@ -132,6 +132,11 @@ class Engine:
                 self._guarded(self._handle, event)
             self._guarded(self._cycle, names)
 
+    def rebuild(self, name: str) -> None:
+        """`pgoctl rebuild` (engine thread): fold in what is waiting, then build."""
+        self.merger.merge_when_due(force=True)
+        self.optimizer.request_build(name)
+
     def _handle(self, event: BuildResult | Command) -> None:
         if isinstance(event, BuildResult):
             self.optimizer.on_build_done(event)
@@ -154,7 +159,7 @@ class Engine:
     def _start_up(self) -> None:
         self.sync_packages()
         recover(self.layout, self.sessions, self._reingest)
-        self.merger.merge_due()
+        self.merger.merge_when_due(force=True)
         self.optimizer.finish_start_up()
         self._scan_spool()
         self.optimizer.maybe_start_build()
@@ -194,8 +199,8 @@ class Engine:
 
     def _next_deadline(self) -> float | None:
         deadlines = list(self._deferred.values())
-        if (merge_retry := self.merger.next_retry()) is not None:
-            deadlines.append(merge_retry)
+        if (merge_at := self.merger.next_deadline()) is not None:
+            deadlines.append(merge_at)
         if self._restart_at is not None:
             deadlines.append(self._restart_at)
         build_at = self.optimizer.next_deadline()
@@ -212,7 +217,7 @@ class Engine:
         # A name seen both appearing and closed by its writer is simply ready.
         closed = {name for name in names if not isinstance(name, Arrival)}
         self._ingest_names([name if name in closed else Arrival(name) for name in dict.fromkeys(map(str, names))])
-        self.merger.merge_due()
+        self.merger.merge_when_due()
         self.optimizer.maybe_start_build()
 
     def _scan_spool(self) -> None:
@@ -235,8 +240,8 @@ class Engine:
 
     def _scan_chunk(self, names: list[str]) -> None:
         self._ingest_names(names, at_start=True)
-        self.merger.merge_due()
-        self._scan_remaining = max(0, self._scan_remaining - len(names))
+        self._scan_remaining = max(0, self._scan_remaining - len(names))  # taken: no longer backlog
+        self.merger.merge_when_due()
         self._emit("backlog", remaining=self.spool_backlog)
 
     # ---- ingest --------------------------------------------------------------------------

@@ -81,18 +81,26 @@ class Ingestor:
             fsync_dir(self.layout.parts)
             fsync_dir(self.layout.unattributed)
         now = time.time()
-        for row in rows:
-            file_id = session.execute(
-                insert(SpoolFile).returning(SpoolFile.id),
-                dict(
-                    staging_name=row.staging_name,
-                    original_name=row.original_name,
-                    owner_uid=row.owner_uid,
-                    size=row.size,
-                    claimed_at=now,
-                    done=all(p["status"] != "pending" for p in row.parts),
-                ),
-            ).scalar_one()
+        file_ids: list[int] = []
+        if rows:
+            # One multi-row INSERT … RETURNING (SQLAlchemy "insertmanyvalues") instead of one ORM
+            # statement per file; ids come back in parameter order.
+            table = SpoolFile.__table__
+            file_ids = session.execute(
+                insert(table).returning(table.c.id, sort_by_parameter_order=True),
+                [
+                    dict(
+                        staging_name=row.staging_name,
+                        original_name=row.original_name,
+                        owner_uid=row.owner_uid,
+                        size=row.size,
+                        claimed_at=now,
+                        done=all(p["status"] != "pending" for p in row.parts),
+                    )
+                    for row in rows
+                ],
+            ).scalars().all()
+        for row, file_id in zip(rows, file_ids):
             for part in row.parts:
                 part["file_id"] = file_id
                 if part["status"] == "pending":
@@ -101,7 +109,7 @@ class Ingestor:
                     report.unattributed += 1
         all_parts = [p for row in rows for p in row.parts]
         if all_parts:
-            session.execute(insert(Part), all_parts)
+            session.execute(insert(Part.__table__), all_parts)  # Core executemany: no ORM bookkeeping
         if quarantine_rows:
             for q in quarantine_rows:
                 q["at"] = now

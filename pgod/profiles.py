@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Config
@@ -26,6 +26,10 @@ from .staging import Layout
 log = structlog.get_logger(__name__)
 
 MERGE_BATCH = 5000  # raw parts per llvm-profdata call
+# Every llvm-profdata call costs ~26 ms of CPU just to start, so a trickle of files is merged
+# in groups: at once when this many parts wait, else when the first has waited this long.
+MERGE_MIN_PARTS = 1000
+MERGE_DELAY_SECONDS = 1.0
 RETRY_BASE_SECONDS = 5.0
 RETRY_MAX_SECONDS = 600.0
 
@@ -45,25 +49,35 @@ class ProfileMerger:
         self._profdata = profdata  # package → the llvm-profdata matching its compiler
         self._emit = emit
         self._retry: dict[str, tuple[float, float]] = {}  # package → (when, current delay)
+        self._merge_at: float | None = None  # when the parts now waiting get merged
 
-    def next_retry(self) -> float | None:
-        """Monotonic time of the next batch retry, if one is waiting."""
-        return min((when for when, _ in self._retry.values()), default=None)
+    def next_deadline(self) -> float | None:
+        """Monotonic time of the next merge (waiting parts, or a batch retry), if any."""
+        return min([when for when, _ in self._retry.values()] + [t for t in (self._merge_at,) if t is not None], default=None)
 
-    def merge_due(self) -> None:
-        """Merge the pending parts of every package not waiting out a retry delay."""
-        with self.sessions() as session:
-            waiting = session.scalars(
-                select(Part.package).where(Part.status == "pending").group_by(Part.package)
-            ).all()
+    def merge_when_due(self, force: bool = False) -> None:
+        """Merge waiting parts if enough wait, or the first has waited long enough, or ``force``."""
         now = time.monotonic()
-        for name in waiting:
-            retry = self._retry.get(name)
-            if retry is not None and retry[0] > now:
-                continue
-            if name not in self.config.packages:
-                continue
-            self.merge_package(name)
+        with self.sessions() as session:
+            waiting = dict(
+                session.execute(select(Part.package, func.count(Part.id)).where(Part.status == "pending").group_by(Part.package))
+                .tuples()
+                .all()
+            )
+        ready = {
+            name: count
+            for name, count in waiting.items()
+            if name in self.config.packages and self._retry.get(name, (0.0, 0.0))[0] <= now
+        }
+        if not ready:
+            self._merge_at = None
+            return
+        if self._merge_at is None:
+            self._merge_at = now + MERGE_DELAY_SECONDS
+        if force or sum(ready.values()) >= MERGE_MIN_PARTS or now >= self._merge_at:
+            self._merge_at = None
+            for name in ready:
+                self.merge_package(name)
 
     def merge_package(self, name: str) -> None:
         """Merge every pending part of one package, batch by batch."""

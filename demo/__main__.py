@@ -1,0 +1,648 @@
+"""pgod's demo: the whole closed loop on a real third-party C program, the Lua 5.4 interpreter.
+
+Run from the repository root:  python -m demo [--rounds N] [--threshold-mb MB]   (`make demo`)
+
+a. fetch the Lua sources shipped inside the lupa sdist on PyPI (cached under demo-state/);
+b. nix-build the instrumented Lua (demo/lua.nix, the fixture stdenv + pgod's stdenv adapters);
+c. start a private dbus-daemon and pgod (config under demo-state/, activation "auto");
+d. run the instrumented Lua over demo/workload/*.lua until pgod's threshold is crossed, then
+   wait while pgod merges, rebuilds Lua with the merged profile and activates it;
+e. show `pgoctl status` and `pgoctl show lua`;
+f. nix-build plain -O2 Lua and time it against the activated build (interleaved rounds);
+g. stop pgod and the bus (also on failure, then with the tail of pgod's log).
+
+Every step is a function here, so benchmarks/pgo.py runs the very same loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA_NIX = ROOT / "demo" / "lua.nix"
+WORKLOAD_DIR = ROOT / "demo" / "workload"
+STATE_DIR = ROOT / "demo-state"
+
+PACKAGE = "lua"
+LUPA_VERSION = "2.8"
+LUA_IN_SDIST = f"lupa-{LUPA_VERSION}/third-party/lua54/"
+NIX_OPTIONS = ["--option", "substituters", ""]
+# The compile command of demo/lua.nix (run in the source folder), for builds by hand.
+LUA_COMPILE = ["-O2", "-DMAKE_LUA", "-o", "{out}", "onelua.c", "-lm"]
+CLANG = "/usr/bin/clang-14"
+
+DEFAULT_THRESHOLD_MB = 3.0  # one instrumented run writes ~100 KB: ~30 runs, ~20 s
+DEFAULT_ROUNDS = 5
+TRAIN_TIMEOUT = 300.0
+BUILD_TIMEOUT = 900.0
+
+
+def _venv_bin() -> Path:
+    here = Path(sys.executable).parent
+    return here if (here / "pgod").exists() else ROOT / ".venv" / "bin"
+
+
+BIN = _venv_bin()
+
+
+class DemoError(Exception):
+    """A step failed; the message is the one-line reason shown to the user."""
+
+
+# ---- output -------------------------------------------------------------------------------------
+class _Output:
+    stream = sys.stdout
+
+
+OUTPUT = _Output()  # benchmarks/pgo.py sends the progress to stderr
+
+
+def say(text: str = "") -> None:
+    print(text, file=OUTPUT.stream, flush=True)
+
+
+def indent(text: str, prefix: str = "    ") -> str:
+    return "\n".join(prefix + line for line in text.rstrip("\n").splitlines())
+
+
+class Steps:
+    """Numbered steps, each announced with a progress line and timed."""
+
+    def __init__(self) -> None:
+        self.number = 0
+        self.started = time.monotonic()
+
+    @contextlib.contextmanager
+    def __call__(self, title: str) -> Iterator[None]:
+        self.number += 1
+        say(f"\n==> [{self.number}] {title}")
+        begun = time.monotonic()
+        yield
+        say(f"    done in {time.monotonic() - begun:.1f} s")
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+# ---- the demo-state folder -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Layout:
+    """demo-state/: the download and Nix GC roots are kept between runs, everything else is fresh."""
+
+    root: Path = STATE_DIR
+
+    download = property(lambda self: self.root / "download")
+    src = property(lambda self: self.root / "lua-src")
+    gcroots = property(lambda self: self.root / "gcroots")
+    spool = property(lambda self: self.root / "spool")
+    state = property(lambda self: self.root / "state")
+    profile = property(lambda self: self.root / "profile")
+    run = property(lambda self: self.root / "run")
+    config = property(lambda self: self.root / "pgod.toml")
+    log = property(lambda self: self.root / "pgod.log")
+    bench = property(lambda self: self.root / "bench")
+    probe = property(lambda self: self.root / "probe")
+
+    def active_lua(self) -> Path:
+        return self.profile / "bin" / "lua"
+
+
+@contextlib.contextmanager
+def exclusive(layout: Layout) -> Iterator[None]:
+    """One demo (or benchmark) at a time on a demo-state folder."""
+    layout.root.mkdir(parents=True, exist_ok=True)
+    with open(layout.root / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DemoError(f"another demo or benchmark is using {layout.root}") from None
+        yield
+
+
+def _ours(pid: int, layout: Layout) -> bool:
+    try:
+        return str(layout.root).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def reset(layout: Layout) -> None:
+    """Fresh spool, state and Nix profile; stop a pgod or bus a killed earlier run left behind."""
+    for pidfile in layout.run.glob("*.pid") if layout.run.exists() else ():
+        with contextlib.suppress(ValueError, OSError):
+            pid = int(pidfile.read_text())
+            if _ours(pid, layout):
+                say(f"    stopping {pidfile.stem} (pid {pid}) left over from an earlier run")
+                os.kill(pid, signal.SIGTERM)
+                for _ in range(100):
+                    if not _ours(pid, layout):
+                        break
+                    time.sleep(0.1)
+    for path in (layout.spool, layout.state, layout.run, layout.bench, layout.probe):
+        shutil.rmtree(path, ignore_errors=True)
+    for path in [layout.config, layout.log, layout.profile, *layout.root.glob("profile-*-link")]:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    for path in (layout.spool, layout.state, layout.run):
+        path.mkdir(parents=True)
+
+
+def check_tools() -> None:
+    missing = [tool for tool in ("nix-build", "nix-env", "dbus-daemon") if shutil.which(tool) is None]
+    missing += [path for path in (CLANG, "/usr/bin/llvm-profdata-14") if not Path(path).exists()]
+    missing += [str(BIN / name) for name in ("pgod", "pgoctl") if not (BIN / name).exists()]
+    if missing:
+        raise DemoError(f"missing {', '.join(missing)}: run `make demo`, which installs them")
+
+
+# ---- a. sources ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Source:
+    dir: Path
+    version: str  # e.g. "5.4.8"
+    sdist: Path
+
+
+def fetch_sources(layout: Layout) -> Source:
+    """The Lua sources from the lupa sdist on PyPI: downloaded once, extracted to demo-state/lua-src."""
+    sdist = layout.download / f"lupa-{LUPA_VERSION}.tar.gz"
+    if sdist.exists():
+        say(f"    using the cached {sdist.relative_to(ROOT)}")
+    else:
+        say(f"    pip download lupa=={LUPA_VERSION} (source distribution) from PyPI; pip prepares its metadata, ~30 s, once")
+        scratch = layout.download / "tmp"
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        python = BIN / "python" if (BIN / "python").exists() else Path(sys.executable)
+        argv = [str(python), "-m", "pip", "download", "--no-binary", "lupa", "--no-deps", "--disable-pip-version-check",
+                "-d", str(scratch), f"lupa=={LUPA_VERSION}"]
+        # lupa's setup.py builds LuaJIT while pip only asks for its metadata: 2 minutes for nothing.
+        done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "LUPA_NO_LUAJIT": "true"})
+        got = scratch / sdist.name
+        if done.returncode != 0 or not got.exists():
+            say(indent("\n".join((done.stdout + done.stderr).splitlines()[-15:])))
+            raise DemoError(f"pip download lupa=={LUPA_VERSION} failed (exit {done.returncode})")
+        got.rename(sdist)
+        shutil.rmtree(scratch, ignore_errors=True)
+        say(f"    saved {sdist.relative_to(ROOT)} ({sdist.stat().st_size / 1e6:.1f} MB)")
+    if not (layout.src / "onelua.c").exists():
+        extract_lua(sdist, layout.src)
+    version = lua_version(layout.src / "lua.h")
+    count = len(list(layout.src.iterdir()))
+    say(f"    Lua {version}: {count} files (.c/.h) of {LUA_IN_SDIST} in {layout.src.relative_to(ROOT)}")
+    return Source(layout.src, version, sdist)
+
+
+def extract_lua(sdist: Path, target: Path) -> None:
+    """Only the regular .c/.h files of third-party/lua54 (no links, no sub-folders), atomically."""
+    scratch = target.with_name(target.name + ".tmp")
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.rmtree(target, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    with tarfile.open(sdist) as archive:
+        for member in archive:
+            name = member.name.removeprefix("./")
+            if not name.startswith(LUA_IN_SDIST):
+                continue
+            leaf = name[len(LUA_IN_SDIST):]
+            if "/" in leaf or not leaf.endswith((".c", ".h")) or not member.isfile():
+                continue
+            data = archive.extractfile(member).read()
+            (scratch / leaf).write_bytes(data)
+            (scratch / leaf).chmod(0o644)
+    if not (scratch / "onelua.c").exists():
+        raise DemoError(f"{sdist.name} has no {LUA_IN_SDIST}onelua.c")
+    scratch.rename(target)
+
+
+def lua_version(header: Path) -> str:
+    fields = {}
+    for line in header.read_text(errors="replace").splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] == "#define" and parts[1].startswith("LUA_VERSION_"):
+            fields[parts[1]] = parts[2].strip('"')
+    return ".".join(fields.get(f"LUA_VERSION_{k}", "?") for k in ("MAJOR", "MINOR", "RELEASE"))
+
+
+# ---- b. Nix builds ------------------------------------------------------------------------------
+def nix_build_argv(attr: str, layout: Layout, source: Source, profile: str | None = None) -> list[str]:
+    argv = ["nix-build", str(LUA_NIX), "-A", attr, "--argstr", "src", str(source.dir), "--argstr", "spoolDir", str(layout.spool)]
+    if profile is not None:
+        argv += ["--argstr", "profile", profile]
+    return argv + NIX_OPTIONS
+
+
+def nix_build(attr: str, layout: Layout, source: Source) -> str:
+    """Build a variant of demo/lua.nix; a GC root in demo-state/gcroots keeps it for the next run."""
+    layout.gcroots.mkdir(parents=True, exist_ok=True)
+    argv = nix_build_argv(attr, layout, source) + ["--out-link", str(layout.gcroots / attr)]
+    say(f"    $ nix-build demo/lua.nix -A {attr} --argstr src {source.dir.relative_to(ROOT)} "
+        f"--argstr spoolDir {layout.spool.relative_to(ROOT)} …")
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode != 0:
+        say(indent("\n".join(done.stderr.splitlines()[-20:])))
+        raise DemoError(f"nix-build -A {attr} failed (exit {done.returncode})")
+    out = done.stdout.split()[-1]
+    built = "building '" in done.stderr
+    say(f"    {out} ({'built' if built else 'already in the store'})")
+    return out
+
+
+def optimized_build_argv(layout: Layout, source: Source) -> list[str]:
+    """pgod's `build` command for lua: `{profile}` becomes the merged profile's store path."""
+    return nix_build_argv("optimized", layout, source, "{profile}") + ["--no-out-link"]
+
+
+# ---- c. bus and daemon --------------------------------------------------------------------------
+def _toml(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string
+
+
+def write_config(layout: Layout, source: Source, profiling: str, threshold_mb: float) -> Path:
+    top = {
+        "spool_dir": layout.spool,
+        "state_dir": layout.state,
+        "profile_link": layout.profile,
+        "threshold_mb": threshold_mb,
+        "activation": "auto",
+    }
+    package = {"profile_build": [profiling], "build": optimized_build_argv(layout, source)}
+    lines = [f"{key} = {_toml(value)}" for key, value in top.items()]
+    lines += ["", f"[packages.{PACKAGE}]"] + [f"{key} = {_toml(value)}" for key, value in package.items()]
+    layout.config.write_text("\n".join(lines) + "\n")
+    return layout.config
+
+
+class Bus:
+    """A private dbus-daemon of the session type, its socket under demo-state/run."""
+
+    def __init__(self, layout: Layout) -> None:
+        socket = layout.run / "bus.socket"
+        # A unix socket path must fit in 108 bytes; else let dbus-daemon pick one under /tmp.
+        address = f"unix:path={socket}" if len(str(socket)) < 100 else "unix:tmpdir=/tmp"
+        self.process = subprocess.Popen(
+            ["dbus-daemon", "--session", "--nofork", "--print-address=1", f"--address={address}"],
+            stdout=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        (layout.run / "dbus-daemon.pid").write_text(str(self.process.pid))
+        self.address = self.process.stdout.readline().strip()
+        if not self.address:
+            self.close()
+            raise DemoError("dbus-daemon did not start")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class Daemon:
+    """The installed pgod, on the private bus, logging JSON lines to demo-state/pgod.log."""
+
+    def __init__(self, layout: Layout, bus: Bus) -> None:
+        self.layout = layout
+        self.bus = bus
+        self.process: subprocess.Popen | None = None
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "DBUS_SESSION_BUS_ADDRESS": self.bus.address}
+
+    def start(self, timeout: float = 30.0) -> "Daemon":
+        with open(self.layout.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [str(BIN / "pgod"), "--config", str(self.layout.config), "--bus", "session", "--log-level", "info"],
+                stdout=log, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True,
+            )
+        (self.layout.run / "pgod.pid").write_text(str(self.process.pid))
+        deadline = time.monotonic() + timeout
+        while self.pgoctl("status", "--json", check=False).returncode != 0:
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise DemoError(f"pgod did not answer on the bus within {timeout:.0f} s")
+            time.sleep(0.2)
+        return self
+
+    def check_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise DemoError(f"pgod exited with status {self.process.returncode}")
+
+    def pgoctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        done = subprocess.run([str(BIN / "pgoctl"), "--bus", "session", *args],
+                              capture_output=True, text=True, env=self.env(), timeout=120)
+        if check and done.returncode != 0:
+            raise DemoError(f"pgoctl {' '.join(args)} exited {done.returncode}: {done.stderr.strip()}")
+        return done
+
+    def status(self) -> dict:
+        return json.loads(self.pgoctl("status", "--json").stdout)
+
+    def package(self) -> dict:
+        return next(p for p in self.status()["packages"] if p["name"] == PACKAGE)
+
+    def show(self) -> dict:
+        return json.loads(self.pgoctl("show", PACKAGE, "--json").stdout)
+
+    def events(self) -> list[dict]:
+        """pgod's log, the JSON lines of it (other lines, e.g. from libraries, are skipped)."""
+        events = []
+        for line in self.layout.log.read_text(errors="replace").splitlines() if self.layout.log.exists() else ():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    events.append(json.loads(line))
+        return events
+
+    def log_tail(self, lines: int = 25) -> str:
+        text = self.layout.log.read_text(errors="replace") if self.layout.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                return -9
+        return self.process.returncode
+
+
+# ---- d. training --------------------------------------------------------------------------------
+def workload_scripts() -> list[Path]:
+    scripts = sorted(WORKLOAD_DIR.glob("*.lua"))
+    if not scripts:
+        raise DemoError(f"no workload scripts in {WORKLOAD_DIR}")
+    return scripts
+
+
+def user_env(**extra: str) -> dict[str, str]:
+    """Run programs as a user would: no LLVM_PROFILE_FILE, so the baked-in spool path is used."""
+    return {k: v for k, v in os.environ.items() if k != "LLVM_PROFILE_FILE"} | extra
+
+
+def run_lua(exe: Path | str, script: Path, env: dict[str, str]) -> tuple[float, float, str]:
+    """One script: wall seconds, CPU seconds (user+sys of the child), its output."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    begun = time.perf_counter()
+    done = subprocess.run([str(exe), script.name], cwd=script.parent, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - begun
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise DemoError(f"{exe} {script.name} exited {done.returncode}: {done.stderr.strip()[-200:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, done.stdout
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1048576:.1f} MB"
+
+
+def train(daemon: Daemon, profiling: str, scripts: list[Path], timeout: float = TRAIN_TIMEOUT) -> dict:
+    """Run the instrumented Lua over the workload until pgod starts the optimized build."""
+    lua = Path(profiling) / "bin" / "lua"
+    env = user_env()
+    runs, rounds, begun = 0, 0, time.monotonic()
+    say(f"    instrumented {lua} writes {daemon.layout.spool.relative_to(ROOT)}/<pid>.profraw at exit")
+    while True:
+        rounds += 1
+        for script in scripts:
+            run_lua(lua, script, env)
+            runs += 1
+            # Reading the log is free; a pgoctl call costs about a second of CPU: once a round.
+            if any(e.get("event") == "build.started" for e in daemon.events()):
+                break
+        package = daemon.package()
+        state = package["state"]
+        if state == "profiling":
+            share = package["raw_bytes"] / max(package["threshold_bytes"], 1)
+            say(f"    round {rounds:2d}: {runs:3d} runs  raw {_mb(package['raw_bytes'])} / {_mb(package['threshold_bytes'])}"
+                f"  ({share:4.0%})  files {package['files']}  [{time.monotonic() - begun:4.1f} s]")
+        else:
+            say(f"    round {rounds:2d}: {runs:3d} runs  threshold crossed: {_mb(package.get('total_raw_bytes') or 0)} merged"
+                f" from {package.get('total_files')} raw profiles; state {state}  [{time.monotonic() - begun:4.1f} s]")
+            if state == "failed":
+                raise DemoError(f"optimized build failed: {package['last_error']}")
+            return package
+        daemon.check_alive()
+        if time.monotonic() - begun > timeout:
+            raise DemoError(f"threshold not reached after {runs} runs in {timeout:.0f} s")
+
+
+def wait_active(daemon: Daemon, timeout: float = BUILD_TIMEOUT) -> dict:
+    """Wait for the optimized build to be built and activated, showing the build's last line."""
+    begun, last_line = time.monotonic(), None
+    while True:
+        daemon.check_alive()
+        package = daemon.package()
+        state = package["state"]
+        if state == "active":
+            return package
+        if state == "failed" or (state == "ready" and package["last_error"]):
+            raise DemoError(f"optimized build not activated: {package['last_error']}")
+        line = (package.get("build") or {}).get("last_line")
+        if line and line != last_line:
+            say(f"    [{time.monotonic() - begun:5.1f} s] {state}: {line[:150]}")
+            last_line = line
+        if time.monotonic() - begun > timeout:
+            raise DemoError(f"optimized build not active after {timeout:.0f} s (state {state})")
+        time.sleep(1.0)
+
+
+def check_active(layout: Layout, package: dict) -> Path:
+    lua = layout.active_lua()
+    if not lua.exists():
+        raise DemoError(f"{lua} does not exist although pgod says lua is active")
+    if not os.path.realpath(lua).startswith(package["optimized"] + "/"):
+        raise DemoError(f"{lua} is not the optimized build {package['optimized']}")
+    return lua
+
+
+# ---- the loop, a–e ------------------------------------------------------------------------------
+@dataclass
+class Loop:
+    layout: Layout
+    source: Source
+    profiling: str
+    daemon: Daemon
+    package: dict  # status of lua once active
+    scripts: list[Path]
+
+    @property
+    def optimized_lua(self) -> Path:
+        return self.layout.active_lua()
+
+
+@contextlib.contextmanager
+def closed_loop(layout: Layout, steps: Steps, threshold_mb: float = DEFAULT_THRESHOLD_MB) -> Iterator[Loop]:
+    """Steps a–e; yields with pgod still running, then stops pgod and the bus whatever happened."""
+    scripts = workload_scripts()
+    with steps("Lua sources: the interpreter shipped inside the lupa sdist on PyPI"):
+        source = fetch_sources(layout)
+    with steps("nix-build the instrumented (profiling) Lua"):
+        profiling = nix_build("profiling", layout, source)
+    bus = daemon = None
+    failed = False
+    try:
+        with steps("start a private dbus-daemon and pgod"):
+            bus = Bus(layout)
+            say(f"    dbus-daemon --session at {bus.address}")
+            write_config(layout, source, profiling, threshold_mb)
+            say(f"    config {layout.config.relative_to(ROOT)}: activation auto, threshold {threshold_mb:g} MB,"
+                f" profile link {layout.profile.relative_to(ROOT)}")
+            daemon = Daemon(layout, bus).start()
+            say(f"    pgod (pid {daemon.process.pid}) answers on the bus; log {layout.log.relative_to(ROOT)}")
+        with steps(f"train: run the instrumented Lua over demo/workload/*.lua ({len(scripts)} scripts) until the threshold"):
+            train(daemon, profiling, scripts)
+        with steps("pgod builds Lua with the merged profile (nix-build) and activates it"):
+            package = wait_active(daemon)
+            check_active(layout, package)
+            say(f"    active: {layout.active_lua().relative_to(ROOT)} -> {os.path.realpath(layout.active_lua())}")
+        with steps("pgoctl --bus session status; pgoctl --bus session show lua"):
+            say(indent(daemon.pgoctl("status").stdout))
+            say("")
+            say(indent(daemon.pgoctl("show", PACKAGE).stdout))
+        yield Loop(layout, source, profiling, daemon, package, scripts)
+    except BaseException:
+        failed = True
+        if daemon is not None:
+            say("\n--- tail of pgod's log " + "-" * 40)
+            say(indent(daemon.log_tail()))
+        raise
+    finally:
+        code = daemon.stop() if daemon is not None else None
+        if bus is not None:
+            bus.close()
+        if daemon is not None:
+            say(f"\n    pgod stopped (SIGTERM, exit {code}); dbus-daemon stopped")
+        if code not in (0, None) and not failed:
+            raise DemoError(f"pgod exited {code} on SIGTERM, not 0")
+
+
+# ---- f. measurement -----------------------------------------------------------------------------
+@dataclass
+class Measurement:
+    names: list[str]
+    wall: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+    output_bytes: int
+
+    def median_wall(self, name: str) -> float:
+        return statistics.median(self.wall[name])
+
+    def median_cpu(self, name: str) -> float:
+        return statistics.median(self.cpu[name])
+
+    def speedup(self, name: str, base: str = "plain") -> float:
+        return self.median_wall(base) / self.median_wall(name)
+
+
+def run_workload(exe: Path | str, scripts: list[Path], env: dict[str, str]) -> tuple[float, float, str]:
+    wall = cpu = 0.0
+    outputs = []
+    for script in scripts:
+        w, c, out = run_lua(exe, script, env)
+        wall, cpu = wall + w, cpu + c
+        outputs.append(out)
+    return wall, cpu, "".join(outputs)
+
+
+def measure(binaries: dict[str, Path | str], scripts: list[Path], rounds: int, layout: Layout) -> Measurement:
+    """Interleaved rounds (the order rotates each round); all binaries must print the same."""
+    names = list(binaries)
+    layout.probe.mkdir(parents=True, exist_ok=True)
+    # An uninstrumented binary writes no profile even when asked to.
+    env = user_env(LLVM_PROFILE_FILE=f"{layout.probe}/%p.profraw")
+    reference = None
+    for name in names:
+        _, _, out = run_workload(binaries[name], scripts, env)
+        if reference is None:
+            reference = out
+        elif out != reference:
+            raise DemoError(f"{name} prints something else than {names[0]} for the same workload")
+    if written := list(layout.probe.iterdir()):
+        raise DemoError(f"a measured binary is instrumented: it wrote {written[0].name}")
+    say(f"    warm-up done; all {len(names)} binaries print the same {len(reference)} bytes for the {len(scripts)} scripts")
+    wall = {name: [] for name in names}
+    cpu = {name: [] for name in names}
+    for index in range(rounds):
+        order = names[index % len(names):] + names[:index % len(names)]
+        for name in order:
+            w, c, out = run_workload(binaries[name], scripts, env)
+            if out != reference:
+                raise DemoError(f"{name} printed something else in round {index + 1}")
+            wall[name].append(w)
+            cpu[name].append(c)
+        say(f"    round {index + 1}/{rounds}: " + ", ".join(f"{name} {wall[name][-1]:.2f} s" for name in names))
+    return Measurement(names, wall, cpu, len(reference))
+
+
+# ---- main ---------------------------------------------------------------------------------------
+def _terminate(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def parse_args(argv: list[str] | None, description: str = __doc__.split("\n\n")[0]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m demo", description=description)
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="measurement rounds (default %(default)s)")
+    parser.add_argument("--threshold-mb", type=float, default=DEFAULT_THRESHOLD_MB,
+                        help="pgod's threshold for lua, MB of raw profiles (default %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv).parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    layout, steps = Layout(), Steps()
+    say("pgod demo: profile-guided optimization of the Lua 5.4 interpreter, closed loop through pgod")
+    try:
+        check_tools()
+        with exclusive(layout):
+            reset(layout)
+            with closed_loop(layout, steps, args.threshold_mb) as loop:
+                with steps("nix-build plain Lua (-O2, clang 14, no PGO)"):
+                    plain = Path(nix_build("plain", layout, loop.source)) / "bin" / "lua"
+                with steps(f"measure: plain vs optimized, {args.rounds} interleaved rounds of the workload"):
+                    say("    (the same scripts trained the profile: the usual PGO set-up, so this is the best case)")
+                    result = measure({"plain": plain, "optimized": loop.optimized_lua}, loop.scripts, args.rounds, layout)
+    except DemoError as err:
+        say("")
+        print(f"demo: FAILED: {err}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("demo: interrupted", file=sys.stderr, flush=True)
+        return 130
+    say("")
+    say(f"CPU (user+sys), median: plain {result.median_cpu('plain'):.2f} s, optimized {result.median_cpu('optimized'):.2f} s")
+    say(f"total demo time {steps.elapsed():.0f} s")
+    say(f"speedup: {result.speedup('optimized'):.2f}x (plain {result.median_wall('plain'):.2f} s, "
+        f"optimized {result.median_wall('optimized'):.2f} s, median of {args.rounds})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
