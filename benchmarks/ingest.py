@@ -57,35 +57,8 @@ SMALL_PACKAGE = "bench"
 LARGE_PACKAGE = "bench_large"
 LARGE_FUNCTIONS = 1500  # 1,500 functions × (data record + 2 counters) ≈ 100 KB of raw profile
 
-# Counters depend on the input, so the seed runs give different profiles.
-SMALL_C = textwrap.dedent(
-    r"""
-    #include <stdio.h>
-    #include <stdlib.h>
-    #include <string.h>
-
-    static unsigned collatz(unsigned long n) {
-        unsigned steps = 0;
-        while (n != 1) { n = (n % 2) ? 3 * n + 1 : n / 2; steps++; }
-        return steps;
-    }
-
-    static int classify(int c) {
-        if (c >= 'a' && c <= 'z') return 1;
-        if (c >= '0' && c <= '9') return 2;
-        return 3;
-    }
-
-    int main(int argc, char **argv) {
-        unsigned long n = argc > 1 ? strtoul(argv[1], 0, 10) : 27;
-        const char *text = argc > 2 ? argv[2] : "hello 42";
-        int kinds[4] = {0};
-        for (size_t i = 0; i < strlen(text); i++) kinds[classify(text[i])]++;
-        printf("%u %d %d %d\n", collatz(n ? n : 1), kinds[1], kinds[2], kinds[3]);
-        return 0;
-    }
-    """
-)
+# Counters depend on the input, so the seed runs give different profiles (the tests' program).
+SMALL_C = (Path(__file__).resolve().parents[1] / "tests" / "programs" / "workload.c").read_text()
 
 
 def large_c(functions: int) -> str:

@@ -38,26 +38,32 @@ def wait_for(predicate: Callable[[], object], timeout: float, message: str, inte
         time.sleep(interval)
 
 
-class PrivateBus:
-    """A dbus-daemon of our own, session-type: anyone on it may own any name."""
+class _DbusDaemon:
+    """A dbus-daemon process of our own; its address is read from its first line of output."""
 
-    def __init__(self, directory: Path) -> None:
-        self.socket = directory / "bus.socket"
-        self.process = subprocess.Popen(
-            ["dbus-daemon", "--session", "--nofork", "--print-address=1", f"--address=unix:path={self.socket}"],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+    ADDRESS_VARIABLE = ""
+
+    def _start(self, argv: list[str]) -> None:
+        self.process = subprocess.Popen(["dbus-daemon", "--nofork", "--print-address=1", *argv], stdout=subprocess.PIPE, text=True)
         self.address = self.process.stdout.readline().strip()
         if not self.address:
-            raise RuntimeError("dbus-daemon did not start")
+            raise RuntimeError(f"dbus-daemon {' '.join(argv)} did not start")
 
     def env(self) -> dict[str, str]:
-        return {"DBUS_SESSION_BUS_ADDRESS": self.address}
+        return {self.ADDRESS_VARIABLE: self.address}
 
     def close(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=10)
+
+
+class PrivateBus(_DbusDaemon):
+    """A session-type bus: anyone on it may own any name."""
+
+    ADDRESS_VARIABLE = "DBUS_SESSION_BUS_ADDRESS"
+
+    def __init__(self, directory: Path) -> None:
+        self._start(["--session", f"--address=unix:path={directory / 'bus.socket'}"])
 
 
 SYSTEM_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
@@ -85,10 +91,12 @@ SYSTEM_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus
 """
 
 
-class SystemLikeBus:
+class SystemLikeBus(_DbusDaemon):
     """A dbus-daemon configured like the system bus: default deny, plus pgod's shipped policy.
 
     Its socket lives in a world-searchable folder so other uids can connect to it."""
+
+    ADDRESS_VARIABLE = "DBUS_SYSTEM_BUS_ADDRESS"
 
     def __init__(self, directory: Path, policy_files: list[Path]) -> None:
         directory.chmod(0o755)
@@ -99,19 +107,7 @@ class SystemLikeBus:
         self.socket = directory / "system_bus_socket"
         config = directory / "system.conf"
         config.write_text(SYSTEM_BUS_CONFIG.format(socket=self.socket, policy_dir=policy_dir))
-        self.process = subprocess.Popen(
-            ["dbus-daemon", f"--config-file={config}", "--nofork", "--print-address=1"], stdout=subprocess.PIPE, text=True
-        )
-        self.address = self.process.stdout.readline().strip()
-        if not self.address:
-            raise RuntimeError("dbus-daemon (system-like) did not start")
-
-    def env(self) -> dict[str, str]:
-        return {"DBUS_SYSTEM_BUS_ADDRESS": self.address}
-
-    def close(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
+        self._start([f"--config-file={config}"])
 
 
 class NotificationServer:

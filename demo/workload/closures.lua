@@ -1,6 +1,6 @@
 -- Closures, coroutines and metatables: generator pipelines, a
 -- producer/consumer, vector objects with operators, and an event emitter.
-local N = tonumber(arg and arg[1]) or 150000
+local N = tonumber(arg and arg[1]) or 300000
 
 -- closures: counters and composed functions
 local function counter(step)

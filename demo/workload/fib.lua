@@ -1,6 +1,6 @@
 -- Function calls and arithmetic: naive recursive fib, tak, memoized fib with
 -- big-ish integers, float loops (mandelbrot rows) and a prime sieve.
-local n = tonumber(arg and arg[1]) or 31
+local n = tonumber(arg and arg[1]) or 33
 
 local function fib(k)
   if k < 2 then return k end

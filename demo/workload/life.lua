@@ -1,7 +1,7 @@
 -- Conway's game of life on a torus, with 2-D arrays of rows, plus a
 -- string-keyed memo of seen generations (hashing, table churn).
 local size = tonumber(arg and arg[1]) or 128
-local steps = tonumber(arg and arg[2]) or 100
+local steps = tonumber(arg and arg[2]) or 140
 
 local seed = 2024
 local function rand(n)

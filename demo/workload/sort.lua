@@ -1,6 +1,6 @@
 -- Tables: records sorted with comparators, sorted insertion, binary search,
 -- removal, and a heap-based priority queue.
-local N = tonumber(arg and arg[1]) or 70000
+local N = tonumber(arg and arg[1]) or 55000
 
 local seed = 42
 local function rand(n)
