@@ -31,6 +31,7 @@ demo: venv
 
 benchmark: venv
 	$(VENV)/bin/python -m benchmarks.ingest
+	$(VENV)/bin/python -m benchmarks.pgo
 
 clean:
 	rm -rf $(STAMPS) demo-state build

@@ -192,7 +192,7 @@ def fetch_sources(layout: Layout) -> Source:
         argv = [str(python), "-m", "pip", "download", "--no-binary", "lupa", "--no-deps", "--disable-pip-version-check",
                 "-d", str(scratch), f"lupa=={LUPA_VERSION}"]
         # lupa's setup.py builds LuaJIT while pip only asks for its metadata: 2 minutes for nothing.
-        done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "LUPA_NO_LUAJIT": "true"})
+        done = subprocess.run(argv, check=False, capture_output=True, text=True, env={**os.environ, "LUPA_NO_LUAJIT": "true"})
         got = scratch / sdist.name
         if done.returncode != 0 or not got.exists():
             say(indent("\n".join((done.stdout + done.stderr).splitlines()[-15:])))
@@ -253,7 +253,7 @@ def nix_build(attr: str, layout: Layout, source: Source) -> str:
     argv = nix_build_argv(attr, layout, source) + ["--out-link", str(layout.gcroots / attr)]
     say(f"    $ nix-build demo/lua.nix -A {attr} --argstr src {source.dir.relative_to(ROOT)} "
         f"--argstr spoolDir {layout.spool.relative_to(ROOT)} …")
-    done = subprocess.run(argv, capture_output=True, text=True)
+    done = subprocess.run(argv, check=False, capture_output=True, text=True)
     if done.returncode != 0:
         say(indent("\n".join(done.stderr.splitlines()[-20:])))
         raise DemoError(f"nix-build -A {attr} failed (exit {done.returncode})")
@@ -327,11 +327,12 @@ class Daemon:
         self.layout = layout
         self.bus = bus
         self.process: subprocess.Popen | None = None
+        self.training_exits: list[float] = []  # when each instrumented run ended (its profile written)
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "DBUS_SESSION_BUS_ADDRESS": self.bus.address}
 
-    def start(self, timeout: float = 30.0) -> "Daemon":
+    def start(self, timeout: float = 30.0) -> Daemon:
         with open(self.layout.log, "ab") as log:
             self.process = subprocess.Popen(
                 [str(BIN / "pgod"), "--config", str(self.layout.config), "--bus", "session", "--log-level", "info"],
@@ -351,7 +352,7 @@ class Daemon:
             raise DemoError(f"pgod exited with status {self.process.returncode}")
 
     def pgoctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        done = subprocess.run([str(BIN / "pgoctl"), "--bus", "session", *args],
+        done = subprocess.run([str(BIN / "pgoctl"), "--bus", "session", *args], check=False,
                               capture_output=True, text=True, env=self.env(), timeout=120)
         if check and done.returncode != 0:
             raise DemoError(f"pgoctl {' '.join(args)} exited {done.returncode}: {done.stderr.strip()}")
@@ -410,7 +411,7 @@ def run_lua(exe: Path | str, script: Path, env: dict[str, str]) -> tuple[float, 
     """One script: wall seconds, CPU seconds (user+sys of the child), its output."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     begun = time.perf_counter()
-    done = subprocess.run([str(exe), script.name], cwd=script.parent, capture_output=True, text=True, env=env)
+    done = subprocess.run([str(exe), script.name], check=False, cwd=script.parent, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - begun
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
@@ -428,11 +429,13 @@ def train(daemon: Daemon, profiling: str, scripts: list[Path], timeout: float = 
     lua = Path(profiling) / "bin" / "lua"
     env = user_env()
     runs, rounds, begun = 0, 0, time.monotonic()
+    exits = daemon.training_exits
     say(f"    instrumented {lua} writes {daemon.layout.spool.relative_to(ROOT)}/<pid>.profraw at exit")
     while True:
         rounds += 1
         for script in scripts:
             run_lua(lua, script, env)
+            exits.append(time.time())
             runs += 1
             # Reading the log is free; a pgoctl call costs about a second of CPU: once a round.
             if any(e.get("event") == "build.started" for e in daemon.events()):
@@ -554,63 +557,68 @@ def closed_loop(layout: Layout, steps: Steps, threshold_mb: float = DEFAULT_THRE
 # ---- f. measurement -----------------------------------------------------------------------------
 @dataclass
 class Measurement:
+    """Wall and CPU seconds of every run: [binary][script] → one value per round."""
+
     names: list[str]
-    wall: dict[str, list[float]]
-    cpu: dict[str, list[float]]
+    scripts: list[str]
+    wall: dict[str, dict[str, list[float]]]
+    cpu: dict[str, dict[str, list[float]]]
     output_bytes: int
 
+    @property
+    def rounds(self) -> int:
+        return len(self.wall[self.names[0]][self.scripts[0]])
+
     def median_wall(self, name: str) -> float:
-        return statistics.median(self.wall[name])
+        """The workload's time: each script's median over the rounds, summed."""
+        return sum(statistics.median(runs) for runs in self.wall[name].values())
 
     def median_cpu(self, name: str) -> float:
-        return statistics.median(self.cpu[name])
+        return sum(statistics.median(runs) for runs in self.cpu[name].values())
+
+    def round_wall(self, name: str, index: int) -> float:
+        return sum(runs[index] for runs in self.wall[name].values())
 
     def speedup(self, name: str, base: str = "plain") -> float:
         return self.median_wall(base) / self.median_wall(name)
 
 
-def run_workload(exe: Path | str, scripts: list[Path], env: dict[str, str]) -> tuple[float, float, str]:
-    wall = cpu = 0.0
-    outputs = []
-    for script in scripts:
-        w, c, out = run_lua(exe, script, env)
-        wall, cpu = wall + w, cpu + c
-        outputs.append(out)
-    return wall, cpu, "".join(outputs)
-
-
 def measure(binaries: dict[str, Path | str], scripts: list[Path], rounds: int, layout: Layout) -> Measurement:
-    """Interleaved rounds (the order rotates each round); all binaries must print the same."""
+    """Interleaved runs: in each round, every script runs under every binary back to back, in an
+    order that rotates with the round and the script, so slow drifts of the machine's load hit all
+    binaries alike. All binaries must print the same."""
     names = list(binaries)
     layout.probe.mkdir(parents=True, exist_ok=True)
     # An uninstrumented binary writes no profile even when asked to.
     env = user_env(LLVM_PROFILE_FILE=f"{layout.probe}/%p.profraw")
-    reference = None
-    for name in names:
-        _, _, out = run_workload(binaries[name], scripts, env)
-        if reference is None:
-            reference = out
-        elif out != reference:
-            raise DemoError(f"{name} prints something else than {names[0]} for the same workload")
+    reference = {}
+    for name in names:  # warm-up, and the outputs compared
+        for script in scripts:
+            _, _, out = run_lua(binaries[name], script, env)
+            if reference.setdefault(script.name, out) != out:
+                raise DemoError(f"{name} prints something else than {names[0]} for {script.name}")
     if written := list(layout.probe.iterdir()):
         raise DemoError(f"a measured binary is instrumented: it wrote {written[0].name}")
-    say(f"    warm-up done; all {len(names)} binaries print the same {len(reference)} bytes for the {len(scripts)} scripts")
-    wall = {name: [] for name in names}
-    cpu = {name: [] for name in names}
+    size = sum(len(out) for out in reference.values())
+    say(f"    warm-up done; all {len(names)} binaries print the same {size} bytes for the {len(scripts)} scripts")
+    wall = {name: {script.name: [] for script in scripts} for name in names}
+    cpu = {name: {script.name: [] for script in scripts} for name in names}
+    result = Measurement(names, [script.name for script in scripts], wall, cpu, size)
     for index in range(rounds):
-        order = names[index % len(names):] + names[:index % len(names)]
-        for name in order:
-            w, c, out = run_workload(binaries[name], scripts, env)
-            if out != reference:
-                raise DemoError(f"{name} printed something else in round {index + 1}")
-            wall[name].append(w)
-            cpu[name].append(c)
-        say(f"    round {index + 1}/{rounds}: " + ", ".join(f"{name} {wall[name][-1]:.2f} s" for name in names))
-    return Measurement(names, wall, cpu, len(reference))
+        for position, script in enumerate(scripts):
+            turn = (index + position) % len(names)
+            for name in names[turn:] + names[:turn]:
+                w, c, out = run_lua(binaries[name], script, env)
+                if out != reference[script.name]:
+                    raise DemoError(f"{name} printed something else for {script.name} in round {index + 1}")
+                wall[name][script.name].append(w)
+                cpu[name][script.name].append(c)
+        say(f"    round {index + 1}/{rounds}: " + ", ".join(f"{name} {result.round_wall(name, index):.2f} s" for name in names))
+    return result
 
 
 # ---- main ---------------------------------------------------------------------------------------
-def _terminate(signum, _frame):
+def interrupt_on_signal(signum, _frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -624,7 +632,7 @@ def parse_args(argv: list[str] | None, description: str = __doc__.split("\n\n")[
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv).parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, interrupt_on_signal)
     layout, steps = Layout(), Steps()
     say("pgod demo: profile-guided optimization of the Lua 5.4 interpreter, closed loop through pgod")
     try:
@@ -647,6 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     say("")
     say(f"CPU (user+sys), median: plain {result.median_cpu('plain'):.2f} s, optimized {result.median_cpu('optimized'):.2f} s")
     say(f"total demo time {steps.elapsed():.0f} s")
+    say("(workload time: the median of each script over the rounds, summed)")
     say(f"speedup: {result.speedup('optimized'):.2f}x (plain {result.median_wall('plain'):.2f} s, "
         f"optimized {result.median_wall('optimized'):.2f} s, median of {args.rounds})")
     return 0

@@ -37,9 +37,12 @@ let
 
       # Lua's own makefile is a developer's one (gcc warnings, -march=native):
       # build the interpreter from its single-file amalgamation instead.
+      # The compile's own time goes to the build log (`pgoctl logs lua`), so that
+      # benchmarks/pgo.py can tell it from what pgod and Nix add around it.
       buildPhase = ''
         runHook preBuild
-        $CC -O2 -DMAKE_LUA -o lua onelua.c -lm
+        TIMEFORMAT='lua.nix: compile took %R s'
+        time $CC -O2 -DMAKE_LUA -o lua onelua.c -lm
         runHook postBuild
       '';
       installPhase = ''

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .dbus_service import BUS_NAME, OBJECT_PATH
+from .busnames import BUS_NAME, OBJECT_PATH
 
 _UNREACHABLE = (
     "org.freedesktop.DBus.Error.ServiceUnknown",

@@ -53,7 +53,8 @@ def run(config, bus_kind: str) -> int:
 
     from .attribution import Attributor
     from .db import SchemaError, open_database
-    from .dbus_service import BUS_NAME, OBJECT_PATH, DaemonService
+    from .busnames import BUS_NAME, OBJECT_PATH
+    from .dbus_service import DaemonService
     from .engine import Engine
     from .spool import SpoolWatcher
     from .staging import StagingError, prepare_layout

@@ -18,15 +18,13 @@ import structlog
 from gi.repository import GLib
 from pydbus.generic import signal
 
+from .busnames import INTERFACE
 from .nixstore import NixError
 from .optimizer import OperationError
 from .status import UnknownPackage, package_document, status_document
 
 log = structlog.get_logger(__name__)
 
-BUS_NAME = "org.pgod.Daemon1"
-OBJECT_PATH = "/org/pgod/Daemon1"
-INTERFACE = "org.pgod.Daemon1"
 INTERFACE_XML = resources.files("pgod").joinpath("data", f"{INTERFACE}.xml").read_text()
 
 
