@@ -51,6 +51,7 @@ class Config:
     admin_group: str
     max_file_bytes: int
     unattributed_max_files: int
+    build_retry_seconds: float
     packages: dict[str, PackageConfig] = field(default_factory=dict)
 
     @property
@@ -138,6 +139,7 @@ _TOP_KEYS = {
     "admin_group",
     "max_file_mb",
     "unattributed_max_files",
+    "build_retry_seconds",
     "packages",
 }
 _PACKAGE_KEYS = {"profile_build", "build", "threshold_mb", "llvm_profdata"}
@@ -182,8 +184,12 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
     unattributed_max_files = top.get("unattributed_max_files", int, 1000)
     if unattributed_max_files < 0:
         raise top.error("unattributed_max_files", "must not be negative")
+    build_retry_seconds = top.get("build_retry_seconds", (int, float), 30, what="a number of seconds")
+    if build_retry_seconds <= 0:
+        raise top.error("build_retry_seconds", f"must be positive, got {build_retry_seconds}")
     return Config(
         path=path,
+        build_retry_seconds=float(build_retry_seconds),
         spool_dir=top.absolute_path("spool_dir", "/var/spool/pgod"),
         state_dir=top.absolute_path("state_dir", "/var/lib/pgod"),
         profile_link=top.absolute_path("profile_link", "/nix/var/nix/profiles/pgod"),

@@ -26,8 +26,7 @@ from .staging import Layout
 
 log = structlog.get_logger(__name__)
 
-BUILD_RETRY_BASE_SECONDS = 30.0
-BUILD_RETRY_MAX_SECONDS = 3600.0
+BUILD_RETRY_MAX_SECONDS = 3600.0  # the backoff doubles from config.build_retry_seconds up to this
 
 
 class OperationError(Exception):
@@ -186,7 +185,7 @@ class Optimizer:
         row.state = "failed"
         row.last_error = error
         row.build_failures += 1
-        delay = min(BUILD_RETRY_BASE_SECONDS * 2 ** (row.build_failures - 1), BUILD_RETRY_MAX_SECONDS)
+        delay = min(self.config.build_retry_seconds * 2 ** (row.build_failures - 1), BUILD_RETRY_MAX_SECONDS)
         row.next_build_at = time.time() + delay
         row.build_due = True
         log.error("build.failed", package=row.name, error=error, retry_in=delay, failures=row.build_failures)

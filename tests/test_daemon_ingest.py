@@ -84,7 +84,7 @@ def test_threshold_starts_a_build_and_a_failing_build_backs_off(pgod, workload, 
     builds = json.loads(detail.stdout)["builds"]
     assert len(builds) == 1 and builds[0]["status"] == "failed"
     assert builds[0]["profile"].startswith("/nix/store/") and builds[0]["profile"].endswith(".profdata")
-    # The retry waits (backoff starts at 30 s): more data arriving does not start another build.
+    # The retry waits (the backoff starts at 30 s by default): more data does not start another build.
     run_workload(exe, pgod.spool, workload_inputs(5))
     wait_for(lambda: daemon.package("workload")["files"] == 5, 30, "new files merged")
     assert len(json.loads(daemon.pgoctl("show", "workload", "--json").stdout)["builds"]) == 1
@@ -109,3 +109,24 @@ def test_files_renamed_into_the_spool_are_taken(pgod, workload, llvm_profdata_14
         os.rename(entry, pgod.spool / entry.name)
     wait_for(lambda: daemon.package("workload")["files"] == 25, 30, "moved-in files merged")
     assert daemon.status()["quarantine"]["files"] == 0
+
+
+def test_a_failing_build_is_retried_later_with_a_growing_delay(pgod, workload, llvm_profdata_14):
+    """Retries come, but spaced out: with a 1 s base, builds start at about 0, 1 and 3 s."""
+    pgod.write_config(
+        {"workload": {"profile_build": [str(workload)], "build": ["false"], "llvm_profdata": llvm_profdata_14, "threshold_mb": 0.001}},
+        build_retry_seconds=1,
+    )
+    daemon = pgod.daemon()
+    run_workload(workload / "bin" / "workload", pgod.spool, workload_inputs(5))
+
+    def builds() -> list[dict]:
+        return json.loads(daemon.pgoctl("show", "workload", "--json").stdout)["builds"]
+
+    history = wait_for(lambda: (b := builds()) and len(b) >= 3 and b, 30, "two retries after the first failure")
+    starts = sorted(b["started_at"] for b in history[:3])
+    assert all(b["status"] == "failed" and "build exited 1" in b["error"] for b in history[:3])
+    assert starts[1] - starts[0] >= 0.9 and starts[2] - starts[1] >= 1.9, starts
+    package = daemon.package("workload")
+    assert package["state"] in ("failed", "building") and package["last_error"].startswith("build exited 1")
+    assert daemon.process.poll() is None and daemon.pgoctl("status").returncode == 0
