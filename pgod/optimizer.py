@@ -52,6 +52,7 @@ class Optimizer:
         self._emit = emit
         self._report_build = report_build
         self.running: BuildRun | None = None
+        self._pending_profile_sync = False  # an upgrade took an active package out at start
 
     @property
     def gcroots(self) -> Path:
@@ -86,8 +87,6 @@ class Optimizer:
         row.build_due = row.profile_path is not None
         row.next_build_at = 0.0
         row.build_failures = 0
-
-    _pending_profile_sync = False
 
     def finish_start_up(self) -> None:
         if self._pending_profile_sync:
