@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from .attribution import Attributor
@@ -83,11 +83,11 @@ class Ingestor:
         now = time.time()
         file_ids: list[int] = []
         if rows:
-            # One multi-row INSERT … RETURNING (SQLAlchemy "insertmanyvalues") instead of one ORM
-            # statement per file; ids come back in parameter order.
+            # One executemany for the batch, then one query for the ids (SQLite would run an
+            # ordered INSERT … RETURNING row by row).
             table = SpoolFile.__table__
-            file_ids = session.execute(
-                insert(table).returning(table.c.id, sort_by_parameter_order=True),
+            session.execute(
+                insert(table),
                 [
                     dict(
                         staging_name=row.staging_name,
@@ -99,7 +99,13 @@ class Ingestor:
                     )
                     for row in rows
                 ],
-            ).scalars().all()
+            )
+            ids = dict(
+                session.execute(
+                    select(table.c.staging_name, table.c.id).where(table.c.staging_name.in_([r.staging_name for r in rows]))
+                ).all()
+            )
+            file_ids = [ids[row.staging_name] for row in rows]
         for row, file_id in zip(rows, file_ids):
             for part in row.parts:
                 part["file_id"] = file_id

@@ -13,6 +13,7 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,12 +25,12 @@ class MergeOutcome:
     """What one llvm-profdata call did."""
 
     merged: bool  # output written; inputs not in `rejected` are now counted in it
-    rejected: dict[Path, str] = field(default_factory=dict)  # input → llvm-profdata's message
+    rejected: dict = field(default_factory=dict)  # input (as given) → llvm-profdata's message
     error: str | None = None  # the batch failed as a whole; nothing was counted
     seconds: float = 0.0
 
 
-def merge_batch(profdata: str, base: Path | None, inputs: list[Path], output: Path) -> MergeOutcome:
+def merge_batch(profdata: str, base: Path | None, inputs: Sequence[str | Path], output: Path) -> MergeOutcome:
     """Merge ``base`` (the current indexed profile, if any) and ``inputs`` into ``output``.
 
     ``output`` is written and fsynced only when the call succeeds; the caller records the new
@@ -62,7 +63,7 @@ def merge_batch(profdata: str, base: Path | None, inputs: list[Path], output: Pa
     return outcome
 
 
-def _run_merge(profdata: str, base: Path | None, inputs: list[Path], output: Path) -> subprocess.CompletedProcess:
+def _run_merge(profdata: str, base: Path | None, inputs: Sequence[str | Path], output: Path) -> subprocess.CompletedProcess:
     with tempfile.NamedTemporaryFile("w", dir=output.parent, prefix=".inputs-", suffix=".txt") as listing:
         listing.write("".join(f"{path}\n" for path in inputs))
         listing.flush()
@@ -73,7 +74,7 @@ def _run_merge(profdata: str, base: Path | None, inputs: list[Path], output: Pat
         return subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=MERGE_TIMEOUT_SECONDS)
 
 
-def _rejected_inputs(stderr: str, inputs: set[Path]) -> dict[Path, str]:
+def _rejected_inputs(stderr: str, inputs: set) -> dict:
     """Inputs llvm-profdata warned about: lines of the form ``warning: <path>: <message>``."""
     by_name = {str(path): path for path in inputs}
     rejected: dict[Path, str] = {}

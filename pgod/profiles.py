@@ -97,7 +97,7 @@ class ProfileMerger:
             directory = self.layout.package_profiles(name)
             directory.mkdir(mode=0o700, exist_ok=True)
             output = directory / f"{generation:08d}.profdata"
-            outcome = merge_batch(self._profdata[name], base, [Path(p.path) for p in parts], output)
+            outcome = merge_batch(self._profdata[name], base, [p.path for p in parts], output)
             if outcome.error:
                 self._merge_failed(name, outcome.error)
                 unlink_if_present(output)
@@ -109,8 +109,8 @@ class ProfileMerger:
                 return
 
     def _commit_merge(self, name, parts, outcome, generation: int, output: Path, base: Path | None) -> None:
-        rejected = [p for p in parts if Path(p.path) in outcome.rejected]
-        merged = [p for p in parts if Path(p.path) not in outcome.rejected]
+        rejected = [p for p in parts if p.path in outcome.rejected] if outcome.rejected else []
+        merged = [p for p in parts if p.path not in outcome.rejected] if outcome.rejected else list(parts)
         merged_bytes = sum(p.size for p in merged)
         now = time.time()
         crossed = False
@@ -149,7 +149,7 @@ class ProfileMerger:
                         package=name,
                         size=p.size,
                         reason="llvm-profdata",
-                        detail=outcome.rejected[Path(p.path)],
+                        detail=outcome.rejected[p.path],
                         path=str(self.layout.quarantine / Path(p.path).name),
                         at=now,
                     )
@@ -177,7 +177,7 @@ class ProfileMerger:
             seconds=round(outcome.seconds, 3),
         )
         for part in rejected:
-            log.warning("profile.rejected", package=name, file=Path(part.path).name, reason=outcome.rejected[Path(part.path)])
+            log.warning("profile.rejected", package=name, file=Path(part.path).name, reason=outcome.rejected[part.path])
             self._emit("quarantined", file=Path(part.path).name, reason="llvm-profdata", package=name)
         self._emit("counters", package=name, **snapshot)
         if crossed:

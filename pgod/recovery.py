@@ -41,16 +41,20 @@ def settle_files(layout: Layout, sessions: sessionmaker[Session], staging_names:
                 Part.file_id.in_([row.id for row in rows]), Part.status.in_(("merged", "quarantined"))
             )
         ).all()
+    settled = set()  # a lone part's path is the staging file itself: settle it once
     for index, part in enumerate(parts):
-        path = Path(part.path)
         if part.status == "quarantined":
-            move_if_present(path, layout.quarantine / path.name)
+            move_if_present(part.path, os.path.join(layout.quarantine, os.path.basename(part.path)))
         else:
-            unlink_if_present(path)
+            unlink_if_present(part.path)
+        settled.add(part.path)
         if index == len(parts) // 2:
             failpoint("mid-cleanup")
+    incoming = str(layout.incoming)
     for row in rows:
-        unlink_if_present(layout.incoming / row.staging_name)
+        staged = os.path.join(incoming, row.staging_name)
+        if staged not in settled:
+            unlink_if_present(staged)
 
 
 def recover(layout: Layout, sessions: sessionmaker[Session], reingest: Callable[[list[tuple[Path, str]]], None]) -> None:
@@ -85,14 +89,14 @@ def recover(layout: Layout, sessions: sessionmaker[Session], reingest: Callable[
                     unlink_if_present(directory / entry)  # a generation never committed, or superseded
 
 
-def unlink_if_present(path: Path) -> None:
+def unlink_if_present(path: str | Path) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
 
 
-def move_if_present(source: Path, target: Path) -> None:
+def move_if_present(source: str | Path, target: str | Path) -> None:
     try:
         os.rename(source, target)
     except FileNotFoundError:

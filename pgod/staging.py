@@ -14,6 +14,7 @@ import errno
 import os
 import stat
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from .config import Config
@@ -33,23 +34,23 @@ class Layout:
     staging: Path
     state: Path
 
-    @property
+    @cached_property
     def incoming(self) -> Path:
         return self.staging / "incoming"
 
-    @property
+    @cached_property
     def parts(self) -> Path:
         return self.staging / "parts"
 
-    @property
+    @cached_property
     def quarantine(self) -> Path:
         return self.staging / "quarantine"
 
-    @property
+    @cached_property
     def unattributed(self) -> Path:
         return self.staging / "unattributed"
 
-    @property
+    @cached_property
     def profiles(self) -> Path:
         return self.state / "profiles"
 
