@@ -14,12 +14,17 @@ from harness import Daemon, PrivateBus, write_config
 WORKLOAD_C = (Path(__file__).parent / "programs" / "workload.c").read_text()
 
 
+def require_clang(version: int):
+    """The installed clang-N with its llvm-profdata, or skip naming the Debian packages."""
+    clang = find_clang(version)
+    if clang is None:
+        pytest.skip(missing_packages_message(version))
+    return clang
+
+
 @pytest.fixture(scope="session")
 def clang14():
-    clang = find_clang(14)
-    if clang is None:
-        pytest.skip(missing_packages_message(14))
-    return clang
+    return require_clang(14)
 
 
 @pytest.fixture(scope="session")

@@ -6,18 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from clangs import find_clang, missing_packages_message, run_instrumented
-from conftest import WORKLOAD_C, workload_inputs
+from clangs import run_instrumented
+from conftest import WORKLOAD_C, require_clang, workload_inputs
 from harness import wait_for
 from pgod.merge import merge_batch
 
 
 @pytest.fixture(scope="module")
 def clang19():
-    clang = find_clang(19)
-    if clang is None:
-        pytest.skip(missing_packages_message(19))
-    return clang
+    return require_clang(19)
 
 
 def test_a_profile_the_package_tool_cannot_read_is_quarantined_and_the_rest_merged(pgod, clang14, clang19, tmp_path):
