@@ -217,7 +217,7 @@ class Engine:
         # A name seen both appearing and closed by its writer is simply ready.
         closed = {name for name in names if not isinstance(name, Arrival)}
         self._ingest_names([name if name in closed else Arrival(name) for name in dict.fromkeys(map(str, names))])
-        self.merger.merge_when_due()
+        self.merger.merge_when_due(queue_empty=self._queue.empty())
         self.optimizer.maybe_start_build()
 
     def _scan_spool(self) -> None:

@@ -30,6 +30,8 @@ MERGE_BATCH = 5000  # raw parts per llvm-profdata call
 # in groups: at once when this many parts wait, else when the first has waited this long.
 MERGE_MIN_PARTS = 1000
 MERGE_DELAY_SECONDS = 1.0
+# ...or at once when a burst has just ended (nothing more queued) and left this many.
+MERGE_BURST_PARTS = 100
 RETRY_BASE_SECONDS = 5.0
 RETRY_MAX_SECONDS = 600.0
 
@@ -55,8 +57,9 @@ class ProfileMerger:
         """Monotonic time of the next merge (waiting parts, or a batch retry), if any."""
         return min([when for when, _ in self._retry.values()] + [t for t in (self._merge_at,) if t is not None], default=None)
 
-    def merge_when_due(self, force: bool = False) -> None:
-        """Merge waiting parts if enough wait, or the first has waited long enough, or ``force``."""
+    def merge_when_due(self, force: bool = False, queue_empty: bool = False) -> None:
+        """Merge waiting parts if enough wait, or the first has waited long enough, or a burst
+        just ended (``queue_empty``), or ``force``."""
         now = time.monotonic()
         with self.sessions() as session:
             waiting = dict(
@@ -74,7 +77,9 @@ class ProfileMerger:
             return
         if self._merge_at is None:
             self._merge_at = now + MERGE_DELAY_SECONDS
-        if force or sum(ready.values()) >= MERGE_MIN_PARTS or now >= self._merge_at:
+        waiting_parts = sum(ready.values())
+        burst_over = queue_empty and waiting_parts >= MERGE_BURST_PARTS
+        if force or waiting_parts >= MERGE_MIN_PARTS or burst_over or now >= self._merge_at:
             self._merge_at = None
             for name in ready:
                 self.merge_package(name)
