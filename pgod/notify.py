@@ -18,7 +18,9 @@ from .exitcodes import EXIT_FAILED, EXIT_OK
 log = structlog.get_logger(__name__)
 
 NOTIFICATIONS = "org.freedesktop.Notifications"
-ACTIVATE_ACTION = "activate"
+# The "default" key is the action a notification server runs when the notification itself is
+# clicked; servers that show buttons label it "Activate".
+ACTIVATE_ACTION = "default"
 
 MESSAGES = {
     "ready": ("{name}: optimized build ready", "Profile-guided build of {name} finished: {detail}"),

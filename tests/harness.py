@@ -128,13 +128,17 @@ class NotificationServer:
             ["Xvfb", "-displayfd", "1", "-nolisten", "tcp"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
         )
         self.display = f":{self.xvfb.stdout.readline().strip()}"
-        env = {**os.environ, **bus_env, "DISPLAY": self.display}
+        self.env = env = {**os.environ, **bus_env, "DISPLAY": self.display}
         self.dunst = subprocess.Popen(["dunst", "-config", str(config)], env=env, stderr=subprocess.DEVNULL)
         wait_for(
             lambda: subprocess.run(["dunstctl", "is-paused"], env=env, capture_output=True).returncode == 0,
             20,
             "dunst owns org.freedesktop.Notifications",
         )
+
+    def perform_action(self) -> None:
+        """What a click on the newest notification does: run its default action."""
+        subprocess.run(["dunstctl", "action", "0"], env=self.env, check=True, timeout=10)
 
     def received(self) -> list[str]:
         return self.record.read_text().splitlines() if self.record.exists() else []

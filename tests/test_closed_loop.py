@@ -150,9 +150,10 @@ def test_notify_mode_stops_at_ready_notifies_and_activates_on_request(pgod, noti
         assert received[0].startswith("pgod|hello: optimized build ready|"), received
         assert ready["optimized"] in received[0]
 
-        assert daemon.pgoctl("activate", "hello").returncode == 0
-        active = daemon.package("hello")
-        assert active["state"] == "active" and active["active"] is True
+        # The notification's Activate action, performed through the server itself.
+        notification_server.perform_action()
+        active = wait_for(lambda: (p := daemon.package("hello"))["state"] == "active" and p, 30, "activated by the action")
+        assert active["active"] is True
         assert (pgod.root / "profile" / "bin" / "hello-pgo").exists()
         wait_for(lambda: any("hello: optimized build in use" in line for line in notification_server.received()), 30,
                  "activation notified")
@@ -161,12 +162,15 @@ def test_notify_mode_stops_at_ready_notifies_and_activates_on_request(pgod, noti
         daemon.pgoctl("deactivate", "hello")
         assert daemon.package("hello")["state"] == "ready"
         assert not (pgod.root / "profile" / "bin" / "hello-pgo").exists()
-        assert len(generations(pgod.root / "profile")) == 2
+        assert daemon.pgoctl("activate", "hello").returncode == 0
+        assert daemon.package("hello")["state"] == "active"
+        assert (pgod.root / "profile" / "bin" / "hello-pgo").exists()
+        assert len(generations(pgod.root / "profile")) == 3
         daemon.pgoctl("rollback")
         back = daemon.package("hello")
-        assert back["active"] is True and back["state"] == "active"
-        assert (pgod.root / "profile" / "bin" / "hello-pgo").exists()
-        assert "(current)" in generations(pgod.root / "profile")[0]
+        assert back["active"] is False and back["state"] == "ready"
+        assert not (pgod.root / "profile" / "bin" / "hello-pgo").exists()
+        assert "(current)" in generations(pgod.root / "profile")[1]
     finally:
         agent.terminate()
         agent.wait(timeout=10)
