@@ -21,7 +21,7 @@ from pydbus.generic import signal
 from .busnames import INTERFACE
 from .nixstore import NixError
 from .optimizer import OperationError
-from .status import UnknownPackage, package_document, status_document
+from .status import UnknownPackage, package_document, package_summary, status_document
 
 log = structlog.get_logger(__name__)
 
@@ -164,11 +164,9 @@ class DaemonService:
         if kind == "counters":
             name = data["package"]
             try:
-                summary = package_document(self._config, self._sessions, name, history=0)
+                summary = package_summary(self._config, self._sessions, name, self._running())
             except UnknownPackage:
                 return False
-            for key in ("merges", "quarantine", "profile_build", "build_command"):
-                summary.pop(key, None)
             self.PackageChanged(name, json.dumps(summary))
         elif kind == "package":
             self.PackageEvent(data["package"], data["event"], data.get("detail") or "")

@@ -75,6 +75,17 @@ class UnknownPackage(KeyError):
     """A name that is not among the configured packages."""
 
 
+def package_summary(config: Config, sessions: sessionmaker[Session], name: str, running=None) -> dict:
+    """One package's entry of the status document's "packages" list (the PackageChanged payload)."""
+    if name not in config.packages:
+        raise UnknownPackage(name)
+    with sessions() as session:
+        row = session.get(Package, name)
+        if row is None:
+            raise UnknownPackage(name)
+        return _package_summary(row, running)
+
+
 def package_document(
     config: Config, sessions: sessionmaker[Session], name: str, history: int = 20, running=None
 ) -> dict:

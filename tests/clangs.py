@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from elftools.elf.elffile import ELFFile
+from pgod.attribution import elf_build_id  # noqa: F401 (the helper tests read build-ids with)
 
 #: The LLVM releases whose raw-profile formats pgod must read (v7, v8, v8, v10).
 CLANG_VERSIONS: tuple[int, ...] = (13, 14, 16, 19)
@@ -104,16 +104,3 @@ def run_instrumented(
     """
     full_env = {**os.environ, **(env or {}), "LLVM_PROFILE_FILE": str(profile_pattern)}
     return _run([str(exe), *args], env=full_env, timeout=60)
-
-
-def elf_build_id(path: str | os.PathLike[str]) -> str | None:
-    """The GNU build-id (NT_GNU_BUILD_ID note) of an ELF file as lowercase hex, or None."""
-    with open(path, "rb") as f:
-        elf = ELFFile(f)
-        for section in elf.iter_sections():
-            if section.header["sh_type"] != "SHT_NOTE":
-                continue
-            for note in section.iter_notes():
-                if note["n_type"] == "NT_GNU_BUILD_ID":
-                    return str(note["n_desc"]).lower()
-    return None
