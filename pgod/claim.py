@@ -27,19 +27,10 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_C
 
 
 @dataclass(frozen=True)
-class Claimed:
-    """A spool entry now held in staging under a name of ours."""
-
-    staging_path: Path
-    original_name: str
-    claimed_at: float
-
-
-@dataclass(frozen=True)
 class Checked:
     """A staged entry that passed the file-type checks: a regular, single-link file."""
 
-    path: Path
+    path: str
     original_name: str
     owner_uid: int
     size: int
@@ -68,27 +59,29 @@ _KIND_NAMES = {
 
 
 class Claimer:
-    """Moves spool entries into ``incoming_dir`` under unique names."""
+    """Moves spool entries into ``incoming_dir`` under unique names.
+
+    Paths are plain strings here: this runs once per raw profile, and building pathlib objects
+    cost more than the rename itself."""
 
     def __init__(self, spool_dir: Path, incoming_dir: Path) -> None:
-        self.spool_dir = spool_dir
-        self.incoming_dir = incoming_dir
+        self._spool = os.fsdecode(spool_dir)
+        self._incoming = os.fsdecode(incoming_dir)
         # Unique across restarts: a time prefix, then a counter within this process.
         self._prefix = f"{time.time_ns():x}"
         self._counter = itertools.count()
 
-    def claim(self, name: str) -> Claimed | None:
-        """Rename spool entry ``name`` into staging; None if it is already gone."""
+    def claim(self, name: str) -> str | None:
+        """Rename spool entry ``name`` into staging; returns its staging name, None if it is gone."""
         staging_name = f"{self._prefix}-{next(self._counter):06d}"
-        target = self.incoming_dir / staging_name
         try:
-            os.rename(self.spool_dir / name, target)
+            os.rename(f"{self._spool}/{name}", f"{self._incoming}/{staging_name}")
         except FileNotFoundError:
             return None  # claimed already (scan and event raced) or removed by its owner
-        return Claimed(target, name, time.time())
+        return staging_name
 
 
-def check_staged(path: Path, original_name: str, max_bytes: int) -> tuple[Checked, int]:
+def check_staged(path: str, original_name: str, max_bytes: int) -> tuple[Checked, int]:
     """Verify a staged entry and open it read-only; returns the checks and an open descriptor.
 
     Raises Rejected for anything that is not a plain, single-link, bounded regular file.

@@ -67,6 +67,20 @@ def run(config, bus_kind: str) -> int:
         return EXIT_FAILED
     attributor = Attributor.from_config(config)
     engine = Engine(config, layout, sessions, attributor)
+    loop = GLib.MainLoop()
+    exit_code = EXIT_OK
+
+    def spool_lost(reason: str) -> None:  # watcher thread
+        nonlocal exit_code
+        log.error("daemon.spool_lost", reason=reason)
+        exit_code = EXIT_FAILED
+        GLib.idle_add(loop.quit)
+
+    try:
+        watcher = SpoolWatcher(layout.spool, engine.submit, engine.rescan, spool_lost)
+    except OSError as err:
+        print(f"pgod: {err}", file=sys.stderr)
+        return EXIT_FAILED
     try:
         bus = SystemBus() if bus_kind == "system" else SessionBus()
         service = DaemonService(config, sessions, engine, __version__, bus)
@@ -74,9 +88,6 @@ def run(config, bus_kind: str) -> int:
     except GLib.Error as err:
         print(f"pgod: cannot serve {BUS_NAME} on the {bus_kind} bus: {err.message}", file=sys.stderr)
         return EXIT_FAILED
-
-    loop = GLib.MainLoop()
-    watcher = SpoolWatcher(layout.spool, engine.submit)
 
     def shutdown(signame: str) -> bool:
         log.info("daemon.stopping", signal=signame)
@@ -104,7 +115,7 @@ def run(config, bus_kind: str) -> int:
         engine.join(timeout=60)
         publication.unpublish()
     log.info("daemon.stopped")
-    return EXIT_OK
+    return exit_code
 
 
 if __name__ == "__main__":

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import os
 import queue
-from concurrent.futures import Future
-from dataclasses import dataclass
 import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
+from concurrent.futures import Future
+from dataclasses import dataclass
 
 import structlog
 from sqlalchemy import update
@@ -38,12 +37,19 @@ from .merge import fsync_dir
 from .optimizer import Optimizer
 from .profiles import ProfileMerger
 from .profraw import ProfrawError, parse_profraw
-from .recovery import recover, settle_files
+from .recovery import recover, unlink_if_present
 from .staging import Layout, prune_oldest
 
 log = structlog.get_logger(__name__)
 
 CLAIM_BATCH = 2000  # spool names claimed per cycle: bounds memory on a large backlog
+# Once a spool name arrives, gather the names that follow until the spool is quiet this long
+# (or GATHER_MAX_SECONDS pass, or CLAIM_BATCH names wait). A burst of exits then costs one
+# cycle (a transaction, a few fsyncs) instead of one per file, and the claims (renames out of
+# the spool) no longer contend with the writers for the spool folder's lock, which the kernel
+# spins on: measured, that contention alone could cost 0.2 s of CPU per 2,000 files.
+GATHER_QUIET_SECONDS = 0.05
+GATHER_MAX_SECONDS = 3.0
 YOUNG_FILE_SECONDS = 5.0  # at start, a file this fresh may still be open by its writer
 # The profile runtime creates its file empty when the program starts and appends at exit, so
 # an empty file is most likely a program still running: it is left alone this long.
@@ -56,6 +62,10 @@ Listener = Callable[[str, dict], None]
 
 class Arrival(str):
     """A spool name seen appearing (created, moved or linked in) rather than closed by a writer."""
+
+
+class Rescan:
+    """Events were lost (inotify queue overflow): look at the whole spool again."""
 
 
 @dataclass
@@ -76,8 +86,11 @@ class Engine:
         self.sessions = sessions
         self.attributor = attributor
         self.listeners: list[Listener] = []
-        self._queue: queue.SimpleQueue[str | BuildResult | Command | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[str] | Rescan | BuildResult | Command | None] = queue.SimpleQueue()
+        self._names_queued = 0  # spool names in the queue, for spool_backlog
+        self._names_lock = threading.Lock()
         self._claimer = Claimer(layout.spool, layout.incoming)
+        self._spool = os.fsdecode(layout.spool)
         self._ingestor = Ingestor(layout, attributor, config.max_file_bytes)
         profdata = {
             name: resolve_profdata(package, attributor.builds.get(name)) for name, package in config.packages.items()
@@ -88,13 +101,20 @@ class Engine:
         # Staging may live inside the spool (see staging.py): never claim our own folder.
         self._own_name = layout.staging.name if layout.staging.parent == layout.spool else None
         self._restart_at: float | None = None  # set when a step failed: redo start-up then
+        self._names_at = float("-inf")  # monotonic time spool names last came
         self._thread: threading.Thread | None = None
         self.optimizer = Optimizer(config, layout, sessions, self._emit, self._queue.put)
 
     # ---- called from other threads -------------------------------------------------------
-    def submit(self, name: str) -> None:
-        """A spool entry may be ready (watcher thread)."""
-        self._queue.put(name)
+    def submit(self, names: list[str]) -> None:
+        """Spool entries that may be ready (watcher thread)."""
+        with self._names_lock:
+            self._names_queued += len(names)
+        self._queue.put(names)
+
+    def rescan(self) -> None:
+        """Spool events were lost: scan the whole spool (watcher thread)."""
+        self._queue.put(Rescan())
 
     def stop(self) -> None:
         self._queue.put(None)
@@ -107,7 +127,7 @@ class Engine:
 
     @property
     def spool_backlog(self) -> int:
-        return self._scan_remaining + self._queue.qsize() + len(self._deferred)
+        return self._scan_remaining + self._names_queued + len(self._deferred)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="pgod-engine", daemon=True)
@@ -137,7 +157,10 @@ class Engine:
         self.merger.merge_when_due(force=True)
         self.optimizer.request_build(name)
 
-    def _handle(self, event: BuildResult | Command) -> None:
+    def _handle(self, event: Rescan | BuildResult | Command) -> None:
+        if isinstance(event, Rescan):
+            self._scan_spool()
+            return
         if isinstance(event, BuildResult):
             self.optimizer.on_build_done(event)
             return
@@ -165,37 +188,50 @@ class Engine:
         self.optimizer.maybe_start_build()
 
     def _next_work(self) -> tuple[list[str], list] | None:
-        """Block until work arrives (or a deadline passes); then drain the queue.
+        """Block until work arrives (or a deadline passes); then gather what follows (see
+        GATHER_QUIET_SECONDS), so that one cycle takes a whole burst.
 
-        Returns spool names and other events (build results, commands), or None to stop."""
-        names: list[str] = []
+        Returns spool names (each once: a file seen appearing, then closed, is simply ready)
+        and other events (build results, commands), or None to stop."""
+        names: dict[str, str] = {}
         events: list = []
-        timeout = self._next_deadline()
         try:
-            first = self._queue.get(timeout=timeout)
+            item = self._queue.get(timeout=self._next_deadline())
         except queue.Empty:
-            first = ""
-        item = first
+            item = []
+        gather_until = time.monotonic() + GATHER_MAX_SECONDS if isinstance(item, list) and item else None
         while True:
             if item is None:
                 return None
-            if isinstance(item, str):
-                if item:
-                    names.append(item)
+            if isinstance(item, list):
+                with self._names_lock:
+                    self._names_queued -= len(item)
+                for name in item:
+                    if name not in names or not isinstance(name, Arrival):
+                        names[str(name)] = name  # a close event outranks an Arrival
             else:
                 events.append(item)
+                gather_until = None  # a command or build result: answer it now
             if len(names) >= CLAIM_BATCH:
                 break
             try:
-                item = self._queue.get_nowait()
+                if gather_until is None:
+                    item = self._queue.get_nowait()
+                else:
+                    wait = min(GATHER_QUIET_SECONDS, gather_until - time.monotonic())
+                    if wait <= 0:
+                        break
+                    item = self._queue.get(timeout=wait)
             except queue.Empty:
                 break
         now = time.monotonic()
+        if names:
+            self._names_at = now
         for name, when in list(self._deferred.items()):
             if when <= now:
                 del self._deferred[name]
-                names.append(name)
-        return names, events
+                names.setdefault(name, name)
+        return list(names.values()), events
 
     def _next_deadline(self) -> float | None:
         deadlines = list(self._deferred.values())
@@ -206,18 +242,23 @@ class Engine:
         build_at = self.optimizer.next_deadline()
         if build_at is not None:
             deadlines.append(time.monotonic() + max(0.0, build_at - time.time()))
+        quiet_at = self._names_at + GATHER_QUIET_SECONDS
+        if self.merger.parts_waiting and quiet_at > time.monotonic():
+            deadlines.append(quiet_at)  # the burst may end then: see _spool_quiet
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
+
+    def _spool_quiet(self) -> bool:
+        """Has the burst ended: no spool name waiting, none for GATHER_QUIET_SECONDS?"""
+        return self._queue.empty() and time.monotonic() - self._names_at >= GATHER_QUIET_SECONDS
 
     def _cycle(self, names: list[str]) -> None:
         if self._restart_at is not None and time.monotonic() >= self._restart_at:
             self._restart_at = None
             self._start_up()
-        # A name seen both appearing and closed by its writer is simply ready.
-        closed = {name for name in names if not isinstance(name, Arrival)}
-        self._ingest_names([name if name in closed else Arrival(name) for name in dict.fromkeys(map(str, names))])
-        self.merger.merge_when_due(queue_empty=self._queue.empty())
+        self._ingest_names(names)
+        self.merger.merge_when_due(quiet=self._spool_quiet())
         self.optimizer.maybe_start_build()
 
     def _scan_spool(self) -> None:
@@ -248,8 +289,9 @@ class Engine:
     def _not_yet(self, name: str, at_start: bool) -> float | None:
         """Seconds to wait before claiming a spool entry that is probably still being written;
         0 to leave it alone altogether (an event will bring it back), None to claim it now."""
+        path = f"{self._spool}/{name}"
         try:
-            info = os.lstat(self.layout.spool / name)
+            info = os.lstat(path)
         except FileNotFoundError:
             return None
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
@@ -258,7 +300,7 @@ class Engine:
         if info.st_size == 0 and age < EMPTY_FILE_GRACE_SECONDS:
             # A program still running; its exit write closes the file again and brings it back.
             return 0.0
-        if info.st_size > 0 and isinstance(name, Arrival) and not _parses_whole(self.layout.spool / name, self.config.max_file_bytes):
+        if info.st_size > 0 and isinstance(name, Arrival) and not _parses_whole(path, self.config.max_file_bytes):
             # Moved or linked in, or written without a close yet: if it is a complete profile
             # it is done; if not, give its writer time, then take it whatever it holds.
             return ARRIVAL_SETTLE_SECONDS
@@ -279,17 +321,18 @@ class Engine:
                 if wait > 0:
                     self._deferred[str(name)] = time.monotonic() + wait
                 continue
-            claimed = self._claimer.claim(name)
-            if claimed is not None:
-                staged.append((claimed.staging_path, claimed.original_name))
+            staging_name = self._claimer.claim(name)
+            if staging_name is not None:
+                staged.append((staging_name, str(name)))
         self._ingest_staged(staged)
 
-    def _reingest(self, staged: list[tuple[Path, str]]) -> None:
+    def _reingest(self, staged: list[tuple[str, str]]) -> None:
         """Examine staging files again that were claimed but never recorded."""
         for start in range(0, len(staged), CLAIM_BATCH):
             self._ingest_staged(staged[start : start + CLAIM_BATCH])
 
-    def _ingest_staged(self, staged: list[tuple[Path, str]]) -> None:
+    def _ingest_staged(self, staged: list[tuple[str, str]]) -> None:
+        """Record claimed files (staging name, spool name): one transaction for the batch."""
         if not staged:
             return
         fsync_dir(self.layout.incoming)  # the renames must be durable before rows name them
@@ -301,7 +344,8 @@ class Engine:
                 session.execute(update(Package).where(Package.name == name).values(last_activity=now))
         failpoint("after-ingest-commit")
         # Rows for entirely-unattributed files are born done; their staging copies can go.
-        settle_files(self.layout, self.sessions, [path.name for path, _ in staged])
+        for staging_name in report.born_done:
+            unlink_if_present(self.layout.incoming / staging_name)
         if report.unattributed:
             prune_oldest(self.layout.unattributed, self.config.unattributed_max_files)
         if report.quarantined:
@@ -340,7 +384,7 @@ class Engine:
                 log.exception("engine.listener_failed", kind=kind)
 
 
-def _parses_whole(path: Path, max_bytes: int) -> bool:
+def _parses_whole(path: str, max_bytes: int) -> bool:
     """Is the spool file, as it is now, one or more complete raw profiles? A readiness hint
     only: the claimed copy is checked again from scratch."""
     try:

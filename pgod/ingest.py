@@ -11,10 +11,9 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import structlog
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from .attribution import Attributor
@@ -35,6 +34,7 @@ class IngestReport:
     parts_pending: dict[str, int] = field(default_factory=dict)
     unattributed: int = 0
     quarantined: list[tuple[str, str]] = field(default_factory=list)  # (original name, reason)
+    born_done: list[str] = field(default_factory=list)  # staging names with no part to merge
 
 
 @dataclass
@@ -55,9 +55,14 @@ class Ingestor:
         self.layout = layout
         self.attributor = attributor
         self.max_file_bytes = max_file_bytes
+        # Per-file paths are built as strings (see claim.py for why).
+        self._incoming = os.fsdecode(layout.incoming)
+        self._parts = os.fsdecode(layout.parts)
+        self._unattributed = os.fsdecode(layout.unattributed)
 
-    def ingest(self, session: Session, staged: list[tuple[Path, str]]) -> IngestReport:
-        """Record a batch of staging files (path, original spool name) in the caller's transaction.
+    def ingest(self, session: Session, staged: list[tuple[str, str]]) -> IngestReport:
+        """Record a batch of staging files (staging name, original spool name) in the caller's
+        transaction.
 
         Rejected files are moved to quarantine before their rows are written; accepted files
         stay where they are until their parts are merged.
@@ -65,78 +70,82 @@ class Ingestor:
         report = IngestReport()
         rows: list[_Row] = []
         quarantine_rows: list[dict] = []
-        for path, original_name in staged:
+        for staging_name, original_name in staged:
             report.files += 1
             try:
-                rows.append(self._examine(path, original_name))
+                rows.append(self._examine(staging_name, original_name))
                 continue
             except Rejected as err:
                 rejection = err
             except Exception as err:  # a file must never stop the daemon: park it, with the error
                 log.exception("spool.examine_failed", file=original_name)
                 rejection = Rejected("internal-error", f"{type(err).__name__}: {err}")
-            quarantine_rows.append(self._quarantine_file(path, original_name, rejection))
+            quarantine_rows.append(self._quarantine_file(staging_name, original_name, rejection))
             report.quarantined.append((original_name, rejection.reason))
         if rows:
             fsync_dir(self.layout.parts)
             fsync_dir(self.layout.unattributed)
-        now = time.time()
-        file_ids: list[int] = []
-        if rows:
-            # One executemany for the batch, then one query for the ids (SQLite would run an
-            # ordered INSERT … RETURNING row by row).
-            table = SpoolFile.__table__
-            session.execute(
-                insert(table),
-                [
-                    dict(
-                        staging_name=row.staging_name,
-                        original_name=row.original_name,
-                        owner_uid=row.owner_uid,
-                        size=row.size,
-                        claimed_at=now,
-                        done=all(p["status"] != "pending" for p in row.parts),
-                    )
-                    for row in rows
-                ],
-            )
-            ids = dict(
-                session.execute(
-                    select(table.c.staging_name, table.c.id).where(table.c.staging_name.in_([r.staging_name for r in rows]))
-                ).all()
-            )
-            file_ids = [ids[row.staging_name] for row in rows]
-        for row, file_id in zip(rows, file_ids):
-            for part in row.parts:
-                part["file_id"] = file_id
-                if part["status"] == "pending":
-                    report.parts_pending[part["package"]] = report.parts_pending.get(part["package"], 0) + 1
-                elif part["status"] == "unattributed":
-                    report.unattributed += 1
-        all_parts = [p for row in rows for p in row.parts]
-        if all_parts:
-            session.execute(insert(Part.__table__), all_parts)  # Core executemany: no ORM bookkeeping
+            self._insert_rows(session, rows, report)
         if quarantine_rows:
+            now = time.time()
             for q in quarantine_rows:
                 q["at"] = now
             session.execute(insert(Quarantine), quarantine_rows)
         return report
 
-    def _examine(self, path: Path, original_name: str) -> _Row:
+    def _insert_rows(self, session: Session, rows: list[_Row], report: IngestReport) -> None:
+        """One executemany for the files, one for their parts (Core: no ORM bookkeeping).
+
+        The file ids are given, not read back: this thread is the database's only writer, and
+        SQLite would otherwise return them row by row."""
+        now = time.time()
+        first_id = (session.scalar(select(func.max(SpoolFile.id))) or 0) + 1
+        file_rows = []
+        part_rows = []
+        for file_id, row in enumerate(rows, start=first_id):
+            done = True
+            for part in row.parts:
+                part["file_id"] = file_id
+                status = part["status"]
+                if status == "pending":
+                    done = False
+                    report.parts_pending[part["package"]] = report.parts_pending.get(part["package"], 0) + 1
+                elif status == "unattributed":
+                    report.unattributed += 1
+                part_rows.append(part)
+            if done:
+                report.born_done.append(row.staging_name)
+            file_rows.append(
+                dict(
+                    id=file_id,
+                    staging_name=row.staging_name,
+                    original_name=row.original_name,
+                    owner_uid=row.owner_uid,
+                    size=row.size,
+                    claimed_at=now,
+                    done=done,
+                )
+            )
+        session.execute(insert(SpoolFile.__table__), file_rows)
+        if part_rows:
+            session.execute(insert(Part.__table__), part_rows)
+
+    def _examine(self, staging_name: str, original_name: str) -> _Row:
+        path = f"{self._incoming}/{staging_name}"
         checked, fd = check_staged(path, original_name, self.max_file_bytes)
         try:
             # Read, never mmap: the owner may still hold the file open and truncate it, and a
             # mapped page past the new end would kill the daemon with SIGBUS.
-            data = _read_bounded(fd, self.max_file_bytes)
+            data = _read_bounded(fd, checked.size, self.max_file_bytes)
         finally:
             os.close(fd)
         try:
             profiles = parse_profraw(data)
         except ProfrawError as err:
             raise Rejected(f"profraw-{err.reason}", str(err), checked.owner_uid, len(data)) from None
-        return _Row(path.name, original_name, checked.owner_uid, len(data), self._split(path, data, profiles))
+        return _Row(staging_name, original_name, checked.owner_uid, len(data), self._split(staging_name, path, data, profiles))
 
-    def _split(self, path: Path, data: bytes, profiles: list[RawProfile]) -> list[dict]:
+    def _split(self, staging_name: str, path: str, data: bytes, profiles: list[RawProfile]) -> list[dict]:
         """One part row per raw profile; a lone, attributed profile is merged from the file itself."""
         parts = []
         for index, profile in enumerate(profiles):
@@ -144,17 +153,17 @@ class Ingestor:
             whole_file = len(profiles) == 1
             if package is None:
                 if not profile.binary_ids:
-                    log.warning("profile.no_binary_id", file=path.name, version=profile.version,
+                    log.warning("profile.no_binary_id", file=staging_name, version=profile.version,
                                 hint="raw profile names no build-id (clang 13 or older, or linked without --build-id)")
                 status = "unattributed"
-                part_path = self.layout.unattributed / f"{path.name}.{index}.profraw"
+                part_path = f"{self._unattributed}/{staging_name}.{index}.profraw"
                 _write_durably(part_path, data[profile.offset : profile.offset + profile.length])
             else:
                 status = "pending"
                 if whole_file:
                     part_path = path
                 else:
-                    part_path = self.layout.parts / f"{path.name}.{index}.profraw"
+                    part_path = f"{self._parts}/{staging_name}.{index}.profraw"
                     _write_durably(part_path, data[profile.offset : profile.offset + profile.length])
             parts.append(
                 dict(
@@ -162,16 +171,16 @@ class Ingestor:
                     package=package,
                     binary_ids=",".join(profile.binary_ids),
                     size=profile.length,
-                    path=str(part_path),
+                    path=part_path,
                     status=status,
                 )
             )
         return parts
 
-    def _quarantine_file(self, path: Path, original_name: str, rejection: Rejected) -> dict:
-        target = self.layout.quarantine / f"{path.name}-{safe_component(original_name)}"
+    def _quarantine_file(self, staging_name: str, original_name: str, rejection: Rejected) -> dict:
+        target = self.layout.quarantine / f"{staging_name}-{safe_component(original_name)}"
         try:
-            os.rename(path, target)
+            os.rename(f"{self._incoming}/{staging_name}", target)
         except FileNotFoundError:
             target = None
         log.warning(
@@ -188,10 +197,15 @@ class Ingestor:
         )
 
 
-def _read_bounded(fd: int, limit: int) -> bytes:
-    """The whole file behind ``fd``, refusing one that grew past ``limit`` since it was checked."""
-    chunks = []
-    total = 0
+def _read_bounded(fd: int, size: int, limit: int) -> bytes:
+    """The whole file behind ``fd`` (``size`` bytes when checked), refusing one that grew past
+    ``limit`` since. A read shorter than asked is the end of a regular file, so a file that kept
+    its size takes one read."""
+    first = os.read(fd, min(size + 1, limit + 1))
+    if len(first) <= size:
+        return first
+    chunks = [first]
+    total = len(first)
     while chunk := os.read(fd, min(1 << 20, limit + 1 - total)):
         chunks.append(chunk)
         total += len(chunk)
@@ -200,7 +214,7 @@ def _read_bounded(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _write_durably(path: Path, content: bytes) -> None:
+def _write_durably(path: str, content: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(content)

@@ -8,19 +8,20 @@ that fails as a whole is retried later with a growing delay, and nothing in it i
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import structlog
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Config
-from .db import Merge, Package, Part, Quarantine, SpoolFile
+from .db import Merge, Package, Part, Quarantine, SpoolFile, among
 from .failpoints import failpoint
 from .merge import merge_batch
-from .recovery import move_if_present, settle_files, unlink_if_present
+from .recovery import move_if_present, unlink_if_present
 from .staging import Layout
 
 log = structlog.get_logger(__name__)
@@ -28,9 +29,9 @@ log = structlog.get_logger(__name__)
 MERGE_BATCH = 5000  # raw parts per llvm-profdata call
 # Every llvm-profdata call costs ~26 ms of CPU just to start, so a trickle of files is merged
 # in groups: at once when this many parts wait, else when the first has waited this long.
-MERGE_MIN_PARTS = 1000
+MERGE_MIN_PARTS = MERGE_BATCH
 MERGE_DELAY_SECONDS = 1.0
-# ...or at once when a burst has just ended (nothing more queued) and left this many.
+# ...or at once when a burst has ended (the spool went quiet) and left this many.
 MERGE_BURST_PARTS = 100
 RETRY_BASE_SECONDS = 5.0
 RETRY_MAX_SECONDS = 600.0
@@ -53,13 +54,19 @@ class ProfileMerger:
         self._retry: dict[str, tuple[float, float]] = {}  # package → (when, current delay)
         self._merge_at: float | None = None  # when the parts now waiting get merged
 
+    @property
+    def parts_waiting(self) -> bool:
+        """Are parts waiting to be merged (as of the last look)?"""
+        return self._merge_at is not None
+
     def next_deadline(self) -> float | None:
         """Monotonic time of the next merge (waiting parts, or a batch retry), if any."""
-        return min([when for when, _ in self._retry.values()] + [t for t in (self._merge_at,) if t is not None], default=None)
+        times = [when for when, _ in self._retry.values()] + [self._merge_at]
+        return min((t for t in times if t is not None), default=None)
 
-    def merge_when_due(self, force: bool = False, queue_empty: bool = False) -> None:
+    def merge_when_due(self, force: bool = False, quiet: bool = False) -> None:
         """Merge waiting parts if enough wait, or the first has waited long enough, or a burst
-        just ended (``queue_empty``), or ``force``."""
+        has just ended (``quiet``: no spool file arrived for a moment), or ``force``."""
         now = time.monotonic()
         with self.sessions() as session:
             waiting = dict(
@@ -78,7 +85,7 @@ class ProfileMerger:
         if self._merge_at is None:
             self._merge_at = now + MERGE_DELAY_SECONDS
         waiting_parts = sum(ready.values())
-        burst_over = queue_empty and waiting_parts >= MERGE_BURST_PARTS
+        burst_over = quiet and waiting_parts >= MERGE_BURST_PARTS
         if force or waiting_parts >= MERGE_MIN_PARTS or burst_over or now >= self._merge_at:
             self._merge_at = None
             for name in ready:
@@ -134,7 +141,7 @@ class ProfileMerger:
                 session.add(merge)
                 session.flush()
                 session.execute(
-                    update(Part).where(Part.id.in_([p.id for p in merged])).values(status="merged", merge_id=merge.id)
+                    update(Part).where(among(Part.id, [p.id for p in merged])).values(status="merged", merge_id=merge.id)
                 )
                 package.profile_generation = generation
                 package.profile_path = str(output)
@@ -147,7 +154,7 @@ class ProfileMerger:
                     package.build_due = True
                     crossed = True
             if rejected:
-                session.execute(update(Part).where(Part.id.in_([p.id for p in rejected])).values(status="quarantined"))
+                session.execute(update(Part).where(among(Part.id, [p.id for p in rejected])).values(status="quarantined"))
                 session.add_all(
                     Quarantine(
                         original_name=Path(p.path).name,
@@ -163,11 +170,11 @@ class ProfileMerger:
                 package.quarantined += len(rejected)
             done_names = self._mark_done(session, {p.file_id for p in parts})
             snapshot = dict(raw_bytes=package.raw_bytes, files=package.files, state=package.state)
-        # After the commit: clean-ups that recovery would otherwise finish.
+        # After the commit: clean-ups that recovery would otherwise finish (settle_files).
         failpoint("after-merge-commit")
         for part in rejected:
-            move_if_present(Path(part.path), self.layout.quarantine / Path(part.path).name)
-        settle_files(self.layout, self.sessions, done_names)
+            move_if_present(part.path, os.path.join(self.layout.quarantine, os.path.basename(part.path)))
+        self._delete_merged(merged, done_names)
         if advanced and base is not None and base != output:
             unlink_if_present(base)
         elif not advanced:
@@ -191,16 +198,31 @@ class ProfileMerger:
 
     @staticmethod
     def _mark_done(session: Session, file_ids: set[int]) -> list[str]:
-        still_pending = set(
+        """Mark done the files none of whose parts wait any more; returns their staging names."""
+        still_pending = exists().where(Part.file_id == SpoolFile.id, Part.status == "pending")
+        return list(
             session.scalars(
-                select(Part.file_id).where(Part.file_id.in_(file_ids), Part.status == "pending").group_by(Part.file_id)
+                update(SpoolFile)
+                .where(among(SpoolFile.id, file_ids), ~still_pending)
+                .values(done=True)
+                .returning(SpoolFile.staging_name)
             ).all()
         )
-        done_ids = file_ids - still_pending
-        if not done_ids:
-            return []
-        session.execute(update(SpoolFile).where(SpoolFile.id.in_(done_ids)).values(done=True))
-        return list(session.scalars(select(SpoolFile.staging_name).where(SpoolFile.id.in_(done_ids))).all())
+
+    def _delete_merged(self, merged: list, done_names: list[str]) -> None:
+        """Delete raw files the commit counted: each merged part now, and the claimed file of a
+        split profile once all its parts are settled. (A lone part is the claimed file itself.)"""
+        deleted = set()
+        for index, part in enumerate(merged):
+            unlink_if_present(part.path)
+            deleted.add(part.path)
+            if index == len(merged) // 2:
+                failpoint("mid-cleanup")
+        incoming = os.fsdecode(self.layout.incoming)
+        for name in done_names:
+            staged = f"{incoming}/{name}"
+            if staged not in deleted:
+                unlink_if_present(staged)
 
     def _merge_failed(self, name: str, error: str) -> None:
         _when, delay = self._retry.get(name, (0.0, RETRY_BASE_SECONDS / 2))

@@ -57,7 +57,7 @@ def settle_files(layout: Layout, sessions: sessionmaker[Session], staging_names:
             unlink_if_present(staged)
 
 
-def recover(layout: Layout, sessions: sessionmaker[Session], reingest: Callable[[list[tuple[Path, str]]], None]) -> None:
+def recover(layout: Layout, sessions: sessionmaker[Session], reingest: Callable[[list[tuple[str, str]]], None]) -> None:
     """After any kind of stop: settle what was committed, re-examine what was not."""
     incoming = sorted(os.listdir(layout.incoming))
     with sessions() as session:
@@ -77,7 +77,7 @@ def recover(layout: Layout, sessions: sessionmaker[Session], reingest: Callable[
         if known.get(owner, True):
             # Its file is done (already counted), or will be examined again and re-split.
             unlink_if_present(layout.parts / entry)
-    unseen = [(layout.incoming / name, name) for name in incoming if name not in known]
+    unseen = [(name, name) for name in incoming if name not in known]  # original names are lost
     if unseen:
         log.info("recovery.reingest", files=len(unseen))
         reingest(unseen)

@@ -1,84 +1,157 @@
-"""Watch the spool with inotify (watchdog) and hand ready entry names to the engine.
+"""Watch the spool with inotify and hand ready entry names to the engine, a buffer at a time.
 
 A regular file is ready when its writer closes it (IN_CLOSE_WRITE). One renamed into the spool
-from elsewhere shows up as created, with its content already there; it is handed over as an
+from elsewhere (IN_MOVED_TO) arrives with its content already there; it is handed over as an
 Arrival, which the engine takes once it parses whole (or after a settling time). Links, FIFOs
-and devices never get a close event, so they are handed over as soon as they appear, to be
+and devices never get a close event, so an entry created (IN_CREATE) and not closed within the
+same read is looked at: anything but a new, empty regular file is handed over at once, to be
 rejected. This thread only enqueues names; it never reads a file's content.
+
+Why not watchdog's Observer: it runs three threads and builds several Python objects per inotify
+event, and it also reports our own renames out of the spool. Measured with the ingest benchmark,
+that pipeline cost 0.4 s of CPU per 2,000 raw files, more than everything else pgod does with
+them. This module uses watchdog's inotify bindings and constants and reads the events itself:
+one thread, one ``read`` per buffer of events, one queue item per buffer. It also sees what the
+Observer hides: a queue overflow (events lost: the engine rescans the spool) and the spool
+itself going away (the daemon stops with an error instead of waiting forever).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import select
 import stat
+import struct
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from watchdog.events import (
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-from watchdog.observers import Observer
+import structlog
+from watchdog.observers.inotify_c import InotifyConstants as IN
+from watchdog.observers.inotify_c import inotify_add_watch, inotify_init
 
 from .engine import EMPTY_FILE_GRACE_SECONDS, Arrival
 
+log = structlog.get_logger(__name__)
 
-class _SpoolHandler(FileSystemEventHandler):
-    def __init__(self, spool_dir: Path, submit: Callable[[str], None]) -> None:
-        self.spool_dir = os.fsdecode(spool_dir)
-        self.submit = submit
+# Not IN_MOVED_FROM: the engine's own claims are renames out of the spool.
+WATCH_MASK = (
+    IN.IN_CREATE | IN.IN_CLOSE_WRITE | IN.IN_MOVED_TO | IN.IN_DELETE_SELF | IN.IN_MOVE_SELF
+    | IN.IN_ONLYDIR | IN.IN_DONT_FOLLOW
+)
+_WATCH_GONE = IN.IN_DELETE_SELF | IN.IN_MOVE_SELF | IN.IN_IGNORED | IN.IN_UNMOUNT
+_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
+READ_SIZE = 64 * 1024  # bytes of events per read (each event is 16 bytes plus its name)
 
-    def _name_in_spool(self, path: str | bytes) -> str | None:
-        directory, name = os.path.split(os.fsdecode(path))
-        return name if directory == self.spool_dir and name else None
 
-    def on_closed(self, event: FileSystemEvent) -> None:
-        name = self._name_in_spool(event.src_path)
-        if name:
-            self.submit(name)
-
-    def on_moved(self, event: FileSystemEvent) -> None:
-        name = self._name_in_spool(event.dest_path)
-        if name:
-            self.submit(Arrival(name))
-
-    def on_created(self, event: FileSystemEvent) -> None:
-        name = self._name_in_spool(event.src_path)
-        if not name:
-            return
-        try:
-            info = os.lstat(event.src_path)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-            # A link, FIFO, device or second hard link will never be "closed": take it now.
-            self.submit(name)
-        elif info.st_size > 0 or time.time() - info.st_mtime > EMPTY_FILE_GRACE_SECONDS:
-            # Content already there (renamed in from elsewhere), or an old empty file.
-            self.submit(Arrival(name))
-        # else: a new, empty file being written; its close event will come.
+class SpoolWatchError(OSError):
+    """The spool cannot be watched."""
 
 
 class SpoolWatcher:
-    """An inotify watch on one folder, not recursive."""
+    """An inotify watch on one folder, not recursive, read by one thread.
 
-    def __init__(self, spool_dir: Path, submit: Callable[[str], None]) -> None:
-        self._observer = Observer()
-        self._observer.daemon = True
-        self._observer.schedule(
-            _SpoolHandler(spool_dir, submit),
-            os.fsdecode(spool_dir),
-            recursive=False,
-            event_filter=[FileClosedEvent, FileCreatedEvent, FileMovedEvent],
-        )
+    ``submit`` gets the ready names of each buffer of events, ``rescan`` is called when the
+    kernel dropped events (the whole spool must be looked at again), and ``lost`` when the
+    spool folder itself was removed or moved away, with a sentence saying so.
+    """
+
+    def __init__(
+        self,
+        spool_dir: Path,
+        submit: Callable[[list[str]], None],
+        rescan: Callable[[], None],
+        lost: Callable[[str], None],
+    ) -> None:
+        self.spool_dir = os.fsdecode(spool_dir)
+        self._submit = submit
+        self._rescan = rescan
+        self._lost = lost
+        self._fd = inotify_init()
+        if self._fd < 0:
+            error = ctypes.get_errno()
+            raise SpoolWatchError(error, f"inotify_init: {os.strerror(error)}")
+        os.set_inheritable(self._fd, False)
+        if inotify_add_watch(self._fd, os.fsencode(self.spool_dir), WATCH_MASK) < 0:
+            error = ctypes.get_errno()
+            os.close(self._fd)
+            raise SpoolWatchError(error, f"cannot watch {self.spool_dir}: {os.strerror(error)}")
+        self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._run, name="pgod-spool", daemon=True)
 
     def start(self) -> None:
-        self._observer.start()
+        self._thread.start()
 
     def stop(self) -> None:
-        self._observer.stop()
-        self._observer.join(timeout=5)
+        os.write(self._wake_write, b"x")
+        self._thread.join(timeout=5)
+        for fd in (self._fd, self._wake_read, self._wake_write):
+            os.close(fd)
+
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        poller.register(self._wake_read, select.POLLIN)
+        while True:
+            ready_fds = {fd for fd, _ in poller.poll()}
+            if self._wake_read in ready_fds:
+                return
+            try:
+                buffer = os.read(self._fd, READ_SIZE)
+            except InterruptedError:
+                continue
+            try:
+                if not self._handle(buffer):
+                    return
+            except Exception:  # a bug here must not silence the spool for good
+                log.exception("spool.watch_failed")
+                self._rescan()
+
+    def _handle(self, buffer: bytes) -> bool:
+        """Turn one buffer of events into names for the engine; False once the watch is gone."""
+        ready: dict[str, str] = {}  # name → name (closed) or Arrival (appeared whole)
+        created: list[str] = []
+        overflow = gone = False
+        offset = 0
+        while offset + _EVENT.size <= len(buffer):
+            _wd, mask, _cookie, length = _EVENT.unpack_from(buffer, offset)
+            raw_name = buffer[offset + _EVENT.size : offset + _EVENT.size + length].rstrip(b"\0")
+            offset += _EVENT.size + length
+            if mask & IN.IN_Q_OVERFLOW:
+                overflow = True
+            elif mask & _WATCH_GONE:
+                gone = True
+            elif raw_name and not mask & IN.IN_ISDIR:
+                name = os.fsdecode(raw_name)
+                if mask & IN.IN_CLOSE_WRITE:
+                    ready[name] = name
+                elif mask & IN.IN_MOVED_TO:
+                    ready.setdefault(name, Arrival(name))
+                elif mask & IN.IN_CREATE:
+                    created.append(name)
+        for name in created:
+            if name not in ready and (kind := self._appeared(name)) is not None:
+                ready[name] = kind
+        if ready:
+            self._submit(list(ready.values()))
+        if overflow:
+            log.warning("spool.events_lost", hint="the inotify queue overflowed; rescanning the spool")
+            self._rescan()
+        if gone:
+            self._lost(f"the spool folder {self.spool_dir} was removed or moved away")
+            return False
+        return True
+
+    def _appeared(self, name: str) -> str | None:
+        """An entry created but not (yet) closed by a writer: what to hand over now, if anything."""
+        try:
+            info = os.lstat(f"{self.spool_dir}/{name}")
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            return name  # a link, FIFO, device or second hard link is never "closed": take it now
+        if info.st_size > 0 or time.time() - info.st_mtime > EMPTY_FILE_GRACE_SECONDS:
+            return Arrival(name)  # content already there, or an old empty file
+        return None  # a new, empty file being written: its close event will come
