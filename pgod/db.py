@@ -165,6 +165,17 @@ def among(column, values: Iterable[int | str]) -> ColumnElement[bool]:
     return column.in_(select(table.c.value))
 
 
+def insert_many(session: Session, table_name: str, rows: list[dict]) -> None:
+    """INSERT rows (dicts with the same keys: column names) by one executemany handed straight
+    to the driver. SQLAlchemy's own executemany processes each row's parameters in Python first,
+    which doubled the cost of recording a 2,000-file batch; these rows are plain column values."""
+    if not rows:
+        return
+    columns = list(rows[0])
+    sql = f"INSERT INTO {table_name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    session.connection().exec_driver_sql(sql, [tuple(row[column] for column in columns) for row in rows])
+
+
 class SchemaError(RuntimeError):
     """The database was written by an incompatible pgod."""
 

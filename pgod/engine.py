@@ -61,7 +61,8 @@ Listener = Callable[[str, dict], None]
 
 
 class Arrival(str):
-    """A spool name seen appearing (created, moved or linked in) rather than closed by a writer."""
+    """A spool name that appeared with content but no close event (linked in, for one): taken
+    once it parses whole, or after ARRIVAL_SETTLE_SECONDS."""
 
 
 class Rescan:
@@ -296,15 +297,14 @@ class Engine:
             return None
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
             return None
-        age = time.time() - info.st_mtime
-        if info.st_size == 0 and age < EMPTY_FILE_GRACE_SECONDS:
+        if info.st_size == 0 and time.time() - info.st_mtime < EMPTY_FILE_GRACE_SECONDS:
             # A program still running; its exit write closes the file again and brings it back.
             return 0.0
         if info.st_size > 0 and isinstance(name, Arrival) and not _parses_whole(path, self.config.max_file_bytes):
-            # Moved or linked in, or written without a close yet: if it is a complete profile
-            # it is done; if not, give its writer time, then take it whatever it holds.
+            # Linked in, or written without a close yet: if it is a complete profile it is
+            # done; if not, give its writer time, then take it whatever it holds.
             return ARRIVAL_SETTLE_SECONDS
-        if at_start and age < YOUNG_FILE_SECONDS:
+        if at_start and (age := time.time() - info.st_mtime) < YOUNG_FILE_SECONDS:
             # Found by the scan, not by a close event: its writer may not be done. Its close
             # event, or this deadline, brings it back.
             return YOUNG_FILE_SECONDS - age

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from .attribution import Attributor
 from .claim import Rejected, check_staged
-from .db import Part, Quarantine, SpoolFile
+from .db import Part, Quarantine, SpoolFile, insert_many
 from .merge import fsync_dir
 from .profraw import ProfrawError, RawProfile, parse_profraw
 from .staging import Layout, safe_component
@@ -94,7 +94,7 @@ class Ingestor:
         return report
 
     def _insert_rows(self, session: Session, rows: list[_Row], report: IngestReport) -> None:
-        """One executemany for the files, one for their parts (Core: no ORM bookkeeping).
+        """One executemany for the files, one for their parts (see insert_many).
 
         The file ids are given, not read back: this thread is the database's only writer, and
         SQLite would otherwise return them row by row."""
@@ -126,9 +126,8 @@ class Ingestor:
                     done=done,
                 )
             )
-        session.execute(insert(SpoolFile.__table__), file_rows)
-        if part_rows:
-            session.execute(insert(Part.__table__), part_rows)
+        insert_many(session, SpoolFile.__tablename__, file_rows)
+        insert_many(session, Part.__tablename__, part_rows)
 
     def _examine(self, staging_name: str, original_name: str) -> _Row:
         path = f"{self._incoming}/{staging_name}"

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import structlog
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Config
@@ -128,31 +128,6 @@ class ProfileMerger:
         crossed = False
         with self.sessions.begin() as session:
             package = session.get(Package, name)
-            advanced = outcome.merged and bool(merged)
-            if advanced:
-                merge = Merge(
-                    package=name,
-                    generation=generation,
-                    files=len(merged),
-                    bytes=merged_bytes,
-                    seconds=outcome.seconds,
-                    at=now,
-                )
-                session.add(merge)
-                session.flush()
-                session.execute(
-                    update(Part).where(among(Part.id, [p.id for p in merged])).values(status="merged", merge_id=merge.id)
-                )
-                package.profile_generation = generation
-                package.profile_path = str(output)
-                package.raw_bytes += merged_bytes
-                package.files += len(merged)
-                package.total_raw_bytes += merged_bytes
-                package.total_files += len(merged)
-                package.last_activity = now
-                if not package.build_due and package.raw_bytes >= package.threshold_bytes:
-                    package.build_due = True
-                    crossed = True
             if rejected:
                 session.execute(update(Part).where(among(Part.id, [p.id for p in rejected])).values(status="quarantined"))
                 session.add_all(
@@ -168,13 +143,42 @@ class ProfileMerger:
                     for p in rejected
                 )
                 package.quarantined += len(rejected)
+            advanced = outcome.merged and bool(merged)
+            if advanced:
+                merge = Merge(
+                    package=name,
+                    generation=generation,
+                    files=len(merged),
+                    bytes=merged_bytes,
+                    seconds=outcome.seconds,
+                    at=now,
+                )
+                session.add(merge)
+                session.flush()
+                # The batch was the package's first pending parts by id: those left pending up
+                # to the last one (the rejected ones are marked above) are the merged ones.
+                session.execute(
+                    update(Part)
+                    .where(Part.package == name, Part.status == "pending", Part.id <= parts[-1].id)
+                    .values(status="merged", merge_id=merge.id)
+                )
+                package.profile_generation = generation
+                package.profile_path = str(output)
+                package.raw_bytes += merged_bytes
+                package.files += len(merged)
+                package.total_raw_bytes += merged_bytes
+                package.total_files += len(merged)
+                package.last_activity = now
+                if not package.build_due and package.raw_bytes >= package.threshold_bytes:
+                    package.build_due = True
+                    crossed = True
             done_names = self._mark_done(session, {p.file_id for p in parts})
             snapshot = dict(raw_bytes=package.raw_bytes, files=package.files, state=package.state)
         # After the commit: clean-ups that recovery would otherwise finish (settle_files).
         failpoint("after-merge-commit")
         for part in rejected:
             move_if_present(part.path, os.path.join(self.layout.quarantine, os.path.basename(part.path)))
-        self._delete_merged(merged, done_names)
+        self._delete_merged(merged if advanced else [], done_names)
         if advanced and base is not None and base != output:
             unlink_if_present(base)
         elif not advanced:
@@ -199,11 +203,13 @@ class ProfileMerger:
     @staticmethod
     def _mark_done(session: Session, file_ids: set[int]) -> list[str]:
         """Mark done the files none of whose parts wait any more; returns their staging names."""
-        still_pending = exists().where(Part.file_id == SpoolFile.id, Part.status == "pending")
+        # NOT IN over one list of the pending parts' files, not a correlated NOT EXISTS: for
+        # that SQLite picks the status index and scans every pending part once per file.
+        still_pending = select(Part.file_id).where(Part.status == "pending", among(Part.file_id, file_ids))
         return list(
             session.scalars(
                 update(SpoolFile)
-                .where(among(SpoolFile.id, file_ids), ~still_pending)
+                .where(among(SpoolFile.id, file_ids), SpoolFile.id.not_in(still_pending))
                 .values(done=True)
                 .returning(SpoolFile.staging_name)
             ).all()

@@ -1,11 +1,12 @@
 """Watch the spool with inotify and hand ready entry names to the engine, a buffer at a time.
 
-A regular file is ready when its writer closes it (IN_CLOSE_WRITE). One renamed into the spool
-from elsewhere (IN_MOVED_TO) arrives with its content already there; it is handed over as an
-Arrival, which the engine takes once it parses whole (or after a settling time). Links, FIFOs
+A regular file is ready when its writer closes it (IN_CLOSE_WRITE), or when it is renamed into
+the spool (IN_MOVED_TO): a rename brings a file whole, as atomic writers rely on. Links, FIFOs
 and devices never get a close event, so an entry created (IN_CREATE) and not closed within the
-same read is looked at: anything but a new, empty regular file is handed over at once, to be
-rejected. This thread only enqueues names; it never reads a file's content.
+same read is looked at: anything but a new, empty regular file is handed over at once (a link
+or a FIFO to be rejected; a regular file with content, as made by linkat(2) of an O_TMPFILE, as
+an Arrival, which the engine takes once it parses whole or after a settling time). This thread
+only enqueues names; it never reads a file's content.
 
 Why not watchdog's Observer: it runs three threads and builds several Python objects per inotify
 event, and it also reports our own renames out of the spool. Measured with the ingest benchmark,
@@ -111,7 +112,7 @@ class SpoolWatcher:
 
     def _handle(self, buffer: bytes) -> bool:
         """Turn one buffer of events into names for the engine; False once the watch is gone."""
-        ready: dict[str, str] = {}  # name → name (closed) or Arrival (appeared whole)
+        ready: dict[str, str] = {}  # name → name (ready) or Arrival (appeared with content)
         created: list[str] = []
         overflow = gone = False
         offset = 0
@@ -125,10 +126,8 @@ class SpoolWatcher:
                 gone = True
             elif raw_name and not mask & IN.IN_ISDIR:
                 name = os.fsdecode(raw_name)
-                if mask & IN.IN_CLOSE_WRITE:
+                if mask & (IN.IN_CLOSE_WRITE | IN.IN_MOVED_TO):
                     ready[name] = name
-                elif mask & IN.IN_MOVED_TO:
-                    ready.setdefault(name, Arrival(name))
                 elif mask & IN.IN_CREATE:
                     created.append(name)
         for name in created:

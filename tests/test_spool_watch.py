@@ -114,14 +114,28 @@ def test_entries_that_are_never_closed_are_handed_over_at_once(spool, watched, t
     assert watched.next_names() == ["hardlink.profraw"]
 
 
-def test_a_file_moved_in_is_an_arrival_and_folders_are_ignored(spool, watched, tmp_path):
+def test_a_file_moved_in_is_ready_and_folders_are_ignored(spool, watched, tmp_path):
     (spool / "subdir").mkdir()
     done = tmp_path / "done.profraw"
     done.write_bytes(b"w" * 10)
     os.rename(done, spool / "done.profraw")
     names = watched.next_names()
-    assert names == ["done.profraw"] and isinstance(names[0], Arrival)
+    assert names == ["done.profraw"] and not isinstance(names[0], Arrival)
     assert watched.nothing_more()
+
+
+def test_a_file_linked_in_with_content_is_an_arrival(spool, watched):
+    """An atomic writer may link an O_TMPFILE into place: IN_CREATE, content, no close event."""
+    fd = os.open(spool, os.O_TMPFILE | os.O_WRONLY, 0o600)
+    proc_fds = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.write(fd, b"v" * 10)
+        os.link(str(fd), spool / "linked.profraw", src_dir_fd=proc_fds, follow_symlinks=True)
+        names = watched.next_names()
+    finally:
+        os.close(fd)
+        os.close(proc_fds)
+    assert names == ["linked.profraw"] and isinstance(names[0], Arrival)
 
 
 def test_renames_out_of_the_spool_are_not_reported(spool, watched, tmp_path):
