@@ -169,6 +169,22 @@ def proc_cpu(pid: int) -> tuple[float, float]:
     return (utime + stime) / CLK_TCK, (cutime + cstime) / CLK_TCK
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of each of the process's threads, summed by thread name (pgod names its own:
+    pgod-engine, pgod-spool, pgod-build-*; the rest keep the process name)."""
+    totals: dict[str, float] = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat", "rb") as stream:
+                data = stream.read()
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
+        name = data[data.index(b"(") + 1 : data.rindex(b")")].decode(errors="replace")
+        fields = data[data.rindex(b")") + 2 :].split()
+        totals[name] = totals.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return totals
+
+
 def proc_status_kb(pid: int, key: str) -> int:
     with open(f"/proc/{pid}/status") as stream:
         for line in stream:
@@ -391,6 +407,8 @@ class IngestResult:
     merges: int  # llvm-profdata calls pgod made (rows in its merges table)
     cpu_ms_per_file: float = 0.0
     arrival_s: float = 0.0  # how long the benchmark took to put the files into the spool
+    lag_s: float = 0.0  # last file into the spool → the commit counting the last one
+    threads_cpu_s: dict[str, float] = field(default_factory=dict)  # pgod's own CPU by thread name
     note: str = ""
 
 
@@ -416,6 +434,7 @@ def ingest_scenario(
     """
     poll_interval = 0.2 if poll == "dbus" else 0.05
     own0, kids0 = daemon.wait_idle()
+    threads0 = thread_cpu(daemon.pid)
     before = daemon.db.files(package)
     merges_before, _ = daemon.db.merges(package)
     target = before + len(files)
@@ -443,6 +462,7 @@ def ingest_scenario(
             break
     wall = time.monotonic() - started
     own1, kids1 = daemon.wait_idle()
+    threads1 = thread_cpu(daemon.pid)
     merges_after, last_merge_at = daemon.db.merges(package)
     complete = count >= target
     if complete and last_merge_at is not None:
@@ -471,6 +491,9 @@ def ingest_scenario(
         merges=merges_after - merges_before,
         cpu_ms_per_file=1000 * cpu / merged if merged else 0.0,
         arrival_s=arrival,
+        lag_s=max(0.0, wall - arrival),
+        threads_cpu_s={name: round(cpu - threads0.get(name, 0.0), 3) for name, cpu in sorted(threads1.items())
+                       if cpu - threads0.get(name, 0.0) > 0},
         note=note,
     )
 
@@ -654,6 +677,8 @@ def render(report: dict) -> str:
             f"{row['baseline_cpu_s']:>12.3f}{_target(row['ratio'], row['ratio_target'], '≤', '×'):>17}"
             f"{_target(row['files_per_s'], row['files_per_s_target'], '≥'):>19}{row['merges']:>8}{row['cpu_ms_per_file']:>9.3f}"
         )
+        by_thread = ", ".join(f"{name} {cpu:.3f}" for name, cpu in sorted(row["threads_cpu_s"].items(), key=lambda kv: -kv[1]))
+        out.append(f"    arrival {row['arrival_s']:.2f} s, counted {row['lag_s']:.2f} s after the last; own CPU by thread: {by_thread or '-'}")
         if row["note"]:
             out.append(f"    !! {row['note']}")
     backlog = report.get("backlog")

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .osthread import name_os_thread
+
 PROFILE_PLACEHOLDER = "{profile}"
 
 
@@ -81,6 +83,7 @@ class BuildRun:
         return lines[-1][:300] if lines else ""
 
     def _run(self) -> None:
+        name_os_thread()
         started = time.monotonic()
         stdout = ""
         error = None

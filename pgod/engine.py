@@ -35,6 +35,7 @@ from .failpoints import failpoint
 from .ingest import Ingestor
 from .merge import fsync_dir
 from .optimizer import Optimizer
+from .osthread import name_os_thread
 from .profiles import ProfileMerger
 from .profraw import ProfrawError, parse_profraw
 from .recovery import recover, unlink_if_present
@@ -49,7 +50,7 @@ CLAIM_BATCH = 2000  # spool names claimed per cycle: bounds memory on a large ba
 # the spool) no longer contend with the writers for the spool folder's lock, which the kernel
 # spins on: measured, that contention alone could cost 0.2 s of CPU per 2,000 files.
 GATHER_QUIET_SECONDS = 0.05
-GATHER_MAX_SECONDS = 3.0
+GATHER_MAX_SECONDS = 1.0
 YOUNG_FILE_SECONDS = 5.0  # at start, a file this fresh may still be open by its writer
 # The profile runtime creates its file empty when the program starts and appends at exit, so
 # an empty file is most likely a program still running: it is left alone this long.
@@ -140,6 +141,7 @@ class Engine:
 
     # ---- the worker ----------------------------------------------------------------------
     def _run(self) -> None:
+        name_os_thread()
         self._guarded(self._start_up)
         while True:
             work = self._next_work()

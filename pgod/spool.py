@@ -34,6 +34,7 @@ from watchdog.observers.inotify_c import InotifyConstants as IN
 from watchdog.observers.inotify_c import inotify_add_watch, inotify_init
 
 from .engine import EMPTY_FILE_GRACE_SECONDS, Arrival
+from .osthread import name_os_thread
 
 log = structlog.get_logger(__name__)
 
@@ -96,6 +97,7 @@ class SpoolWatcher:
             os.close(fd)
 
     def _run(self) -> None:
+        name_os_thread()
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
         poller.register(self._wake_read, select.POLLIN)
