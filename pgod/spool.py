@@ -111,6 +111,9 @@ class SpoolWatcher:
                 buffer = os.read(self._fd, READ_SIZE)
             except InterruptedError:
                 continue
+            except OSError as err:  # the inotify descriptor itself failed: nothing more will come
+                self._lost(f"reading the spool's inotify events failed: {err.strerror}")
+                return
             try:
                 if not self._handle(buffer):
                     return
