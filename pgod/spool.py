@@ -9,9 +9,9 @@ an Arrival, which the engine takes once it parses whole or after a settling time
 only enqueues names; it never reads a file's content.
 
 Why not watchdog's Observer: it runs three threads and builds several Python objects per inotify
-event, and it also reports our own renames out of the spool. Measured with the ingest benchmark,
-that pipeline cost 0.4 s of CPU per 2,000 raw files, more than everything else pgod does with
-them. This module uses watchdog's inotify bindings and constants and reads the events itself:
+event, and it also reports our own renames out of the spool. Measured with the ingest
+benchmark, that pipeline cost 0.3 to 0.5 s of CPU per 2,000 raw files, more than everything else
+pgod does with them. This module uses watchdog's inotify bindings and constants and reads the events itself:
 one thread, one ``read`` per buffer of events, one queue item per buffer. It also sees what the
 Observer hides: a queue overflow (events lost: the engine rescans the spool) and the spool
 itself going away (the daemon stops with an error instead of waiting forever).
