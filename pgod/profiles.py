@@ -8,7 +8,6 @@ that fails as a whole is retried later with a growing delay, and nothing in it i
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ from .config import Config
 from .db import Merge, Package, Part, Quarantine, SpoolFile, among
 from .failpoints import failpoint
 from .merge import merge_batch
-from .recovery import move_if_present, unlink_if_present
+from .recovery import finish_files, unlink_if_present
 from .staging import Layout
 
 log = structlog.get_logger(__name__)
@@ -174,11 +173,11 @@ class ProfileMerger:
                     crossed = True
             done_names = self._mark_done(session, {p.file_id for p in parts})
             snapshot = dict(raw_bytes=package.raw_bytes, files=package.files, state=package.state)
-        # After the commit: clean-ups that recovery would otherwise finish (settle_files).
+        # After the commit: the clean-ups recovery would otherwise finish; no query needed here.
         failpoint("after-merge-commit")
-        for part in rejected:
-            move_if_present(part.path, os.path.join(self.layout.quarantine, os.path.basename(part.path)))
-        self._delete_merged(merged if advanced else [], done_names)
+        settled = [(p.path, "quarantined") for p in rejected]
+        settled += [(p.path, "merged") for p in (merged if advanced else [])]
+        finish_files(self.layout, settled, done_names)
         if advanced and base is not None and base != output:
             unlink_if_present(base)
         elif not advanced:
@@ -214,21 +213,6 @@ class ProfileMerger:
                 .returning(SpoolFile.staging_name)
             ).all()
         )
-
-    def _delete_merged(self, merged: list, done_names: list[str]) -> None:
-        """Delete raw files the commit counted: each merged part now, and the claimed file of a
-        split profile once all its parts are settled. (A lone part is the claimed file itself.)"""
-        deleted = set()
-        for index, part in enumerate(merged):
-            unlink_if_present(part.path)
-            deleted.add(part.path)
-            if index == len(merged) // 2:
-                failpoint("mid-cleanup")
-        incoming = os.fsdecode(self.layout.incoming)
-        for name in done_names:
-            staged = f"{incoming}/{name}"
-            if staged not in deleted:
-                unlink_if_present(staged)
 
     def _merge_failed(self, name: str, error: str) -> None:
         _when, delay = self._retry.get(name, (0.0, RETRY_BASE_SECONDS / 2))

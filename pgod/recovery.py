@@ -14,14 +14,11 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from .db import Package, Part, SpoolFile
+from .db import Package, Part, SpoolFile, among
 from .failpoints import failpoint
 from .staging import Layout
 
 log = structlog.get_logger(__name__)
-
-LOOKUP_CHUNK = 500  # names per IN (...) query
-
 
 def settle_files(layout: Layout, sessions: sessionmaker[Session], staging_names: list[str]) -> None:
     """Finish the files of spool entries whose every part is settled: merged copies are deleted,
@@ -31,28 +28,35 @@ def settle_files(layout: Layout, sessions: sessionmaker[Session], staging_names:
     with sessions() as session:
         rows = session.execute(
             select(SpoolFile.id, SpoolFile.staging_name).where(
-                SpoolFile.staging_name.in_(staging_names), SpoolFile.done.is_(True)
+                among(SpoolFile.staging_name, staging_names), SpoolFile.done.is_(True)
             )
         ).all()
         if not rows:
             return
         parts = session.execute(
             select(Part.path, Part.status).where(
-                Part.file_id.in_([row.id for row in rows]), Part.status.in_(("merged", "quarantined"))
+                among(Part.file_id, [row.id for row in rows]), Part.status.in_(("merged", "quarantined"))
             )
         ).all()
-    settled = set()  # a lone part's path is the staging file itself: settle it once
-    for index, part in enumerate(parts):
-        if part.status == "quarantined":
-            move_if_present(part.path, os.path.join(layout.quarantine, os.path.basename(part.path)))
+    finish_files(layout, [(part.path, part.status) for part in parts], [row.staging_name for row in rows])
+
+
+def finish_files(layout: Layout, settled_parts: list[tuple[str, str]], done_names: list[str]) -> None:
+    """The file operations a commit made due, safe to repeat: each settled part (path, status)
+    deleted if merged or moved to quarantine if rejected, then the claimed copy of each done
+    file deleted, unless it was one of those parts (a lone part is the claimed file itself)."""
+    settled = set()
+    for index, (path, status) in enumerate(settled_parts):
+        if status == "quarantined":
+            move_if_present(path, os.path.join(layout.quarantine, os.path.basename(path)))
         else:
-            unlink_if_present(part.path)
-        settled.add(part.path)
-        if index == len(parts) // 2:
+            unlink_if_present(path)
+        settled.add(path)
+        if index == len(settled_parts) // 2:
             failpoint("mid-cleanup")
-    incoming = str(layout.incoming)
-    for row in rows:
-        staged = os.path.join(incoming, row.staging_name)
+    incoming = os.fsdecode(layout.incoming)
+    for name in done_names:
+        staged = f"{incoming}/{name}"
         if staged not in settled:
             unlink_if_present(staged)
 
@@ -61,13 +65,13 @@ def recover(layout: Layout, sessions: sessionmaker[Session], reingest: Callable[
     """After any kind of stop: settle what was committed, re-examine what was not."""
     incoming = sorted(os.listdir(layout.incoming))
     with sessions() as session:
-        known: dict[str, bool] = {}  # staging name → done
-        for start in range(0, len(incoming), LOOKUP_CHUNK):
-            chunk = incoming[start : start + LOOKUP_CHUNK]
-            for row in session.execute(
-                select(SpoolFile.staging_name, SpoolFile.done).where(SpoolFile.staging_name.in_(chunk))
-            ):
-                known[row.staging_name] = row.done
+        known: dict[str, bool] = dict(  # staging name → done
+            session.execute(
+                select(SpoolFile.staging_name, SpoolFile.done).where(among(SpoolFile.staging_name, incoming))
+            )
+            .tuples()
+            .all()
+        )
         current_profiles = {
             name: path for name, path in session.execute(select(Package.name, Package.profile_path)) if path
         }
