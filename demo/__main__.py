@@ -33,6 +33,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from demo.nixlocal import describe as describe_local_nix
+from demo.nixlocal import use_local_nix
+
 ROOT = Path(__file__).resolve().parent.parent
 LUA_NIX = ROOT / "demo" / "lua.nix"
 WORKLOAD_DIR = ROOT / "demo" / "workload"
@@ -41,7 +44,6 @@ STATE_DIR = ROOT / "demo-state"
 PACKAGE = "lua"
 LUPA_VERSION = "2.8"
 LUA_IN_SDIST = f"lupa-{LUPA_VERSION}/third-party/lua54/"
-NIX_OPTIONS = ["--option", "substituters", ""]
 # The compile command of demo/lua.nix (run in the source folder), for builds by hand.
 LUA_COMPILE = ["-O2", "-DMAKE_LUA", "-o", "{out}", "onelua.c", "-lm"]
 CLANG = "/usr/bin/clang-14"
@@ -163,11 +165,14 @@ def reset(layout: Layout) -> None:
 
 
 def check_tools() -> None:
+    """Stop with what to run when a tool is missing; give the fixture builds their Nix settings."""
     missing = [tool for tool in ("nix-build", "nix-env", "dbus-daemon") if shutil.which(tool) is None]
     missing += [path for path in (CLANG, "/usr/bin/llvm-profdata-14") if not Path(path).exists()]
     missing += [str(BIN / name) for name in ("pgod", "pgoctl") if not (BIN / name).exists()]
     if missing:
         raise DemoError(f"missing {', '.join(missing)}: run `make demo`, which installs them")
+    if use_local_nix():
+        say(f"    {describe_local_nix()}")
 
 
 # ---- a. sources ---------------------------------------------------------------------------------
@@ -244,7 +249,7 @@ def nix_build_argv(attr: str, layout: Layout, source: Source, profile: str | Non
     argv = ["nix-build", str(LUA_NIX), "-A", attr, "--argstr", "src", str(source.dir), "--argstr", "spoolDir", str(layout.spool)]
     if profile is not None:
         argv += ["--argstr", "profile", profile]
-    return argv + NIX_OPTIONS
+    return argv
 
 
 def nix_build(attr: str, layout: Layout, source: Source) -> str:

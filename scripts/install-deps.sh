@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
-# Install the OS packages pgod's demo and tests use, on Debian or Ubuntu.
-# Required ones must install; each extra clang version is best effort (tests of a missing
-# version are skipped and say which package was missing).
+# Install what pgod's demo and tests use on Debian or Ubuntu: OS packages, and a Nix store the
+# caller can build in. Run by `make demo` / `make test` (once; stamp .make/os-deps), as root or
+# through sudo.
+#
+# Each clang version comes with its llvm (llvm-profdata) and its compiler runtimes: Debian ships
+# libclang_rt.profile in libclang-rt-N-dev (from LLVM 14 on), which --no-install-recommends
+# would leave out, and without it no instrumented program links. clang 14 is required; the
+# other versions the suite reads raw profiles of are installed where the distribution has them
+# (a version it lacks is reported here, and its tests skip naming the packages).
 set -euo pipefail
 
-REQUIRED=(clang-14 llvm-14 nix-bin dbus-daemon dbus xvfb dunst libnotify-bin
+REQUIRED=(nix-bin dbus-daemon dbus xvfb dunst libnotify-bin
           libgirepository1.0-dev libcairo2-dev pkg-config binutils python3-venv python3-dev git make)
-OPTIONAL=(clang-13 llvm-13 clang-16 llvm-16 clang-19 llvm-19)
+REQUIRED_CLANG=14
+OPTIONAL_CLANGS=(13 16 19)
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
 
 missing() {
     local pkg
@@ -15,20 +26,54 @@ missing() {
     done
 }
 
-SUDO=""
-if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+updated=""
+apt_update() {
+    [ -n "$updated" ] && return
+    $SUDO apt-get update -qq
+    updated=1
+}
 
-need=$(missing "${REQUIRED[@]}" "${OPTIONAL[@]}")
-if [ -z "$need" ]; then
-    echo "install-deps: all OS packages present"
-    exit 0
+# clang-N, llvm-N, and libclang-rt-N-dev where the distribution has that package (clang 13's
+# runtimes are in libclang-common-13-dev, which clang-13 depends on).
+clang_packages() {
+    local version=$1
+    echo "clang-$version" "llvm-$version"
+    if apt-cache show "libclang-rt-$version-dev" >/dev/null 2>&1; then
+        echo "libclang-rt-$version-dev"
+    fi
+}
+
+install() {  # install PACKAGE...; fails loudly with apt's own message
+    apt_update
+    # shellcheck disable=SC2068
+    $SUDO apt-get install -y -qq --no-install-recommends $@ >/dev/null
+}
+
+# An apt that never ran `update` knows no package: apt-cache show would find nothing.
+apt-cache show "clang-$REQUIRED_CLANG" >/dev/null 2>&1 || apt_update
+need=$(missing "${REQUIRED[@]}" $(clang_packages "$REQUIRED_CLANG"))
+if [ -n "$need" ]; then
+    echo "install-deps: installing:" $need
+    install $need
 fi
-echo "install-deps: installing:" $need
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-# shellcheck disable=SC2046
-$SUDO apt-get install -y -qq --no-install-recommends $(missing "${REQUIRED[@]}") >/dev/null
-for pkg in $(missing "${OPTIONAL[@]}"); do
-    $SUDO apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null \
-        || echo "install-deps: optional package $pkg is not available here; its tests will be skipped"
+for version in "${OPTIONAL_CLANGS[@]}"; do
+    # shellcheck disable=SC2046
+    need=$(missing $(clang_packages "$version"))
+    [ -n "$need" ] || continue
+    echo "install-deps: installing clang $version:" $need
+    install $need || echo "install-deps: clang $version is not available here ($need); its tests will be skipped"
 done
+
+# Nix: a non-root user without a Nix daemon needs a store it may write. Nix's own single-user
+# installation gives /nix to that user; do the same when /nix does not exist yet, and say so.
+# An existing /nix is left as it is.
+if [ "$(id -u)" != 0 ] && [ -z "${NIX_REMOTE:-}" ] && [ ! -S /nix/var/nix/daemon-socket/socket ]; then
+    if [ ! -e /nix ]; then
+        $SUDO install -d -m 0755 -o "$(id -u)" -g "$(id -g)" /nix
+        echo "install-deps: created /nix owned by $(id -un), as Nix's single-user installation does"
+    elif [ ! -w /nix ] && { [ ! -e /nix/store ] || [ ! -w /nix/store ]; }; then
+        echo "install-deps: /nix is not writable by $(id -un) and no Nix daemon runs: the Nix builds of" \
+             "the tests and the demo will fail. Run as root, start nix-daemon, or give /nix to $(id -un)." >&2
+    fi
+fi
+echo "install-deps: OS packages present"

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from clangs import elf_build_id, find_clang, missing_packages_message
+from demo.nixlocal import describe as describe_local_nix
+from demo.nixlocal import use_local_nix
 from harness import Daemon, PrivateBus, write_config
+
+# Every Nix command of the run, and of the daemons it starts, gets the fixture builds' settings.
+use_local_nix()
+
+
+def pytest_report_header(config):
+    return describe_local_nix()
 
 # A small program whose counters depend on its input, so 200 runs give 200 different profiles.
 WORKLOAD_C = (Path(__file__).parent / "programs" / "workload.c").read_text()

@@ -12,13 +12,12 @@ import pytest
 from harness import wait_for
 
 LOOP_NIX = Path(__file__).parent / "nix" / "loop.nix"
-NIX_OPTIONS = ["--option", "substituters", ""]
 
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/nix-build").exists(), reason="nix-build not installed (apt-get install nix-bin)")
 
 
 def nix_build(attr: str, spool: Path, tweak: bool = False) -> str:
-    argv = ["nix-build", str(LOOP_NIX), "-A", attr, "--argstr", "spoolDir", str(spool), *NIX_OPTIONS, "--no-out-link"]
+    argv = ["nix-build", str(LOOP_NIX), "-A", attr, "--argstr", "spoolDir", str(spool), "--no-out-link"]
     if tweak:
         argv += ["--arg", "tweak", "true"]
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.split()[-1]
@@ -27,7 +26,7 @@ def nix_build(attr: str, spool: Path, tweak: bool = False) -> str:
 def build_argv(spool: Path, tweak: bool = False) -> list[str]:
     return [
         "nix-build", str(LOOP_NIX), "-A", "optimized.out", "--argstr", "spoolDir", str(spool),
-        "--argstr", "profile", "{profile}", *(["--arg", "tweak", "true"] if tweak else []), *NIX_OPTIONS, "--no-out-link",
+        "--argstr", "profile", "{profile}", *(["--arg", "tweak", "true"] if tweak else []), "--no-out-link",
     ]
 
 

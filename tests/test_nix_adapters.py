@@ -25,7 +25,6 @@ CLANG = Path("/usr/bin/clang-14")
 LLVM_PROFDATA = Path("/usr/bin/llvm-profdata-14")
 # What the fixture's clang stdenv gives as its LLVM (Debian's prefix of LLVM 14).
 FIXTURE_LLVM_PROFDATA = "/usr/lib/llvm-14/bin/llvm-profdata"
-NO_SUBSTITUTERS = ["--option", "substituters", ""]
 
 
 def _missing_tools() -> list[str]:
@@ -45,7 +44,7 @@ pytestmark = [
 
 def nix(tool: str, *args: str) -> str:
     """Run a Nix command on the adapters' entry point; its stdout, or a failure showing its stderr."""
-    result = subprocess.run([tool, str(ENTRY), *args, *NO_SUBSTITUTERS], capture_output=True, text=True)
+    result = subprocess.run([tool, str(ENTRY), *args], capture_output=True, text=True)
     assert result.returncode == 0, f"{tool} {' '.join(args)} failed:\n{result.stderr[-4000:]}"
     return result.stdout
 

@@ -25,7 +25,6 @@ from pgod.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 ENTRY = REPO / "nix" / "tests" / "module-eval.nix"
-NO_SUBSTITUTERS = ["--option", "substituters", ""]
 POLICY = "share/dbus-1/system.d/org.pgod.Daemon1.conf"
 
 
@@ -61,7 +60,7 @@ class System:
 
     def _run(self, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [tool, str(ENTRY), *self.args, *args, *NO_SUBSTITUTERS], capture_output=True, text=True
+            [tool, str(ENTRY), *self.args, *args], capture_output=True, text=True
         )
 
     def eval(self, attr: str):
@@ -244,7 +243,7 @@ def test_build_argv_rebuilds_the_package_with_a_merged_profile(config_file, tmp)
     profile_path = profile.stdout.strip()
 
     argv = [arg.replace("{profile}", profile_path) for arg in hello["build"]]
-    built = subprocess.run([*argv, *NO_SUBSTITUTERS], capture_output=True, text=True)
+    built = subprocess.run(argv, capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-4000:]
     optimized = Path(built.stdout.strip().splitlines()[-1])
     report = json.loads((optimized / "nix-support" / "pgo-warnings.json").read_text())
