@@ -7,10 +7,9 @@ owner's, so pgod never rewrites it; these settings reach only the Nix commands t
 the tests and the daemons they start run, through the environment those inherit. They are
 appended to a NIX_CONFIG already set, and later settings win, so they apply whatever that says.
 
-On a machine whose Nix is a multi-user install with a daemon (NIX_REMOTE=daemon, or a socket
-under /nix/var/nix/daemon-socket), the daemon decides: an untrusted user's `sandbox = false` is
-ignored, and the fixture builds fail with "executing '/bin/bash': No such file or directory".
-README.md says what to do there (run as root, or make the user a trusted user).
+They are meant for root, as the Makefile runs the demo and the suite: root uses the store
+directly even where a Nix daemon runs. Through a daemon (NIX_REMOTE=daemon) the daemon decides,
+and it ignores an untrusted client's `sandbox = false`.
 """
 
 from __future__ import annotations

@@ -32,6 +32,9 @@ buildPythonApplication {
       ../pyproject.toml
       ../pgod
       ../tests
+      # the tests' Nix settings (conftest.py imports them)
+      ../demo/__init__.py
+      ../demo/nixlocal.py
       (lib.fileset.maybeMissing ../README.md)
     ];
   };

@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# Install what pgod's demo and tests use on Debian or Ubuntu: OS packages, and a Nix store the
-# caller can build in. Run by `make demo` / `make test` (once; stamp .make/os-deps), as root or
-# through sudo.
+# Install the OS packages pgod's demo and tests use, on Debian or Ubuntu. Run by `make demo` and
+# `make test` (once; stamp .make/os-deps), as root or through sudo.
 #
 # Each clang version comes with its llvm (llvm-profdata) and its compiler runtimes: Debian ships
 # libclang_rt.profile in libclang-rt-N-dev (from LLVM 14 on), which --no-install-recommends
@@ -64,16 +63,4 @@ for version in "${OPTIONAL_CLANGS[@]}"; do
     install $need || echo "install-deps: clang $version is not available here ($need); its tests will be skipped"
 done
 
-# Nix: a non-root user without a Nix daemon needs a store it may write. Nix's own single-user
-# installation gives /nix to that user; do the same when /nix does not exist yet, and say so.
-# An existing /nix is left as it is.
-if [ "$(id -u)" != 0 ] && [ -z "${NIX_REMOTE:-}" ] && [ ! -S /nix/var/nix/daemon-socket/socket ]; then
-    if [ ! -e /nix ]; then
-        $SUDO install -d -m 0755 -o "$(id -u)" -g "$(id -g)" /nix
-        echo "install-deps: created /nix owned by $(id -un), as Nix's single-user installation does"
-    elif [ ! -w /nix ] && { [ ! -e /nix/store ] || [ ! -w /nix/store ]; }; then
-        echo "install-deps: /nix is not writable by $(id -un) and no Nix daemon runs: the Nix builds of" \
-             "the tests and the demo will fail. Run as root, start nix-daemon, or give /nix to $(id -un)." >&2
-    fi
-fi
 echo "install-deps: OS packages present"

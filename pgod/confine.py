@@ -1,0 +1,154 @@
+"""Run a tool on untrusted input as an unprivileged user, inside resource limits.
+
+llvm-profdata parses raw profiles that any local user wrote, and crafted ones make it crash,
+allocate gigabytes or write hundreds of megabytes (issue: "one bad file blocks nothing"). So it
+never runs as root: `setpriv` drops to the merge user (no supplementary groups, no capabilities,
+no_new_privs) and `prlimit` bounds its address space, CPU time, output file size and core dumps
+before it starts; the wall clock is bounded here, and a timeout kills its whole process group.
+Both tools are util-linux's, so the limits are in force before the first instruction of the
+tool runs, with no Python code between fork and exec.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class ConfineError(RuntimeError):
+    """The confinement itself cannot be set up (user or helper missing); not the input's fault."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Whom the tool runs as: a uid and its primary gid, or None to stay who we are."""
+
+    uid: int
+    gid: int
+    name: str
+
+    @classmethod
+    def for_user(cls, name: str) -> Identity | None:
+        """The merge user when we are root (whom we must drop to), None otherwise (already
+        unprivileged: nothing to drop). Raises ConfineError when root and the user is unknown."""
+        if os.geteuid() != 0:
+            return None
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise ConfineError(
+                f"no user {name!r} to run llvm-profdata as: create it "
+                f"(useradd --system --user-group --no-create-home {name}) or name another in merge_user"
+            ) from None
+        if entry.pw_uid == 0 or entry.pw_gid == 0:
+            raise ConfineError(f"merge_user {name!r} is root (uid {entry.pw_uid}, gid {entry.pw_gid}): name an unprivileged user")
+        return cls(entry.pw_uid, entry.pw_gid, name)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one run may use."""
+
+    memory_bytes: int  # address space (RLIMIT_AS)
+    cpu_seconds: int  # RLIMIT_CPU: SIGXCPU, then SIGKILL
+    output_bytes: int  # RLIMIT_FSIZE: a larger write gets SIGXFSZ
+    wall_seconds: float  # then the process group is killed
+
+
+@dataclass(frozen=True)
+class Finished:
+    """How a confined run ended."""
+
+    returncode: int  # negative: killed by that signal
+    stderr: str
+    timed_out: bool
+
+    @property
+    def signal_name(self) -> str | None:
+        if self.returncode >= 0:
+            return None
+        try:
+            return signal.Signals(-self.returncode).name
+        except ValueError:
+            return f"signal {-self.returncode}"
+
+
+def helpers() -> tuple[str, str]:
+    """Paths of prlimit and setpriv; raises ConfineError naming the package when one is missing."""
+    found = {name: shutil.which(name) for name in ("prlimit", "setpriv")}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        raise ConfineError(f"{' and '.join(missing)} not found in PATH (util-linux): llvm-profdata cannot run confined")
+    return found["prlimit"], found["setpriv"]
+
+
+def confined_argv(argv: Sequence[str], limits: Limits, identity: Identity | None) -> list[str]:
+    """`argv` behind prlimit (and setpriv when dropping to `identity`)."""
+    prlimit, setpriv = helpers()
+    command = [
+        prlimit,
+        f"--as={limits.memory_bytes}",
+        f"--cpu={limits.cpu_seconds}",
+        f"--fsize={limits.output_bytes}",
+        "--core=0",
+        "--",
+    ]
+    if identity is not None:
+        command += [
+            setpriv,
+            f"--reuid={identity.uid}",
+            f"--regid={identity.gid}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--no-new-privs",
+            "--",
+        ]
+    return command + list(argv)
+
+
+def run_confined(
+    argv: Sequence[str],
+    limits: Limits,
+    identity: Identity | None,
+    *,
+    stdin: bytes = b"",
+    pass_fds: Sequence[int] = (),
+    stderr_bytes: int = 1 << 20,
+) -> Finished:
+    """Run `argv` confined, feeding `stdin`; its stdout is discarded, stderr kept (its last
+    `stderr_bytes`). Low CPU priority: a merge must not slow down what the user runs."""
+    process = subprocess.Popen(
+        confined_argv(argv, limits, identity),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        pass_fds=tuple(pass_fds),
+        process_group=0,
+        close_fds=True,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"},
+    )
+    timed_out = False
+    try:
+        os.setpriority(os.PRIO_PROCESS, process.pid, 10)
+    except OSError:
+        pass  # it may already have ended
+    try:
+        _out, err = process.communicate(stdin, timeout=limits.wall_seconds)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _kill_group(process.pid)
+        _out, err = process.communicate()
+    _kill_group(process.pid)  # anything it left behind in its group
+    return Finished(process.returncode, err[-stderr_bytes:].decode("utf-8", "replace"), timed_out)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
