@@ -50,6 +50,7 @@ let
   spoolDir = cfg.settings.spool_dir;
   stateDir = cfg.settings.state_dir;
   profileLink = cfg.settings.profile_link;
+  mergeUser = cfg.settings.merge_user;
 
   # Where instrumented programs write; `%p` (the process id) gives every
   # process a file of its own. Not `%m`: its merge mode would make processes,
@@ -234,6 +235,15 @@ in
               comes before the system's in `PATH`.
             '';
           };
+          merge_user = mkOption {
+            type = types.str;
+            default = "pgod-merge";
+            description = ''
+              The system user llvm-profdata runs as, without capabilities and
+              inside resource limits: it parses files any local user wrote.
+              The module declares it.
+            '';
+          };
           threshold_mb = mkOption {
             type = types.numbers.positive;
             default = cfg.thresholdMB;
@@ -329,6 +339,15 @@ in
 
     services.dbus.packages = [ dbusPolicy ];
 
+    # llvm-profdata reads files any local user wrote, and crafted ones crash it: pgod runs it as
+    # this user, without capabilities and inside limits (pgod/confine.py).
+    users.users.${mergeUser} = {
+      isSystemUser = true;
+      group = mergeUser;
+      description = "pgod's llvm-profdata runs";
+    };
+    users.groups.${mergeUser} = { };
+
     systemd.tmpfiles.rules = [
       "d ${spoolDir} 1777 root root -"
       "d ${stateDir} 0700 root root -"
@@ -340,7 +359,11 @@ in
       requires = [ "nix-daemon.socket" ];
       after = [ "nix-daemon.socket" ];
       restartTriggers = [ configFile ];
-      path = [ config.nix.package ];
+      # util-linux: prlimit and setpriv confine each llvm-profdata run.
+      path = [
+        config.nix.package
+        pkgs.util-linux
+      ];
       environment = {
         # Build through nix-daemon: the store is read-only in here.
         NIX_REMOTE = "daemon";
@@ -355,10 +378,16 @@ in
         Nice = 10;
 
         # pgod runs as root: it moves files out of the root-owned sticky spool
-        # and switches the system-wide profile `profile_link`. The only
-        # capability it keeps lets it read raw profiles that processes with a
-        # private umask (many services) wrote.
-        CapabilityBoundingSet = [ "CAP_DAC_READ_SEARCH" ];
+        # and switches the system-wide profile `profile_link`. It keeps the
+        # capability to read raw profiles that processes with a private umask
+        # (many services) wrote, and those to hand llvm-profdata's inputs to
+        # the merge user's group and drop to that user (setpriv).
+        CapabilityBoundingSet = [
+          "CAP_DAC_READ_SEARCH"
+          "CAP_CHOWN"
+          "CAP_SETUID"
+          "CAP_SETGID"
+        ];
         NoNewPrivileges = true;
         UMask = "0077";
 
@@ -397,6 +426,8 @@ in
         SystemCallFilter = [
           "@system-service"
           "~@privileged"
+          "@chown"
+          "@setuid"
         ];
         SystemCallErrorNumber = "EPERM";
       };

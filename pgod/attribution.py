@@ -37,8 +37,14 @@ class PackageBuild:
     problems: list[str] = field(default_factory=list)
 
 
+class UnreadableElf(Exception):
+    """A file that starts like ELF but cannot be read as one."""
+
+
 def elf_build_id(path: Path) -> str | None:
-    """The GNU build-id of an ELF file as lowercase hex, or None if it has none or is not ELF."""
+    """The GNU build-id of an ELF file as lowercase hex, or None if it has none or is not ELF.
+
+    Raises UnreadableElf for a file with ELF's magic that pyelftools cannot walk."""
     with open(path, "rb") as stream:
         if stream.read(4) != _ELF_MAGIC:
             return None
@@ -51,8 +57,10 @@ def elf_build_id(path: Path) -> str | None:
                 for note in section.iter_notes():
                     if note["n_type"] == "NT_GNU_BUILD_ID":
                         return str(note["n_desc"]).lower()
-        except (ELFError, ValueError, KeyError, IndexError) as err:
-            log.warning("elf.unreadable", path=str(path), error=str(err))
+        # pyelftools raises many kinds of error on a malformed file (its own, construct's,
+        # ValueError, OSError from a seek to a wild offset...): all mean "not readable as ELF".
+        except Exception as err:  # noqa: BLE001
+            raise UnreadableElf(f"{type(err).__name__}: {err}") from None
     return None
 
 
@@ -65,7 +73,11 @@ def scan_package(package: PackageConfig) -> PackageBuild:
             continue
         _read_manifest(output / MANIFEST, build)
         for path in _regular_files(output):
-            build_id = elf_build_id(path)
+            try:
+                build_id = elf_build_id(path)
+            except UnreadableElf as err:
+                build.problems.append(f"{path}: unreadable ELF, its profiles cannot be attributed ({err})")
+                continue
             if build_id:
                 build.build_ids.add(build_id)
     return build

@@ -53,6 +53,7 @@ class Config:
     unattributed_max_files: int
     build_retry_seconds: float
     packages: dict[str, PackageConfig] = field(default_factory=dict)
+    merge_user: str = "pgod-merge"  # whom llvm-profdata runs as when the daemon is root
 
     @property
     def db_path(self) -> Path:
@@ -140,6 +141,7 @@ _TOP_KEYS = {
     "max_file_mb",
     "unattributed_max_files",
     "build_retry_seconds",
+    "merge_user",
     "packages",
 }
 _PACKAGE_KEYS = {"profile_build", "build", "threshold_mb", "llvm_profdata"}
@@ -199,6 +201,7 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
         max_file_bytes=top.megabytes("max_file_mb", 256),
         unattributed_max_files=unattributed_max_files,
         packages=packages,
+        merge_user=top.get("merge_user", str, "pgod-merge"),
     )
 
 

@@ -52,6 +52,8 @@ def run(config, bus_kind: str) -> int:
     from pydbus import SessionBus, SystemBus
 
     from .attribution import Attributor
+    from .confine import ConfineError, Identity, helpers
+    from .merge import MergeSandbox
     from .db import SchemaError, open_database
     from .busnames import BUS_NAME, OBJECT_PATH
     from .dbus_service import DaemonService
@@ -60,13 +62,24 @@ def run(config, bus_kind: str) -> int:
     from .staging import StagingError, prepare_layout
 
     try:
-        layout = prepare_layout(config)
+        merge_identity = Identity.for_user(config.merge_user)
+    except ConfineError as err:
+        print(f"pgod: {config.path}: merge_user: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        helpers()
+    except ConfineError as err:
+        print(f"pgod: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        layout = prepare_layout(config, merge_identity.uid if merge_identity else None)
         sessions = open_database(config.db_path)
     except (StagingError, SchemaError, OSError) as err:
         print(f"pgod: {err}", file=sys.stderr)
         return EXIT_FAILED
     attributor = Attributor.from_config(config)
-    engine = Engine(config, layout, sessions, attributor)
+    sandbox = MergeSandbox(merge_identity, layout.merge_work)
+    engine = Engine(config, layout, sessions, attributor, sandbox)
     loop = GLib.MainLoop()
     exit_code = EXIT_OK
 

@@ -23,12 +23,13 @@ from sqlalchemy import (
     event,
     func,
     select,
+    update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Base(DeclarativeBase):
@@ -115,6 +116,9 @@ class Part(Base):
     path: Mapped[str] = mapped_column(String)
     status: Mapped[str] = mapped_column(String, index=True)
     merge_id: Mapped[int | None] = mapped_column(ForeignKey("merges.id"), nullable=True)
+    # BLAKE2b-128 of the bytes checked at ingest; the merge hands llvm-profdata only those
+    # (null for parts recorded before schema 2, which are merged as they are).
+    digest: Mapped[str | None] = mapped_column(String, nullable=True)
 
 
 class Merge(Base):
@@ -176,6 +180,12 @@ def insert_many(session: Session, table_name: str, rows: list[dict]) -> None:
     session.connection().exec_driver_sql(sql, [tuple(row[column] for column in columns) for row in rows])
 
 
+# From schema N to N+1, in the transaction that records the new version.
+_MIGRATIONS = {
+    1: "ALTER TABLE parts ADD COLUMN digest VARCHAR",
+}
+
+
 class SchemaError(RuntimeError):
     """The database was written by an incompatible pgod."""
 
@@ -191,6 +201,10 @@ def open_database(path: Path) -> sessionmaker[Session]:
         if stored is None:
             session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
             session.add(Meta(key="created_at", value=str(time.time())))
+        elif int(stored) in _MIGRATIONS:
+            for version in range(int(stored), SCHEMA_VERSION):
+                session.connection().exec_driver_sql(_MIGRATIONS[version])
+            session.execute(update(Meta).where(Meta.key == "schema_version").values(value=str(SCHEMA_VERSION)))
         elif int(stored) != SCHEMA_VERSION:
             raise SchemaError(f"{path}: schema version {stored}, this pgod knows {SCHEMA_VERSION}")
     return factory

@@ -33,7 +33,8 @@ from .config import Config
 from .db import Package
 from .failpoints import failpoint
 from .ingest import Ingestor
-from .merge import fsync_dir
+from .durable import fsync_dir
+from .merge import MergeSandbox
 from .optimizer import Optimizer
 from .osthread import name_os_thread
 from .profiles import ProfileMerger
@@ -82,7 +83,9 @@ class Command:
 class Engine:
     """Owns the state-changing work of the daemon; see the module docstring."""
 
-    def __init__(self, config: Config, layout: Layout, sessions: sessionmaker[Session], attributor: Attributor) -> None:
+    def __init__(
+        self, config: Config, layout: Layout, sessions: sessionmaker[Session], attributor: Attributor, sandbox: MergeSandbox
+    ) -> None:
         self.config = config
         self.layout = layout
         self.sessions = sessions
@@ -97,7 +100,7 @@ class Engine:
         profdata = {
             name: resolve_profdata(package, attributor.builds.get(name)) for name, package in config.packages.items()
         }
-        self.merger = ProfileMerger(config, layout, sessions, profdata, self._emit)
+        self.merger = ProfileMerger(config, layout, sessions, profdata, self._emit, sandbox)
         self._deferred: dict[str, float] = {}  # spool name → when to look at it again
         self._scan_remaining = 0
         # Staging may live inside the spool (see staging.py): never claim our own folder.

@@ -8,6 +8,7 @@ files exist.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session
 from .attribution import Attributor
 from .claim import Rejected, check_staged
 from .db import Part, Quarantine, SpoolFile, insert_many
-from .merge import fsync_dir
+from .durable import fsync_dir, sync_filesystem, write_file
 from .profraw import ProfrawError, RawProfile, parse_profraw
 from .staging import Layout, safe_component
 
@@ -46,6 +47,7 @@ class _Row:
     owner_uid: int | None
     size: int
     parts: list[dict]
+    copied: bool  # some part was written to a file of its own (a part or an unattributed copy)
 
 
 class Ingestor:
@@ -83,8 +85,12 @@ class Ingestor:
             quarantine_rows.append(self._quarantine_file(staging_name, original_name, rejection))
             report.quarantined.append((original_name, rejection.reason))
         if rows:
-            fsync_dir(self.layout.parts)
-            fsync_dir(self.layout.unattributed)
+            if any(row.copied for row in rows):
+                # Copies of parts are written unsynced; one syncfs makes the batch's durable
+                # before any row names them (staging, parts and unattributed share a filesystem).
+                sync_filesystem(self.layout.parts)
+                fsync_dir(self.layout.parts)
+                fsync_dir(self.layout.unattributed)
             self._insert_rows(session, rows, report)
         if quarantine_rows:
             now = time.time()
@@ -142,10 +148,16 @@ class Ingestor:
             profiles = parse_profraw(data)
         except ProfrawError as err:
             raise Rejected(f"profraw-{err.reason}", str(err), checked.owner_uid, len(data)) from None
-        return _Row(staging_name, original_name, checked.owner_uid, len(data), self._split(staging_name, path, data, profiles))
+        parts = self._split(staging_name, path, data, profiles)
+        copied = any(part["path"] != path for part in parts)
+        return _Row(staging_name, original_name, checked.owner_uid, len(data), parts, copied)
 
     def _split(self, staging_name: str, path: str, data: bytes, profiles: list[RawProfile]) -> list[dict]:
-        """One part row per raw profile; a lone, attributed profile is merged from the file itself."""
+        """One part row per raw profile; a lone, attributed profile is merged from the file itself.
+
+        Each part records the digest of the bytes checked here: a lone part stays in the claimed
+        file, whose writer may still hold it open and rewrite it, so the merge reads it again
+        and hands llvm-profdata those bytes only if they are still the ones checked (merge.py)."""
         parts = []
         for index, profile in enumerate(profiles):
             package = self.attributor.package_for(profile.binary_ids)
@@ -156,14 +168,14 @@ class Ingestor:
                                 hint="raw profile names no build-id (clang 13 or older, or linked without --build-id)")
                 status = "unattributed"
                 part_path = f"{self._unattributed}/{staging_name}.{index}.profraw"
-                _write_durably(part_path, data[profile.offset : profile.offset + profile.length])
+                write_file(part_path, data[profile.offset : profile.offset + profile.length])
             else:
                 status = "pending"
                 if whole_file:
                     part_path = path
                 else:
                     part_path = f"{self._parts}/{staging_name}.{index}.profraw"
-                    _write_durably(part_path, data[profile.offset : profile.offset + profile.length])
+                    write_file(part_path, data[profile.offset : profile.offset + profile.length])
             parts.append(
                 dict(
                     part_index=index,
@@ -172,6 +184,7 @@ class Ingestor:
                     size=profile.length,
                     path=part_path,
                     status=status,
+                    digest=part_digest(data, profile.offset, profile.length),
                 )
             )
         return parts
@@ -213,12 +226,6 @@ def _read_bounded(fd: int, size: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _write_durably(path: str, content: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(content)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def part_digest(data: bytes, offset: int, length: int) -> str:
+    """The digest a part's bytes are recognised by at merge time (BLAKE2b, 128 bits)."""
+    return hashlib.blake2b(memoryview(data)[offset : offset + length], digest_size=16).hexdigest()

@@ -1,106 +1,314 @@
-"""Run llvm-profdata to fold a batch of raw profiles into a package's indexed profile.
+"""Run llvm-profdata, confined, to fold a batch of raw profiles into a package's indexed profile.
 
-One process per batch (spawning one per file is the slow path, LLVM-NOTES.md). The batch is
-merged with ``--failure-mode=all`` so one bad input does not sink the rest: llvm-profdata
-names each input it could not read on stderr, and those become the culprits to quarantine,
-with the tool's own message. A failure that names no input (disk full, a missing tool) is an
-error of the batch as a whole, and nothing in it is counted.
+One process per batch (spawning one per file is the slow path, LLVM-NOTES.md).
+
+The inputs are files any local user wrote, and crafted ones crash llvm-profdata, make it
+allocate gigabytes or write hundreds of megabytes, so it never reads anything a user can still
+change and never runs as root:
+- pgod reads each part again and keeps it only if its bytes are still those it checked at ingest
+  (the digest in its row): a lone part stays in the claimed file, whose writer may hold it open.
+  The batch's parts go, one after the other as in a multi-part file, into one memfd, and the
+  current profile into another; llvm-profdata reads those (``/proc/self/fd/N``), which no one
+  else can reach, and writes into a folder of its own.
+- it runs as the unprivileged merge user inside limits scaled to the batch's bytes (confine.py);
+  its output is checked against the expansion bound and copied into a root-owned file before it
+  becomes a generation.
+
+How a run fails decides what happens next (profiles.py): a failure the inputs caused (a crash,
+a limit, a timeout, an input llvm-profdata refused) is narrowed down to its culprits, which are
+quarantined with the reason; a failure of the environment (disk full, the tool missing, an
+unreadable working profile) is nobody's input, and the batch waits for a retry, nothing counted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
-import subprocess
-import tempfile
+import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MERGE_TIMEOUT_SECONDS = 600
+from .confine import ConfineError, Finished, Identity, Limits, run_confined
+from .durable import fsync_dir
+
+# Limits for one llvm-profdata run, from the bytes it reads (the raw inputs and the current
+# profile). Real profiles merge into about their own size (Lua: 118 KB raw → 150 KB indexed) and a
+# small multiple of it in memory, past a fixed cost (libLLVM, thread stacks, malloc arenas).
+MEMORY_FIXED_BYTES = 512 << 20
+MEMORY_PER_INPUT_BYTE = 8
+OUTPUT_FIXED_BYTES = 1 << 20
+OUTPUT_PER_INPUT_BYTE = 4
+CPU_FIXED_SECONDS = 30
+CPU_SECONDS_PER_MIB = 1
+WALL_FIXED_SECONDS = 60
+
+_OUT_OF_MEMORY = ("out of memory", "Allocation failed", "bad_alloc", "Cannot allocate memory")
+
+
+@dataclass(frozen=True)
+class MergeSandbox:
+    """Whom llvm-profdata runs as and where it may write."""
+
+    identity: Identity | None  # None: the daemon is not root, and runs it as itself
+    workdir: Path  # its one writable folder, owned by the merge user
+
+
+@dataclass(frozen=True)
+class MergeInput:
+    """One raw profile to merge: where it is, and the size and digest it had when checked."""
+
+    path: str
+    size: int
+    digest: str | None  # None: recorded before digests were (schema 1), taken as it is
+
+
+@dataclass(frozen=True)
+class MergeFailure:
+    """Why a run counted nothing."""
+
+    reason: str  # the quarantine reason when one input alone causes it, e.g. "merge-crash"
+    detail: str
+    inputs_at_fault: bool  # False: the environment's (disk full, missing tool), retry later
 
 
 @dataclass
 class MergeOutcome:
-    """What one llvm-profdata call did."""
+    """What one llvm-profdata run did."""
 
     merged: bool  # output written; inputs not in `rejected` are now counted in it
-    rejected: dict = field(default_factory=dict)  # input (as given) → llvm-profdata's message
-    error: str | None = None  # the batch failed as a whole; nothing was counted
+    rejected: dict = field(default_factory=dict)  # input path → (reason, detail) to quarantine
+    failure: MergeFailure | None = None  # the run failed as a whole; nothing was counted
     seconds: float = 0.0
 
+    @property
+    def error(self) -> str | None:
+        return self.failure.detail if self.failure else None
 
-def merge_batch(profdata: str, base: Path | None, inputs: Sequence[str | Path], output: Path) -> MergeOutcome:
-    """Merge ``base`` (the current indexed profile, if any) and ``inputs`` into ``output``.
 
-    ``output`` is written and fsynced only when the call succeeds; the caller records the new
-    generation in the database and only then deletes the inputs.
-    """
+def limits_for(input_bytes: int) -> Limits:
+    """The limits of one run reading ``input_bytes`` (inputs and current profile together)."""
+    cpu = CPU_FIXED_SECONDS + CPU_SECONDS_PER_MIB * (input_bytes >> 20)
+    return Limits(
+        memory_bytes=MEMORY_FIXED_BYTES + MEMORY_PER_INPUT_BYTE * input_bytes,
+        cpu_seconds=cpu,
+        output_bytes=OUTPUT_FIXED_BYTES + OUTPUT_PER_INPUT_BYTE * input_bytes,
+        wall_seconds=WALL_FIXED_SECONDS + 2 * cpu,
+    )
+
+
+def merge_batch(
+    profdata: str, base: Path | None, inputs: Sequence[MergeInput], output: Path, sandbox: MergeSandbox
+) -> MergeOutcome:
+    """Merge ``base`` (the current indexed profile, if any) and ``inputs`` into ``output``, a new
+    root-owned file that is fsynced when the call succeeds; the caller records the generation in
+    the database and only then deletes the inputs."""
     started = time.monotonic()
+    if not os.access(profdata, os.X_OK):
+        return _env_failure(f"llvm-profdata not found: {profdata}")
+    descriptors: list[int] = []
     try:
-        proc = _run_merge(profdata, base, inputs, output)
-    except FileNotFoundError as err:
-        if err.filename == profdata:
-            return MergeOutcome(False, error=f"llvm-profdata not found: {profdata}")
-        return MergeOutcome(False, error=f"cannot write the input list: {err}")
-    except OSError as err:  # disk full, read-only state folder: the batch waits for a retry
-        return MergeOutcome(False, error=f"cannot write the input list: {err}")
-    except subprocess.TimeoutExpired:
-        return MergeOutcome(False, error=f"llvm-profdata timed out after {MERGE_TIMEOUT_SECONDS} s")
-    outcome = MergeOutcome(False, seconds=time.monotonic() - started)
-    outcome.rejected = _rejected_inputs(proc.stderr, set(inputs))
-    if base is not None and base in _rejected_inputs(proc.stderr, {base}):
-        outcome.error = f"the working profile {base} is unreadable: {proc.stderr.strip()}"
-        return outcome
-    if proc.returncode == 0:
-        _fsync(output)
-        outcome.merged = True
-    elif len(outcome.rejected) != len(inputs) or base is not None:
-        # Not every input was named: the failure is the batch's (I/O, tool), not the inputs'.
-        outcome.rejected = {}
-        outcome.error = f"llvm-profdata exited {proc.returncode}: {proc.stderr.strip()[-2000:]}"
-    # else: every input was rejected and there was no base, so there is nothing to write.
+        try:
+            base_fd = _memfd("pgod-profile", _read_own(base)) if base is not None else None
+        except OSError as err:
+            return _env_failure(f"the working profile {base} is unreadable: {err.strerror}")
+        if base_fd is not None:
+            descriptors.append(base_fd)
+        inputs_fd, input_bytes, rejected = _gather(inputs)
+        descriptors.append(inputs_fd)
+        if input_bytes == 0:  # every input changed since it was checked: nothing to run
+            return MergeOutcome(False, rejected)
+        base_bytes = os.fstat(base_fd).st_size if base_fd is not None else 0
+        limits = limits_for(input_bytes + base_bytes)
+        produced = sandbox.workdir / output.name
+        _remove(produced)
+        work_fd = os.open(sandbox.workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        descriptors.append(work_fd)
+        base_as = f"/proc/self/fd/{base_fd}" if base_fd is not None else None
+        inputs_as = f"/proc/self/fd/{inputs_fd}"
+        argv = [profdata, "merge", "--failure-mode=all", "-o", f"/proc/self/fd/{work_fd}/{output.name}"]
+        argv += [base_as, inputs_as] if base_as else [inputs_as]
+        try:
+            finished = run_confined(argv, limits, sandbox.identity, pass_fds=descriptors)
+        except ConfineError as err:
+            return _env_failure(str(err))
+        except OSError as err:
+            return _env_failure(f"cannot start llvm-profdata: {err}")
+    finally:
+        for fd in descriptors:
+            os.close(fd)
+    seconds = time.monotonic() - started
+    try:
+        outcome = _judge(finished, limits, base_as, inputs_as)
+        outcome.seconds = seconds
+        if outcome.merged:
+            _store(produced, output, limits.output_bytes)
+    except _BadOutput as err:
+        outcome = MergeOutcome(False, failure=MergeFailure("merge-output", str(err), True), seconds=seconds)
+    except OSError as err:  # disk full, read-only state folder: nobody's input
+        outcome = _env_failure(f"cannot store the merged profile: {err}")
+    finally:
+        _remove(produced)
+    if outcome.failure is None:
+        outcome.rejected.update(rejected)
     return outcome
 
 
-def _run_merge(profdata: str, base: Path | None, inputs: Sequence[str | Path], output: Path) -> subprocess.CompletedProcess:
-    with tempfile.NamedTemporaryFile("w", dir=output.parent, prefix=".inputs-", suffix=".txt") as listing:
-        listing.write("".join(f"{path}\n" for path in inputs))
-        listing.flush()
-        argv = [profdata, "merge", "--failure-mode=all", "-o", str(output)]
-        if base is not None:
-            argv.append(str(base))
-        argv += ["-f", listing.name]
-        return subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=MERGE_TIMEOUT_SECONDS)
+def _gather(inputs: Sequence[MergeInput]) -> tuple[int, int, dict]:
+    """A memfd holding, back to back, every input whose bytes are still those checked; its size;
+    and the inputs left out, with why."""
+    fd = os.memfd_create("pgod-inputs", os.MFD_CLOEXEC)
+    total = 0
+    rejected = {}
+    try:
+        for item in inputs:
+            try:
+                data = _read_checked(item)
+            except _Changed as err:
+                rejected[item.path] = ("changed-after-check", str(err))
+                continue
+            _write_all(fd, data)
+            total += len(data)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, total, rejected
 
 
-def _rejected_inputs(stderr: str, inputs: set) -> dict:
-    """Inputs llvm-profdata warned about: lines of the form ``warning: <path>: <message>``."""
-    by_name = {str(path): path for path in inputs}
-    rejected: dict[Path, str] = {}
+class _Changed(Exception):
+    """A part's bytes are not the ones checked at ingest."""
+
+
+def _read_checked(item: MergeInput) -> bytes:
+    try:
+        fd = os.open(item.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise _Changed("its file is gone") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _Changed("it is no longer a plain file")
+        data = os.read(fd, item.size + 1)
+    finally:
+        os.close(fd)
+    if len(data) != item.size:
+        raise _Changed(f"it was {item.size} bytes when checked and is {len(data)}{'+' if len(data) > item.size else ''} now")
+    if item.digest is not None and hashlib.blake2b(data, digest_size=16).hexdigest() != item.digest:
+        raise _Changed("its bytes were rewritten after they were checked")
+    return data
+
+
+def _read_own(path: Path) -> bytes:
+    """A file of pgod's own (the working profile), whole."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        chunks = []
+        while chunk := os.read(fd, max(size, 1 << 20)):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        _write_all(fd, data)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _judge(finished: Finished, limits: Limits, base_as: str | None, inputs_as: str) -> MergeOutcome:
+    """What the run's exit says about the batch (``base_as``, ``inputs_as``: the names the tool
+    was given for the working profile and for the batch's parts)."""
+    stderr = finished.stderr.strip()
+    tail = stderr[-2000:]
+    if finished.timed_out:
+        return _input_failure("merge-timeout", f"llvm-profdata ran past {limits.wall_seconds:.0f} s and was killed")
+    signame = finished.signal_name
+    if signame == "SIGXFSZ":
+        return _input_failure("merge-output-limit", f"llvm-profdata's output passed {limits.output_bytes} bytes (the expansion bound)")
+    if signame == "SIGXCPU":
+        return _input_failure("merge-cpu-limit", f"llvm-profdata used more than {limits.cpu_seconds} s of CPU")
+    if any(marker in stderr for marker in _OUT_OF_MEMORY):
+        return _input_failure("merge-memory-limit", f"llvm-profdata ran out of its {limits.memory_bytes >> 20} MiB: {tail[-300:]}")
+    if signame is not None:
+        return _input_failure("merge-crash", f"llvm-profdata was killed by {signame}: {tail[-600:]}")
+    if "No space left on device" in stderr:
+        return _env_failure(f"disk full: {tail}")
+    named = _named(stderr, {name for name in (base_as, inputs_as) if name})
+    if base_as in named:
+        return _env_failure(f"the working profile is unreadable: {named[base_as]}")
+    if inputs_as in named:  # the batch was refused: narrowed down to the parts that are
+        return _input_failure("llvm-profdata", named[inputs_as])
+    if finished.returncode != 0:
+        return _input_failure("merge-error", f"llvm-profdata exited {finished.returncode}: {tail}")
+    return MergeOutcome(True)
+
+
+def _named(stderr: str, names: set[str]) -> dict[str, str]:
+    """Inputs llvm-profdata complained about: lines of the form ``warning: <path>: <message>``."""
+    named: dict[str, str] = {}
     for line in stderr.splitlines():
         for prefix in ("warning: ", "error: "):
             if not line.startswith(prefix):
                 continue
             name, sep, message = line[len(prefix) :].partition(": ")
-            if sep and name in by_name:
-                rejected[by_name[name]] = message.strip()
-    return rejected
+            if sep and name in names:
+                named[name] = message.strip()
+    return named
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+class _BadOutput(Exception):
+    """The tool's output is not a file it could have written honestly."""
+
+
+def _store(produced: Path, output: Path, bound: int) -> None:
+    """Copy the tool's output into ``output``, root-owned, and make it durable. A copy, not a
+    rename: the merge user owns the produced inode and could still hold it open."""
+    fd = os.open(produced, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        os.fsync(fd)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            raise _BadOutput(f"llvm-profdata's output is not a plain file (mode {info.st_mode:o}, {info.st_nlink} links)")
+        if not 0 < info.st_size <= bound:
+            raise _BadOutput(f"llvm-profdata's output is {info.st_size} bytes, outside 1…{bound} (the expansion bound)")
+        out = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            copied = 0
+            while chunk := os.sendfile(out, fd, None, 1 << 24):
+                copied += chunk
+                if copied > bound:
+                    raise _BadOutput(f"llvm-profdata's output grew past {bound} bytes while being copied")
+            os.fsync(out)
+        except BaseException:
+            os.close(out)
+            _remove(output)
+            raise
+        os.close(out)
     finally:
         os.close(fd)
-    fsync_dir(path.parent)
+    fsync_dir(output.parent)
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make renames and creations in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _input_failure(reason: str, detail: str) -> MergeOutcome:
+    return MergeOutcome(False, failure=MergeFailure(reason, detail, True))
+
+
+def _env_failure(detail: str) -> MergeOutcome:
+    return MergeOutcome(False, failure=MergeFailure("merge-io", detail, False))

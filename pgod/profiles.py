@@ -3,7 +3,11 @@
 Runs on the engine thread. A batch is merged into generation N+1 from generation N; one
 transaction then records the new generation, the counters and the parts as merged (the moment
 they are counted); only after it are the raw files deleted and generation N removed. A batch
-that fails as a whole is retried later with a growing delay, and nothing in it is counted.
+that fails as a whole is narrowed down by halves when its inputs caused it (a crash, a limit,
+a timeout: merge.py), until each culprit fails alone and is quarantined with the reason, and the
+rest is merged; a package never waits behind one file. A batch that fails because of the
+environment (disk full, missing tool) is retried later with a growing delay, and nothing in it
+is counted.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from .config import Config
 from .db import Merge, Package, Part, Quarantine, SpoolFile, among
 from .failpoints import failpoint
-from .merge import merge_batch
+from .merge import MergeInput, MergeOutcome, MergeSandbox, merge_batch
 from .recovery import finish_files, unlink_if_present
 from .staging import Layout
 
 log = structlog.get_logger(__name__)
 
 MERGE_BATCH = 5000  # raw parts per llvm-profdata call
+MERGE_BATCH_BYTES = 64 << 20  # and their bytes, read into memory for it (merge.py), its limits scaled to them
 # Every llvm-profdata call costs ~26 ms of CPU just to start, so a trickle of files is merged
 # in groups: at once when this many parts wait, else when the first has waited this long.
 MERGE_MIN_PARTS = MERGE_BATCH
@@ -44,11 +49,13 @@ class ProfileMerger:
         sessions: sessionmaker[Session],
         profdata: dict[str, str],
         emit: Callable[..., None],
+        sandbox: MergeSandbox,
     ) -> None:
         self.config = config
         self.layout = layout
         self.sessions = sessions
         self._profdata = profdata  # package → the llvm-profdata matching its compiler
+        self._sandbox = sandbox
         self._emit = emit
         self._retry: dict[str, tuple[float, float]] = {}  # package → (when, current delay)
         self._merge_at: float | None = None  # when the parts now waiting get merged
@@ -94,30 +101,52 @@ class ProfileMerger:
         """Merge every pending part of one package, batch by batch."""
         while True:
             with self.sessions() as session:
-                package = session.get(Package, name)
                 parts = session.execute(
-                    select(Part.id, Part.path, Part.size, Part.file_id)
+                    select(Part.id, Part.path, Part.size, Part.file_id, Part.digest)
                     .where(Part.package == name, Part.status == "pending")
                     .order_by(Part.id)
                     .limit(MERGE_BATCH)
                 ).all()
             if not parts:
                 return
+            batch = _within_bytes(parts, MERGE_BATCH_BYTES)
+            if not self._merge_parts(name, batch):
+                return  # the environment failed: retried later
+            if len(batch) == len(parts) < MERGE_BATCH:
+                return
+
+    def _merge_parts(self, name: str, parts: list) -> bool:
+        """Merge ``parts`` (the package's first pending ones, by id) into a new generation.
+
+        When the inputs made the run fail, merge each half on its own, down to single parts,
+        which are quarantined with the failure's reason: the prefix order is kept, so every
+        commit still counts exactly the parts up to its last id. False: the environment failed.
+        """
+        with self.sessions() as session:
+            package = session.get(Package, name)
             generation = package.profile_generation + 1
             base = Path(package.profile_path) if package.profile_path else None
-            directory = self.layout.package_profiles(name)
-            directory.mkdir(mode=0o700, exist_ok=True)
-            output = directory / f"{generation:08d}.profdata"
-            outcome = merge_batch(self._profdata[name], base, [p.path for p in parts], output)
-            if outcome.error:
-                self._merge_failed(name, outcome.error)
-                unlink_if_present(output)
-                return
-            self._retry.pop(name, None)
-            failpoint("after-merge")
-            self._commit_merge(name, parts, outcome, generation, output, base)
-            if len(parts) < MERGE_BATCH:
-                return
+        directory = self.layout.package_profiles(name)
+        directory.mkdir(mode=0o700, exist_ok=True)
+        output = directory / f"{generation:08d}.profdata"
+        unlink_if_present(output)  # a generation never committed (recovery removes these too)
+        inputs = [MergeInput(p.path, p.size, p.digest) for p in parts]
+        outcome = merge_batch(self._profdata[name], base, inputs, output, self._sandbox)
+        failure = outcome.failure
+        if failure is not None and not failure.inputs_at_fault:
+            self._merge_failed(name, failure.detail)
+            unlink_if_present(output)
+            return False
+        if failure is not None and len(parts) > 1:
+            log.warning("profile.merge_narrowing", package=name, parts=len(parts), reason=failure.reason, detail=failure.detail[:300])
+            half = len(parts) // 2
+            return self._merge_parts(name, parts[:half]) and self._merge_parts(name, parts[half:])
+        if failure is not None:  # this one part alone makes llvm-profdata fail
+            outcome = MergeOutcome(False, rejected={parts[0].path: (failure.reason, failure.detail)})
+        self._retry.pop(name, None)
+        failpoint("after-merge")
+        self._commit_merge(name, parts, outcome, generation, output, base)
+        return True
 
     def _commit_merge(self, name, parts, outcome, generation: int, output: Path, base: Path | None) -> None:
         rejected = [p for p in parts if p.path in outcome.rejected] if outcome.rejected else []
@@ -134,8 +163,8 @@ class ProfileMerger:
                         original_name=Path(p.path).name,
                         package=name,
                         size=p.size,
-                        reason="llvm-profdata",
-                        detail=outcome.rejected[p.path],
+                        reason=outcome.rejected[p.path][0],
+                        detail=outcome.rejected[p.path][1],
                         path=str(self.layout.quarantine / Path(p.path).name),
                         at=now,
                     )
@@ -192,8 +221,9 @@ class ProfileMerger:
             seconds=round(outcome.seconds, 3),
         )
         for part in rejected:
-            log.warning("profile.rejected", package=name, file=Path(part.path).name, reason=outcome.rejected[part.path])
-            self._emit("quarantined", file=Path(part.path).name, reason="llvm-profdata", package=name)
+            reason, detail = outcome.rejected[part.path]
+            log.warning("profile.rejected", package=name, file=Path(part.path).name, reason=reason, detail=detail)
+            self._emit("quarantined", file=Path(part.path).name, reason=reason, package=name)
         self._emit("counters", package=name, **snapshot)
         if crossed:
             log.info("package.threshold_reached", package=name, raw_bytes=snapshot["raw_bytes"])
@@ -222,3 +252,13 @@ class ProfileMerger:
         with self.sessions.begin() as session:
             session.execute(update(Package).where(Package.name == name).values(last_error=f"merge: {error}"))
         self._emit("error", package=name, message=error)
+
+
+def _within_bytes(parts: list, limit: int) -> list:
+    """The longest prefix of ``parts`` within ``limit`` bytes, and at least the first part."""
+    total = 0
+    for count, part in enumerate(parts):
+        total += part.size
+        if total > limit and count:
+            return parts[:count]
+    return parts

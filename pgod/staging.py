@@ -6,6 +6,9 @@ filesystem, or another mount of the same one, as systemd's ReadWritePaths makes)
 daemon-owned 0700 folder inside the spool. Either way its ownership and mode are checked at
 start, since the spool is world-writable and someone could have planted a folder (or a symlink)
 of that name first.
+
+llvm-profdata runs as the unprivileged merge user (merge.py) and reaches its inputs through
+descriptors pgod hands it; the one folder it may write, `merge` in the state folder, is its own.
 """
 
 from __future__ import annotations
@@ -54,12 +57,18 @@ class Layout:
     def profiles(self) -> Path:
         return self.state / "profiles"
 
+    @cached_property
+    def merge_work(self) -> Path:
+        return self.state / "merge"
+
     def package_profiles(self, package: str) -> Path:
         return self.profiles / package
 
 
-def prepare_layout(config: Config) -> Layout:
-    """Create and verify the folders; raise StagingError when they cannot be trusted."""
+def prepare_layout(config: Config, merge_uid: int | None = None) -> Layout:
+    """Create and verify the folders; raise StagingError when they cannot be trusted.
+
+    ``merge_uid``: the user llvm-profdata runs as (None: the daemon's own)."""
     for directory in (config.state_dir, config.spool_dir):
         directory.mkdir(parents=True, exist_ok=True)
     os.chmod(config.state_dir, 0o700)
@@ -71,7 +80,25 @@ def prepare_layout(config: Config) -> Layout:
     layout = Layout(config.spool_dir, staging, config.state_dir)
     for directory in (layout.incoming, layout.parts, layout.quarantine, layout.unattributed, layout.profiles):
         _make_private_dir(directory)
+    _make_merge_work(layout.merge_work, os.geteuid() if merge_uid is None else merge_uid)
     return layout
+
+
+def _make_merge_work(path: Path, uid: int) -> None:
+    """llvm-profdata's one writable folder: owned by the merge user, emptied of what a run left."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise StagingError(f"{path} exists and is not a directory (refusing to use it)")
+    os.chown(path, uid, -1, follow_symlinks=False)
+    os.chmod(path, 0o700)
+    with os.scandir(path) as scan:
+        for entry in scan:
+            if not entry.is_dir(follow_symlinks=False):
+                os.unlink(entry.path)
 
 
 def _rename_reaches(spool: Path, staging: Path) -> bool:

@@ -9,7 +9,7 @@
 # (a version it lacks is reported here, and its tests skip naming the packages).
 set -euo pipefail
 
-REQUIRED=(nix-bin dbus-daemon dbus xvfb dunst libnotify-bin
+REQUIRED=(nix-bin dbus-daemon dbus xvfb dunst libnotify-bin passwd util-linux
           libgirepository1.0-dev libcairo2-dev pkg-config binutils python3-venv python3-dev git make)
 REQUIRED_CLANG=14
 OPTIONAL_CLANGS=(13 16 19)
@@ -63,4 +63,10 @@ for version in "${OPTIONAL_CLANGS[@]}"; do
     install $need || echo "install-deps: clang $version is not available here ($need); its tests will be skipped"
 done
 
+# pgod runs llvm-profdata as an unprivileged system user of its own (merge_user in the config,
+# pgod/confine.py); on NixOS the module declares it.
+if ! getent passwd pgod-merge >/dev/null; then
+    $SUDO useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin pgod-merge
+    echo "install-deps: created the system user pgod-merge, whom pgod runs llvm-profdata as"
+fi
 echo "install-deps: OS packages present"

@@ -15,10 +15,6 @@ from harness import Daemon, PrivateBus, write_config
 # Every Nix command of the run, and of the daemons it starts, gets the fixture builds' settings.
 use_local_nix()
 
-
-def pytest_report_header(config):
-    return describe_local_nix()
-
 # A small program whose counters depend on its input, so 200 runs give 200 different profiles.
 WORKLOAD_C = (Path(__file__).parent / "programs" / "workload.c").read_text()
 
@@ -115,4 +111,4 @@ def llvm_profdata_14(clang14) -> str:
 
 def pytest_report_header(config):
     tools = {name: shutil.which(name) for name in ("dbus-daemon", "nix-build", "clang-14", "llvm-profdata-14")}
-    return "tools: " + ", ".join(f"{k}={v or 'MISSING'}" for k, v in tools.items())
+    return ["tools: " + ", ".join(f"{k}={v or 'MISSING'}" for k, v in tools.items()), describe_local_nix()]

@@ -251,3 +251,11 @@ def copy_tree_files(source: Path, target: Path) -> list[Path]:
         shutil.copy2(entry, target / entry.name)
         copied.append(target / entry.name)
     return copied
+
+
+# Run a command as uid nobody that can still reach the test's folders: pytest's tmp_path and a
+# venv may sit under folders only root may enter (Debian's /root is 0700). CAP_DAC_READ_SEARCH,
+# kept as an ambient capability, lets it read and traverse them; it gives no right to write, and
+# the kernel, the bus and the daemon still see uid nobody, which is what these tests are about.
+AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+             "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Daemon, SystemLikeBus
+from harness import AS_NOBODY, Daemon, SystemLikeBus
 from pgod.busnames import BUS_NAME, INTERFACE, OBJECT_PATH
 
 POLICY = Path(__file__).resolve().parents[1] / "pgod" / "data" / f"{BUS_NAME}.conf"
@@ -96,13 +96,6 @@ def test_the_daemon_itself_refuses_mutations_from_outside_the_admin_group(tmp_pa
         bus.close()
 
 
-# pgoctl as uid nobody needs to read its Python and the venv, which may sit in a home folder only
-# its owner can enter (Debian's /root is 0700). CAP_DAC_READ_SEARCH, kept as an ambient capability,
-# lets it read them; the bus and the daemon still see uid nobody, which is what the test is about.
-AS_NOBODY_READING_THE_VENV = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                              "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
-
-
 def test_pgoctl_exits_4_when_access_is_denied(tmp_path, workload, llvm_profdata_14):
     import os
     import sys
@@ -119,7 +112,7 @@ def test_pgoctl_exits_4_when_access_is_denied(tmp_path, workload, llvm_profdata_
     try:
         pgoctl = Path(sys.executable).parent / "pgoctl"
         result = subprocess.run(
-            [*AS_NOBODY_READING_THE_VENV, str(pgoctl), "activate", "workload"],
+            [*AS_NOBODY, str(pgoctl), "activate", "workload"],
             capture_output=True, text=True, env={**os.environ, **bus.env(), "HOME": "/"},
         )
         assert result.returncode == 4, result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from pathlib import Path
@@ -158,3 +159,23 @@ def test_a_fresh_empty_file_is_left_for_its_writer_to_finish(pgod, workload, cla
         appending.write((probe / "p.profraw").read_bytes())
     wait_for(lambda: daemon.package("workload")["files"] == 2, 30, "the appended profile merged")
     assert daemon.status()["quarantine"]["files"] == 0
+
+
+def test_a_broken_elf_in_a_profile_build_is_named_and_the_rest_still_attributed(pgod, workload, llvm_profdata_14, tmp_path):
+    """A file that starts like ELF but sends pyelftools to a wild offset (e_shoff 0x7fff made it
+    raise OSError, which once stopped the daemon's start-up): the package and path are named,
+    and the package's good binaries are still attributed."""
+    import shutil
+    import struct
+
+    build = tmp_path / "build"
+    shutil.copytree(workload, build)
+    broken = bytearray((build / "bin" / "workload").read_bytes())
+    struct.pack_into("<Q", broken, 0x28, 0x7FFF)  # e_shoff
+    (build / "bin" / "broken").write_bytes(broken)
+    pgod.write_config({"workload": {"profile_build": [str(build)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
+    daemon = pgod.daemon()
+    problems = [json.loads(line) for line in daemon.log().splitlines() if '"attribution.problem"' in line]
+    assert [(p["package"], str(build / "bin" / "broken") in p["problem"]) for p in problems] == [("workload", True)]
+    run_instrumented(build / "bin" / "workload", ["3", "x"], pgod.spool / "%p.profraw")
+    wait_for(lambda: daemon.package("workload")["files"] == 1, 30, "the good binary's profile merged")

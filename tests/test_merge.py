@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,8 @@ import pytest
 from clangs import run_instrumented
 from conftest import WORKLOAD_C, require_clang, workload_inputs
 from harness import wait_for
-from pgod.merge import merge_batch
+from pgod.confine import Identity
+from pgod.merge import MergeInput, MergeSandbox, merge_batch
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +42,31 @@ def test_a_profile_the_package_tool_cannot_read_is_quarantined_and_the_rest_merg
     assert daemon.status()["quarantine"]["files"] == 6
 
 
-def test_a_batch_that_fails_as_a_whole_counts_nothing(tmp_path, clang14):
-    """No output can be written: no input is blamed, and the caller keeps every file."""
+def test_a_batch_the_environment_fails_counts_nothing_and_blames_no_input(tmp_path, clang14):
+    """No output can be stored, or no tool: no input is blamed, and the caller keeps every file
+    for a later retry."""
     raw = tmp_path / "raw"
     raw.mkdir()
     exe = clang14.compile(_write(tmp_path / "w.c", WORKLOAD_C), tmp_path / "w")
     run_instrumented(exe, ["5"], raw / "a.profraw")
-    outcome = merge_batch(str(clang14.profdata), None, [raw / "a.profraw"], tmp_path / "missing-dir" / "out.profdata")
-    assert not outcome.merged and outcome.error and outcome.rejected == {}
-    outcome = merge_batch("/nonexistent/llvm-profdata", None, [raw / "a.profraw"], tmp_path / "out.profdata")
+    inputs = [MergeInput(str(raw / "a.profraw"), (raw / "a.profraw").stat().st_size, None)]
+    sandbox = _sandbox(tmp_path)
+    outcome = merge_batch(str(clang14.profdata), None, inputs, tmp_path / "missing-dir" / "out.profdata", sandbox)
+    assert not outcome.merged and outcome.rejected == {}
+    assert outcome.failure is not None and not outcome.failure.inputs_at_fault, outcome.failure
+    outcome = merge_batch("/nonexistent/llvm-profdata", None, inputs, tmp_path / "out.profdata", sandbox)
     assert outcome.error == "llvm-profdata not found: /nonexistent/llvm-profdata"
+    assert not outcome.failure.inputs_at_fault
+
+
+def _sandbox(tmp_path: Path) -> MergeSandbox:
+    """Confinement as the daemon sets it up: the merge user and a work folder it owns."""
+    identity = Identity.for_user("pgod-merge")
+    work = tmp_path / "merge-work"
+    work.mkdir()
+    if identity is not None:
+        os.chown(work, identity.uid, identity.gid)
+    return MergeSandbox(identity, work)
 
 
 def _write(path: Path, text: str) -> Path:

@@ -124,7 +124,12 @@ def test_daemon_runs_as_a_hardened_dbus_service(summary, tmp):
     assert unit["RestrictAddressFamilies"] == ["AF_UNIX"]
     assert unit["PrivateNetwork"] is True and unit["IPAddressDeny"] == "any"
     assert "IPAddressAllow" not in unit
-    assert unit["CapabilityBoundingSet"] == ["CAP_DAC_READ_SEARCH"]
+    # Reading any user's raw profile, and handing them to llvm-profdata run as the merge user.
+    assert unit["CapabilityBoundingSet"] == ["CAP_DAC_READ_SEARCH", "CAP_CHOWN", "CAP_SETUID", "CAP_SETGID"]
+    assert unit["SystemCallFilter"] == ["@system-service", "~@privileged", "@chown", "@setuid"]
+    # llvm-profdata runs as a system user of its own, confined by util-linux's prlimit and setpriv.
+    assert summary["users"]["pgod-merge"] == {"isSystemUser": True, "group": "pgod-merge", "description": "pgod's llvm-profdata runs"}
+    assert "/usr" in service["path"]  # the fixture's util-linux
     for option in (
         "NoNewPrivileges",
         "PrivateTmp",
@@ -187,10 +192,11 @@ def test_dbus_policy_gives_the_admin_group_the_mutating_methods(tmp):
 
 def test_generated_toml_is_a_valid_pgod_configuration(config_file, system, tmp):
     document = tomllib.loads(config_file.read_text())
-    top_keys = "activation admin_group packages profile_link spool_dir state_dir threshold_mb"
+    top_keys = "activation admin_group merge_user packages profile_link spool_dir state_dir threshold_mb"
     assert sorted(document) == top_keys.split()
     assert document["threshold_mb"] == 64 and document["activation"] == "notify"
     assert document["admin_group"] == "wheel"
+    assert document["merge_user"] == "pgod-merge"
     hello = document["packages"]["hello"]
     assert set(hello) == {"profile_build", "build", "llvm_profdata"}
     assert hello["llvm_profdata"] == "/usr/lib/llvm-14/bin/llvm-profdata"

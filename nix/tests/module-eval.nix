@@ -64,5 +64,6 @@ in
       pgoVariant = p.pgo.variant or null;
     }) config.environment.systemPackages;
     settings = config.services.pgod.settings;
+    users = config.users.users;
   };
 }

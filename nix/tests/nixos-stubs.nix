@@ -90,6 +90,17 @@ in
       default = { };
     };
 
+    users.users = mkOption {
+      type = types.attrsOf (types.submodule {
+        options = {
+          isSystemUser = mkOption { type = types.bool; default = false; };
+          group = mkOption { type = types.str; default = ""; };
+          description = mkOption { type = types.str; default = ""; };
+        };
+      });
+      default = { };
+    };
+
     nix = {
       enable = mkOption {
         type = types.bool;

@@ -1,0 +1,200 @@
+"""Files that pass pgod's checks but hurt llvm-profdata block nothing: each is found, quarantined
+with its reason, and every other file is merged and counted once (real daemon, real tools)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import crafted
+from clangs import run_instrumented
+from conftest import workload_inputs
+from harness import AS_NOBODY, one_shot_merge, profdata_show, wait_for
+
+GOOD_RUNS = 8
+
+
+def write_as_nobody(path: Path, content: bytes) -> None:
+    """Create ``path`` as uid nobody would: the spool is world-writable, its files untrusted."""
+    subprocess.run(
+        [*AS_NOBODY, "sh", "-c", 'cat > "$1"', "sh", str(path)],
+        input=content, check=True,
+    )
+
+
+@pytest.fixture
+def spool_for_everyone(pgod):
+    os.chmod(pgod.spool, 0o1777)
+    return pgod.spool
+
+
+@pytest.fixture(scope="module")
+def sample_profile(workload, tmp_path_factory) -> bytes:
+    """A real raw profile of the workload program, the base every crafted file starts from."""
+    directory = tmp_path_factory.mktemp("sample")
+    run_instrumented(workload / "bin" / "workload", ["7", "abc"], directory / "sample.profraw")
+    return (directory / "sample.profraw").read_bytes()
+
+
+def good_runs(exe: Path, spool: Path, reference: Path) -> list[list[str]]:
+    """Another user's runs: written to the spool and, the same, to a reference folder."""
+    inputs = workload_inputs(GOOD_RUNS)
+    for args in inputs:
+        run_instrumented(exe, args, spool / "%p.profraw")
+        run_instrumented(exe, args, reference / "%p.profraw")
+    return inputs
+
+
+@pytest.mark.parametrize(
+    ("craft", "reason"),
+    [
+        (crafted.names_length_crash, "merge-crash"),
+        (crafted.names_allocation, "merge-memory-limit"),
+        (crafted.shared_counters, "merge-output-limit"),
+    ],
+    ids=["segfault", "huge-allocation", "expansion"],
+)
+def test_a_file_that_breaks_llvm_profdata_is_quarantined_and_the_rest_counted_once(
+    pgod, spool_for_everyone, workload, llvm_profdata_14, sample_profile, tmp_path, craft, reason
+):
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
+    bad = craft(sample_profile)
+    # The same bytes alone, outside pgod: llvm-profdata really is hurt by them.
+    (tmp_path / "bad.profraw").write_bytes(bad)
+    alone = subprocess.run([llvm_profdata_14, "merge", "-o", str(tmp_path / "alone.profdata"), str(tmp_path / "bad.profraw")],
+                           capture_output=True, text=True)
+    if reason == "merge-output-limit":
+        assert alone.returncode == 0 and (tmp_path / "alone.profdata").stat().st_size > 100 * len(bad)
+    else:
+        assert alone.returncode < 0 or "out of memory" in alone.stderr, alone.stderr[-500:]
+    daemon = pgod.daemon()
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    exe = workload / "bin" / "workload"
+    # The bad file arrives in the middle of a batch of good ones.
+    good_runs(exe, spool_for_everyone, reference)
+    write_as_nobody(spool_for_everyone / "crafted.profraw", bad)
+    good_runs(exe, spool_for_everyone, reference)
+
+    package = wait_for(
+        lambda: (p := daemon.package("workload"))["files"] + p["quarantined"] == 2 * GOOD_RUNS + 1 and p,
+        60, "every file settled",
+    )
+    assert package["files"] == 2 * GOOD_RUNS and package["quarantined"] == 1
+    expected = one_shot_merge(llvm_profdata_14, sorted(reference.iterdir()), tmp_path / "expected.profdata")
+    assert profdata_show(llvm_profdata_14, Path(package["profile"])) == profdata_show(llvm_profdata_14, expected)
+    assert package["raw_bytes"] == sum(entry.stat().st_size for entry in reference.iterdir())
+    shown = daemon.pgoctl("show", "workload", "--json").stdout
+    assert reason in shown, shown
+    assert package["state"] == "profiling" and package["last_error"] is None
+    # Later files of the same package are merged as usual: nothing waits behind the bad one.
+    run_instrumented(exe, ["3", "after"], spool_for_everyone / "%p.profraw")
+    wait_for(lambda: daemon.package("workload")["files"] == 2 * GOOD_RUNS + 1, 30, "a later file merged")
+
+
+def test_bytes_rewritten_after_they_were_checked_are_never_merged(
+    pgod, spool_for_everyone, workload, llvm_profdata_14, sample_profile, tmp_path
+):
+    """The writer keeps a descriptor of its file and rewrites it once pgod has read and checked
+    it, before the merge: pgod hands llvm-profdata only the bytes it checked, so the file is
+    quarantined as changed, and the replacement (an expanding one) is never merged."""
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
+    daemon = pgod.daemon()
+    target = spool_for_everyone / "kept-open.profraw"
+    workbench = tmp_path / "writer"
+    workbench.mkdir()
+    os.chmod(workbench, 0o777)
+    writer = subprocess.Popen(
+        [*AS_NOBODY, sys.executable, "-c", _KEEP_AND_REWRITE, str(workbench / "kept-open.profraw"), str(target)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )
+    try:
+        writer.stdin.write(len(sample_profile).to_bytes(4, "little") + sample_profile)
+        writer.stdin.flush()
+        assert writer.stdout.readline() == b"written\n"
+        # Read, checked and recorded: then hold the daemon still, so the rewrite surely comes
+        # between the check and the merge (which waits up to a second for more files).
+        wait_for(lambda: _part_statuses(pgod.state), 30, "the file claimed, checked and recorded")
+        os.kill(daemon.process.pid, signal.SIGSTOP)
+        try:
+            assert _part_statuses(pgod.state) == ["pending"], "the merge came before the test could rewrite the file"
+            replacement = crafted.shared_counters(sample_profile)
+            writer.stdin.write(len(replacement).to_bytes(4, "little") + replacement)
+            writer.stdin.flush()
+            assert writer.stdout.readline() == b"rewritten\n"
+        finally:
+            os.kill(daemon.process.pid, signal.SIGCONT)
+    finally:
+        writer.stdin.close()
+        writer.wait(timeout=30)
+    package = wait_for(lambda: (p := daemon.package("workload"))["quarantined"] == 1 and p, 30, "the file settled")
+    assert package["files"] == 0 and package["raw_bytes"] == 0 and package["profile"] is None
+    shown = daemon.pgoctl("show", "workload", "--json").stdout
+    assert "changed-after-check" in shown and "bytes when checked" in shown, shown
+
+
+# The writer: writes what it is sent into a file of its own, moves it into the spool whole (so pgod
+# takes it at once), keeps the descriptor, then overwrites the same inode with the next thing it
+# is sent (each message: a 4-byte length, then the bytes).
+_KEEP_AND_REWRITE = """
+import os, sys
+def message():
+    size = int.from_bytes(sys.stdin.buffer.read(4), "little")
+    return sys.stdin.buffer.read(size)
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+os.write(fd, message())
+os.rename(sys.argv[1], sys.argv[2]); print("written", flush=True)
+replacement = message()
+os.pwrite(fd, replacement, 0); print("rewritten", flush=True)
+os.close(fd)
+"""
+
+
+def _part_statuses(state: Path) -> list[str]:
+    """The status of every part pgod has recorded (read-only, beside the running daemon)."""
+    database = state / "pgod.sqlite"
+    if not database.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)) as connection:
+        return [row[0] for row in connection.execute("SELECT status FROM parts ORDER BY id")]
+
+
+def test_llvm_profdata_runs_as_the_merge_user_without_capabilities_and_inside_limits():
+    """What the confined child is, read from inside it: uid, groups, capabilities, limits.
+    (Its stdout is discarded by design, so it reports on stderr.)"""
+    from pgod.confine import Identity, run_confined
+    from pgod.merge import limits_for
+
+    identity = Identity.for_user("pgod-merge")
+    assert identity is not None, "the suite runs as root, so pgod drops to its merge user"
+    limits = limits_for(10 << 20)
+    probe = run_confined(
+        ["sh", "-c", "{ id -u; id -G; grep -E '^(Cap(Eff|Prm|Amb)|NoNewPrivs):' /proc/self/status; "
+         "prlimit --noheadings --output RESOURCE,SOFT,HARD --as --cpu --fsize --core; } >&2; exit 3"],
+        limits, identity,
+    )
+    assert probe.returncode == 3, probe.stderr
+    uid, groups, *rest = probe.stderr.strip().split("\n")
+    assert int(uid) == identity.uid and groups.split() == [str(identity.gid)]
+    status = dict(line.split(":\t") for line in rest if ":\t" in line)
+    assert status["CapEff"] == status["CapPrm"] == status["CapAmb"] == "0000000000000000"
+    assert status["NoNewPrivs"] == "1"
+    seen = {line.split()[0]: line.split()[1:] for line in rest if ":\t" not in line}
+    assert seen["AS"] == [str(limits.memory_bytes)] * 2
+    assert seen["CPU"] == [str(limits.cpu_seconds)] * 2
+    assert seen["FSIZE"] == [str(limits.output_bytes)] * 2
+    assert seen["CORE"] == ["0", "0"]
+
+
+def test_a_wall_clock_timeout_kills_the_child_and_says_so(tmp_path):
+    from pgod.confine import Identity, Limits, run_confined
+
+    finished = run_confined(["sleep", "600"], Limits(1 << 30, 60, 1 << 20, wall_seconds=0.5), Identity.for_user("pgod-merge"))
+    assert finished.timed_out and finished.signal_name == "SIGKILL"
