@@ -23,6 +23,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
+log = structlog.get_logger(__name__)
+
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
@@ -58,6 +62,12 @@ _KIND_NAMES = {
 }
 
 
+def display_name(name: str) -> str:
+    """A spool name as text the database and logs can hold: names are bytes, and one that is not
+    UTF-8 (decoded with surrogates) shows its odd bytes escaped, as ``\\xff``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 class Claimer:
     """Moves spool entries into ``incoming_dir`` under unique names.
 
@@ -78,6 +88,9 @@ class Claimer:
             os.rename(f"{self._spool}/{name}", f"{self._incoming}/{staging_name}")
         except FileNotFoundError:
             return None  # claimed already (scan and event raced) or removed by its owner
+        except OSError as err:  # e.g. a folder made there since the check: never stop the batch
+            log.warning("spool.unclaimable", file=display_name(name), error=err.strerror)
+            return None
         return staging_name
 
 

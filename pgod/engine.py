@@ -300,6 +300,10 @@ class Engine:
             info = os.lstat(path)
         except FileNotFoundError:
             return None
+        if stat.S_ISDIR(info.st_mode):
+            # Never claimed: a folder cannot hold a profile, and moving another user's folder
+            # needs a right the service does not keep (its ".." would change).
+            return 0.0
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
             return None
         if info.st_size == 0 and time.time() - info.st_mtime < EMPTY_FILE_GRACE_SECONDS:

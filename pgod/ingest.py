@@ -18,7 +18,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from .attribution import Attributor
-from .claim import Rejected, check_staged
+from .claim import Rejected, check_staged, display_name
 from .db import Part, Quarantine, SpoolFile, insert_many
 from .durable import fsync_dir, sync_filesystem, write_file
 from .profraw import ProfrawError, RawProfile, parse_profraw
@@ -72,8 +72,9 @@ class Ingestor:
         report = IngestReport()
         rows: list[_Row] = []
         quarantine_rows: list[dict] = []
-        for staging_name, original_name in staged:
+        for staging_name, spool_name in staged:
             report.files += 1
+            original_name = display_name(spool_name)
             try:
                 rows.append(self._examine(staging_name, original_name))
                 continue

@@ -138,11 +138,13 @@ def safe_component(name: str) -> str:
 
 
 def prune_oldest(directory: Path, keep: int) -> int:
-    """Delete the oldest files beyond ``keep`` in a bounded folder; returns how many went."""
+    """Delete the oldest files beyond ``keep`` in a bounded folder; returns how many went.
+    Anything but a file (a folder an older pgod moved here) is left alone and never stops it."""
     entries = []
     with os.scandir(directory) as scan:
         for entry in scan:
-            entries.append((entry.name, entry.path))
+            if not entry.is_dir(follow_symlinks=False):
+                entries.append((entry.name, entry.path))
     if len(entries) <= keep:
         return 0
     # Our names start with a hex time stamp, so name order is age order.
@@ -152,6 +154,6 @@ def prune_oldest(directory: Path, keep: int) -> int:
         try:
             os.unlink(path)
             removed += 1
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
             pass
     return removed

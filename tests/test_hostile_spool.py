@@ -179,3 +179,33 @@ def test_a_broken_elf_in_a_profile_build_is_named_and_the_rest_still_attributed(
     assert [(p["package"], str(build / "bin" / "broken") in p["problem"]) for p in problems] == [("workload", True)]
     run_instrumented(build / "bin" / "workload", ["3", "x"], pgod.spool / "%p.profraw")
     wait_for(lambda: daemon.package("workload")["files"] == 1, 30, "the good binary's profile merged")
+
+
+def test_names_are_bytes_and_folders_stop_nothing(pgod, workload, clang14, tmp_path):
+    """Names that are not UTF-8 are claimed (a good profile) or quarantined with their row kept
+    (a bad one), shown with their odd bytes escaped; a folder named like a profile, there before
+    the start-up scan and made after it, is left alone without stopping a scan or a pruning."""
+    exe = workload / "bin" / "workload"
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    run_instrumented(exe, ["5", "abc"], raw / "one.profraw")
+    spool = os.fsencode(pgod.spool)
+    os.mkdir(spool + b"/d.profraw")
+    os.rename(raw / "one.profraw", spool + b"/good-\xff\xfe.profraw")
+    # Kept only one quarantined file: pruning runs and must step over the folder it meets.
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": str(clang14.profdata)}},
+                      unattributed_max_files=1)
+    daemon = pgod.daemon()
+    wait_for(lambda: daemon.package("workload")["files"] == 1, 30, "the good file under a non-UTF-8 name merged")
+    os.mkdir(spool + b"/later.profraw")
+    with open(spool + b"/bad-\xc3\x28.profraw", "wb") as bad:
+        bad.write(os.urandom(512))
+    status = wait_for(lambda: (s := daemon.status())["quarantine"]["files"] == 1 and s, 30, "the bad file quarantined")
+    shown = daemon.pgoctl("show", "workload", "--json").stdout + json.dumps(status)
+    run_instrumented(exe, ["9", "after"], pgod.spool / "%p.profraw")
+    wait_for(lambda: daemon.package("workload")["files"] == 2, 30, "intake goes on")
+    assert sorted(os.listdir(pgod.spool)) == ["d.profraw", "later.profraw"]
+    log = daemon.log()
+    assert "bad-\\\\xc3(.profraw" in log and "profraw-bad-magic" in log, log[-3000:]
+    assert '"level": "error"' not in log and "Traceback" not in log
+    assert shown  # status and show answered throughout
