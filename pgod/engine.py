@@ -1,11 +1,14 @@
 """The one worker that changes state: claim, ingest, merge, count, in that order.
 
-Watcher threads and D-Bus calls only enqueue; this thread does every state change, so there is
-no locking around the database or the staging folders. Its cycle:
+Watcher threads, D-Bus calls, builds and merges only enqueue; this thread does every state
+change, so there is no locking around the database or the staging folders. The slow parts (an
+llvm-profdata run, a build) run on threads of their own and post their outcome back, so the
+engine goes on claiming and answering while they run. Its cycle:
 
     names from the spool ──claim──▶ staging ──ingest──▶ rows (parts pending)
-    pending parts ──merge (one llvm-profdata per package batch)──▶ new profile generation
-    commit ──▶ delete what the commit made redundant ──▶ tell listeners
+    pending parts ──merge (one llvm-profdata per package batch, on a thread of its own)──▶
+    MergeDone ──commit──▶ new profile generation ──▶ delete what the commit made redundant
+    ──▶ tell listeners
 
 The commit is the moment a raw profile is counted. Every file operation before it can be
 redone; every one after it is a clean-up that recovery finishes if the daemon dies first.
@@ -37,7 +40,7 @@ from .durable import fsync_dir
 from .merge import MergeSandbox
 from .optimizer import Optimizer
 from .osthread import name_os_thread
-from .profiles import ProfileMerger
+from .profiles import MergeDone, ProfileMerger
 from .profraw import ProfrawError, parse_profraw
 from .recovery import recover, unlink_if_present
 from .staging import Layout, prune_oldest
@@ -91,7 +94,7 @@ class Engine:
         self.sessions = sessions
         self.attributor = attributor
         self.listeners: list[Listener] = []
-        self._queue: queue.SimpleQueue[list[str] | Rescan | BuildResult | Command | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[str] | Rescan | BuildResult | MergeDone | Command | None] = queue.SimpleQueue()
         self._names_queued = 0  # spool names in the queue, for spool_backlog
         self._names_lock = threading.Lock()
         self._claimer = Claimer(layout.spool, layout.incoming)
@@ -100,7 +103,7 @@ class Engine:
         profdata = {
             name: resolve_profdata(package, attributor.builds.get(name)) for name, package in config.packages.items()
         }
-        self.merger = ProfileMerger(config, layout, sessions, profdata, self._emit, sandbox)
+        self.merger = ProfileMerger(config, layout, sessions, profdata, self._emit, sandbox, self._queue.put)
         self._deferred: dict[str, float] = {}  # spool name → when to look at it again
         self._scan_remaining = 0
         # Staging may live inside the spool (see staging.py): never claim our own folder.
@@ -108,7 +111,7 @@ class Engine:
         self._restart_at: float | None = None  # set when a step failed: redo start-up then
         self._names_at = float("-inf")  # monotonic time spool names last came
         self._thread: threading.Thread | None = None
-        self.optimizer = Optimizer(config, layout, sessions, self._emit, self._queue.put)
+        self.optimizer = Optimizer(config, layout, sessions, self._emit, self._queue.put, merging=self.merger.busy)
 
     # ---- called from other threads -------------------------------------------------------
     def submit(self, names: list[str]) -> None:
@@ -163,12 +166,15 @@ class Engine:
         self.merger.merge_when_due(force=True)
         self.optimizer.request_build(name)
 
-    def _handle(self, event: Rescan | BuildResult | Command) -> None:
+    def _handle(self, event: Rescan | BuildResult | MergeDone | Command) -> None:
         if isinstance(event, Rescan):
             self._scan_spool()
             return
         if isinstance(event, BuildResult):
             self.optimizer.on_build_done(event)
+            return
+        if isinstance(event, MergeDone):
+            self.merger.on_merge_done(event)
             return
         try:
             event.future.set_result(event.function(*event.args))

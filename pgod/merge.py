@@ -252,7 +252,9 @@ def _judge(finished: Finished, limits: Limits, base_as: str | None, inputs_as: s
     if inputs_as in named:  # the batch was refused: narrowed down to the parts that are
         return _input_failure("llvm-profdata", named[inputs_as])
     if finished.returncode != 0:
-        return _input_failure("merge-error", f"llvm-profdata exited {finished.returncode}: {tail}")
+        # It named no input and was not killed: the tool or its surroundings failed (a wrong
+        # tool, a missing library). Blaming the inputs would quarantine every good file.
+        return _env_failure(f"llvm-profdata exited {finished.returncode}: {tail}")
     return MergeOutcome(True)
 
 

@@ -45,12 +45,14 @@ class Optimizer:
         sessions: sessionmaker[Session],
         emit: Callable[..., None],
         report_build: Callable[[BuildResult], None],
+        merging: Callable[[str], bool] = lambda _name: False,
     ) -> None:
         self.config = config
         self.layout = layout
         self.sessions = sessions
         self._emit = emit
         self._report_build = report_build
+        self._merging = merging  # a merge of this package runs or is owed: its build waits
         self.running: BuildRun | None = None
         self._pending_profile_sync = False  # an upgrade took an active package out at start
 
@@ -121,7 +123,7 @@ class Optimizer:
                 )
             }
         for name in self.config.packages:  # configuration order is queue order
-            if name in due and due[name].profile_path:
+            if name in due and due[name].profile_path and not self._merging(name):
                 self._start_build(name)
                 return
 

@@ -12,8 +12,11 @@ is counted.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -23,7 +26,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from .config import Config
 from .db import Merge, Package, Part, Quarantine, SpoolFile, among
 from .failpoints import failpoint
-from .merge import MergeInput, MergeOutcome, MergeSandbox, merge_batch
+from .merge import MergeFailure, MergeInput, MergeOutcome, MergeSandbox, merge_batch
+from .osthread import name_os_thread
 from .recovery import finish_files, unlink_if_present
 from .staging import Layout
 
@@ -41,6 +45,41 @@ RETRY_BASE_SECONDS = 5.0
 RETRY_MAX_SECONDS = 600.0
 
 
+@dataclass
+class MergeJob:
+    """One llvm-profdata run, on a thread of its own: the engine goes on claiming, ingesting and
+    answering while it runs, and commits its outcome when it is posted back (MergeDone)."""
+
+    package: str
+    parts: list  # the package's pending parts it merges, a prefix by id
+    generation: int
+    base: Path | None
+    output: Path
+    more: bool  # more pending parts may wait behind these (a full batch, or a half)
+    thread: threading.Thread | None = field(default=None, repr=False)
+
+    def start(self, profdata: str, inputs: list, sandbox: MergeSandbox, post: Callable[[object], None]) -> None:
+        def run() -> None:
+            name_os_thread()
+            try:
+                outcome = merge_batch(profdata, self.base, inputs, self.output, sandbox)
+            except Exception as err:  # the thread's boundary: the engine must hear back
+                log.exception("profile.merge_crashed", package=self.package)
+                outcome = MergeOutcome(False, failure=MergeFailure("merge-io", f"{type(err).__name__}: {err}", False))
+            post(MergeDone(self, outcome))
+
+        self.thread = threading.Thread(target=run, name=f"pgod-merge-{self.package}"[:15], daemon=True)
+        self.thread.start()
+
+
+@dataclass(frozen=True)
+class MergeDone:
+    """A finished run, for the engine's queue."""
+
+    job: MergeJob
+    outcome: MergeOutcome
+
+
 class ProfileMerger:
     def __init__(
         self,
@@ -50,15 +89,21 @@ class ProfileMerger:
         profdata: dict[str, str],
         emit: Callable[..., None],
         sandbox: MergeSandbox,
+        post: Callable[[object], None],
     ) -> None:
         self.config = config
         self.layout = layout
         self.sessions = sessions
         self._profdata = profdata  # package → the llvm-profdata matching its compiler
         self._sandbox = sandbox
+        self._post = post  # hands a finished run to the engine thread
         self._emit = emit
         self._retry: dict[str, tuple[float, float]] = {}  # package → (when, current delay)
         self._merge_at: float | None = None  # when the parts now waiting get merged
+        self._job: MergeJob | None = None  # the llvm-profdata run in flight
+        self._ready: deque[str] = deque()  # packages due for a batch, in turn
+        self._segments: dict[str, deque[list]] = {}  # package → halves still to merge, in id order
+        self._forced: set[str] = set()  # packages whose waiting parts a build must wait for
 
     @property
     def parts_waiting(self) -> bool:
@@ -94,34 +139,48 @@ class ProfileMerger:
         burst_over = quiet and waiting_parts >= MERGE_BURST_PARTS
         if force or waiting_parts >= MERGE_MIN_PARTS or burst_over or now >= self._merge_at:
             self._merge_at = None
-            for name in ready:
-                self.merge_package(name)
+            if force:
+                self._forced.update(ready)
+            self._ready.extend(name for name in ready if name not in self._ready)
+        self._start_next()
 
-    def merge_package(self, name: str) -> None:
-        """Merge every pending part of one package, batch by batch."""
-        while True:
-            with self.sessions() as session:
-                parts = session.execute(
-                    select(Part.id, Part.path, Part.size, Part.file_id, Part.digest)
-                    .where(Part.package == name, Part.status == "pending")
-                    .order_by(Part.id)
-                    .limit(MERGE_BATCH)
-                ).all()
-            if not parts:
-                return
-            batch = _within_bytes(parts, MERGE_BATCH_BYTES)
-            if not self._merge_parts(name, batch):
-                return  # the environment failed: retried later
-            if len(batch) == len(parts) < MERGE_BATCH:
-                return
+    def busy(self, name: str) -> bool:
+        """Is a merge of ``name`` running or owed before its next build may take the profile?"""
+        return (self._job is not None and self._job.package == name) or bool(self._segments.get(name)) or name in self._forced
 
-    def _merge_parts(self, name: str, parts: list) -> bool:
-        """Merge ``parts`` (the package's first pending ones, by id) into a new generation.
+    def _start_next(self) -> None:
+        """Start the next llvm-profdata run, if none is running: a bisection step first, else a
+        new batch of the next package that is due (one run at a time: each may use a core)."""
+        while self._job is None and (self._segments or self._ready):
+            if self._segments:
+                name = next(iter(self._segments))
+                parts, more = self._segments[name].popleft(), True
+                if not self._segments[name]:
+                    del self._segments[name]
+            else:
+                name = self._ready.popleft()
+                if self._retry.get(name, (0.0, 0.0))[0] > time.monotonic():
+                    continue  # backing off after a failure: merge_when_due brings it back
+                parts, more = self._next_batch(name)
+            if parts:
+                self._start_job(name, parts, more)
+            else:
+                self._forced.discard(name)
 
-        When the inputs made the run fail, merge each half on its own, down to single parts,
-        which are quarantined with the failure's reason: the prefix order is kept, so every
-        commit still counts exactly the parts up to its last id. False: the environment failed.
-        """
+    def _next_batch(self, name: str) -> tuple[list, bool]:
+        """The package's first pending parts by id, within the batch's count and bytes, and
+        whether more may wait behind them."""
+        with self.sessions() as session:
+            parts = session.execute(
+                select(Part.id, Part.path, Part.size, Part.file_id, Part.digest)
+                .where(Part.package == name, Part.status == "pending")
+                .order_by(Part.id)
+                .limit(MERGE_BATCH)
+            ).all()
+        batch = _within_bytes(parts, MERGE_BATCH_BYTES)
+        return batch, len(parts) == MERGE_BATCH or len(batch) < len(parts)
+
+    def _start_job(self, name: str, parts: list, more: bool) -> None:
         with self.sessions() as session:
             package = session.get(Package, name)
             generation = package.profile_generation + 1
@@ -131,22 +190,49 @@ class ProfileMerger:
         output = directory / f"{generation:08d}.profdata"
         unlink_if_present(output)  # a generation never committed (recovery removes these too)
         inputs = [MergeInput(p.path, p.size, p.digest) for p in parts]
-        outcome = merge_batch(self._profdata[name], base, inputs, output, self._sandbox)
+        self._job = MergeJob(name, parts, generation, base, output, more)
+        self._job.start(self._profdata[name], inputs, self._sandbox, self._post)
+
+    def on_merge_done(self, done: MergeDone) -> None:
+        """A run ended (engine thread): commit what it did, or narrow down its culprits.
+
+        When the inputs made the run fail, each half is merged on its own, down to single
+        parts, which are quarantined with the failure's reason: the halves keep the id order,
+        so every commit still counts exactly the package's pending parts up to its last id."""
+        job, outcome = done.job, done.outcome
+        self._job = None
+        name, parts = job.package, job.parts
+        with self.sessions() as session:
+            package = session.get(Package, name)
+            current = Path(package.profile_path) if package.profile_path else None
+            moved_on = package.profile_generation + 1 != job.generation or current != job.base
         failure = outcome.failure
-        if failure is not None and not failure.inputs_at_fault:
+        if moved_on:  # reset while it ran: its parts are still pending, for the new profile
+            log.info("profile.merge_discarded", package=name, parts=len(parts))
+            unlink_if_present(job.output)
+            self._segments.pop(name, None)
+        elif failure is not None and not failure.inputs_at_fault:
             self._merge_failed(name, failure.detail)
-            unlink_if_present(output)
-            return False
-        if failure is not None and len(parts) > 1:
+            unlink_if_present(job.output)
+            self._segments.pop(name, None)
+            self._forced.discard(name)
+        elif failure is not None and len(parts) > 1:
             log.warning("profile.merge_narrowing", package=name, parts=len(parts), reason=failure.reason, detail=failure.detail[:300])
             half = len(parts) // 2
-            return self._merge_parts(name, parts[:half]) and self._merge_parts(name, parts[half:])
-        if failure is not None:  # this one part alone makes llvm-profdata fail
-            outcome = MergeOutcome(False, rejected={parts[0].path: (failure.reason, failure.detail)})
-        self._retry.pop(name, None)
-        failpoint("after-merge")
-        self._commit_merge(name, parts, outcome, generation, output, base)
-        return True
+            self._segments.setdefault(name, deque()).extendleft([parts[half:], parts[:half]])
+        else:
+            if failure is not None:  # this one part alone makes llvm-profdata fail
+                outcome = MergeOutcome(False, rejected={parts[0].path: (failure.reason, failure.detail)})
+            self._retry.pop(name, None)
+            failpoint("after-merge")
+            self._commit_merge(name, parts, outcome, job.generation, job.output, job.base)
+            if name in self._segments:
+                pass  # more halves to merge first
+            elif job.more:
+                self._ready.appendleft(name)  # a full batch, or the last half: more may wait
+            else:
+                self._forced.discard(name)
+        self._start_next()
 
     def _commit_merge(self, name, parts, outcome, generation: int, output: Path, base: Path | None) -> None:
         rejected = [p for p in parts if p.path in outcome.rejected] if outcome.rejected else []

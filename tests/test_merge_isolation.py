@@ -15,7 +15,7 @@ import pytest
 
 import crafted
 from clangs import run_instrumented
-from conftest import workload_inputs
+from conftest import require_clang, workload_inputs
 from harness import AS_NOBODY, one_shot_merge, profdata_show, wait_for
 
 GOOD_RUNS = 8
@@ -198,3 +198,43 @@ def test_a_wall_clock_timeout_kills_the_child_and_says_so(tmp_path):
 
     finished = run_confined(["sleep", "600"], Limits(1 << 30, 60, 1 << 20, wall_seconds=0.5), Identity.for_user("pgod-merge"))
     assert finished.timed_out and finished.signal_name == "SIGKILL"
+
+
+def test_claims_ingest_and_dbus_go_on_while_a_merge_runs(pgod, workload, llvm_profdata_14, tmp_path):
+    """Package `slow` is merged by an llvm-profdata that waits for a go-ahead before it starts:
+    meanwhile another package's files are claimed and recorded, status answers, and a mutating
+    call (reset) is carried out. Released, both packages count every file once."""
+    import shutil
+    import tempfile
+
+    gate = Path(tempfile.mkdtemp(prefix="pgod-gate-"))
+    os.chmod(gate, 0o777)  # the merge user runs the tool: it must reach the gate
+    tool = gate / "llvm-profdata"
+    tool.write_text(f"#!/bin/sh\n: > {gate}/started\nwhile [ ! -e {gate}/go ]; do sleep 0.05; done\nexec {llvm_profdata_14} \"$@\"\n")
+    tool.chmod(0o755)
+    # A second package: the same program with one more symbol, so another build-id.
+    fast_build = tmp_path / "fast"
+    (fast_build / "bin").mkdir(parents=True)
+    fast_source = tmp_path / "fast.c"
+    fast_source.write_text((Path(__file__).parent / "programs" / "workload.c").read_text() + "\nint fast_marker;\n")
+    fast_exe = require_clang(14).compile(fast_source, fast_build / "bin" / "workload")
+    pgod.write_config({
+        "slow": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": str(tool)},
+        "fast": {"profile_build": [str(fast_build)], "build": ["true"], "llvm_profdata": llvm_profdata_14},
+    })
+    daemon = pgod.daemon()
+    try:
+        for args in workload_inputs(3):
+            run_instrumented(workload / "bin" / "workload", args, pgod.spool / "%p.profraw")
+        wait_for(lambda: (gate / "started").exists(), 30, "the slow merge started")
+        for args in workload_inputs(4):
+            run_instrumented(fast_exe, args, pgod.spool / "%p.profraw")
+        wait_for(lambda: os.listdir(pgod.spool) == [] and len(_part_statuses(pgod.state)) == 7, 30,
+                 "the other package's files claimed and recorded while the merge runs")
+        assert daemon.status()["packages"], "status answers while the merge runs"
+        daemon.pgoctl("reset", "fast")  # through the engine: carried out while the merge runs
+        assert not (gate / "go").exists() and daemon.package("slow")["files"] == 0
+    finally:
+        (gate / "go").touch()
+    wait_for(lambda: daemon.package("slow")["files"] == 3 and daemon.package("fast")["files"] == 4, 30, "both merged")
+    shutil.rmtree(gate)
