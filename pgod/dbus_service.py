@@ -98,7 +98,9 @@ class DaemonService:
 
     @dbus_errors
     def GetStatus(self) -> str:
-        return json.dumps(status_document(self._config, self._sessions, self._engine.spool_backlog, self._running()))
+        return json.dumps(
+            status_document(self._config, self._sessions, self._engine.spool_backlog, self._running(), self._engine.disk)
+        )
 
     @dbus_errors
     def GetPackage(self, name: str) -> str:

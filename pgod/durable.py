@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """An error that says the disk (or the user's quota) is full: the file system's own, or
+    SQLite's "database or disk is full". Such an error is nobody's input: nothing is rejected
+    for it, the work waits until there is room again."""
+    if isinstance(err, OSError) and err.errno in _FULL_ERRNOS:
+        return True
+    return "database or disk is full" in str(err)
 
 
 def fsync_dir(directory: str | os.PathLike[str]) -> None:

@@ -36,13 +36,13 @@ from .config import Config
 from .db import Package
 from .failpoints import failpoint
 from .ingest import Ingestor
-from .durable import fsync_dir
+from .durable import fsync_dir, is_disk_full
 from .merge import MergeSandbox
 from .optimizer import Optimizer
 from .osthread import name_os_thread
 from .profiles import MergeDone, ProfileMerger
 from .profraw import ProfrawError, parse_profraw
-from .recovery import recover, unlink_if_present
+from .recovery import move_if_present, recover, unlink_if_present
 from .staging import Layout, prune_oldest
 
 log = structlog.get_logger(__name__)
@@ -61,6 +61,7 @@ YOUNG_FILE_SECONDS = 5.0  # at start, a file this fresh may still be open by its
 EMPTY_FILE_GRACE_SECONDS = 600.0
 ARRIVAL_SETTLE_SECONDS = 60.0  # how long an entry that never sees a close event may settle
 RETRY_BASE_SECONDS = 5.0  # after an unexpected failure, redo start-up this much later
+DISK_RETRY_SECONDS = 5.0  # while the disk is full, look again for room this often
 
 Listener = Callable[[str, dict], None]
 
@@ -111,6 +112,7 @@ class Engine:
         self._restart_at: float | None = None  # set when a step failed: redo start-up then
         self._names_at = float("-inf")  # monotonic time spool names last came
         self._thread: threading.Thread | None = None
+        self._disk_full: str | None = None  # why intake waits for room, while it does
         self.optimizer = Optimizer(config, layout, sessions, self._emit, self._queue.put, merging=self.merger.busy)
 
     # ---- called from other threads -------------------------------------------------------
@@ -132,6 +134,12 @@ class Engine:
         future: Future = Future()
         self._queue.put(Command(function, args, future))
         return future.result(timeout)
+
+    @property
+    def disk(self) -> dict:
+        """For status: {"state": "ok"}, or "full" with what failed, while intake waits for room."""
+        detail = self._disk_full
+        return {"state": "ok"} if detail is None else {"state": "full", "detail": detail}
 
     @property
     def spool_backlog(self) -> int:
@@ -187,9 +195,26 @@ class Engine:
         spool or in staging, so nothing is lost, and recovery settles it."""
         try:
             step(*args)
-        except Exception:
+        except Exception as err:
+            if is_disk_full(err):
+                self._wait_for_room(step.__name__, err)
+                return
             log.exception("engine.step_failed", step=step.__name__, retry_in=RETRY_BASE_SECONDS)
             self._restart_at = time.monotonic() + RETRY_BASE_SECONDS
+
+    def _wait_for_room(self, step: str, err: BaseException) -> None:
+        """The disk is full: nothing is rejected for it. Whatever the failed step did was rolled
+        back with its transaction (claimed files stay in staging); intake pauses, and start-up
+        (recovery, then a spool scan) is redone every few seconds until there is room."""
+        if self._disk_full is None:
+            log.warning("disk.full", step=step, error=str(err), retry_every=DISK_RETRY_SECONDS)
+        self._disk_full = f"{step}: {err}"
+        self._restart_at = time.monotonic() + DISK_RETRY_SECONDS
+
+    def _room_again(self) -> None:
+        if self._disk_full is not None:
+            log.info("disk.room_again", was=self._disk_full)
+            self._disk_full = None
 
     def _start_up(self) -> None:
         self.sync_packages()
@@ -269,6 +294,7 @@ class Engine:
         if self._restart_at is not None and time.monotonic() >= self._restart_at:
             self._restart_at = None
             self._start_up()
+            self._room_again()
         self._ingest_names(names)
         self.merger.merge_when_due(quiet=self._spool_quiet())
         self.optimizer.maybe_start_build()
@@ -326,6 +352,8 @@ class Engine:
         return None
 
     def _ingest_names(self, names: Iterable[str], at_start: bool = False) -> None:
+        if self._disk_full is not None and self._restart_at is not None:
+            return  # waiting for room: left in the spool, the scan of the next start-up takes them
         staged = []
         for name in names:
             if "/" in name or name in (".", "..", self._own_name):
@@ -358,6 +386,9 @@ class Engine:
             for name in report.parts_pending:
                 session.execute(update(Package).where(Package.name == name).values(last_activity=now))
         failpoint("after-ingest-commit")
+        self._room_again()
+        for staging_name, target in report.to_quarantine:
+            move_if_present(self.layout.incoming / staging_name, target)
         # Rows for entirely-unattributed files are born done; their staging copies can go.
         for staging_name in report.born_done:
             unlink_if_present(self.layout.incoming / staging_name)

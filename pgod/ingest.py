@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from .attribution import Attributor
 from .claim import Rejected, check_staged, display_name
 from .db import Part, Quarantine, SpoolFile, insert_many
-from .durable import fsync_dir, sync_filesystem, write_file
+from .durable import fsync_dir, is_disk_full, sync_filesystem, write_file
 from .profraw import ProfrawError, RawProfile, parse_profraw
 from .staging import Layout, safe_component
 
@@ -36,6 +36,8 @@ class IngestReport:
     unattributed: int = 0
     quarantined: list[tuple[str, str]] = field(default_factory=list)  # (original name, reason)
     born_done: list[str] = field(default_factory=list)  # staging names with no part to merge
+    # (staging name, quarantine path): moved once the rows that say so are committed
+    to_quarantine: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -81,10 +83,13 @@ class Ingestor:
             except Rejected as err:
                 rejection = err
             except Exception as err:  # a file must never stop the daemon: park it, with the error
+                if is_disk_full(err):
+                    raise  # not the file's fault: the batch waits for room (engine.py)
                 log.exception("spool.examine_failed", file=original_name)
                 rejection = Rejected("internal-error", f"{type(err).__name__}: {err}")
             quarantine_rows.append(self._quarantine_file(staging_name, original_name, rejection))
             report.quarantined.append((original_name, rejection.reason))
+            report.to_quarantine.append((staging_name, quarantine_rows[-1]["path"]))
         if rows:
             if any(row.copied for row in rows):
                 # Copies of parts are written unsynced; one syncfs makes the batch's durable
@@ -191,11 +196,9 @@ class Ingestor:
         return parts
 
     def _quarantine_file(self, staging_name: str, original_name: str, rejection: Rejected) -> dict:
-        target = self.layout.quarantine / f"{staging_name}-{safe_component(original_name)}"
-        try:
-            os.rename(f"{self._incoming}/{staging_name}", target)
-        except FileNotFoundError:
-            target = None
+        """The quarantine row of a rejected file. The file itself is moved only after the row is
+        committed (a full disk may roll it back: the file must then still be in staging)."""
+        target = quarantine_path(self.layout, staging_name, original_name)
         log.warning(
             "spool.rejected", file=original_name, reason=rejection.reason, detail=rejection.detail, uid=rejection.owner_uid
         )
@@ -206,8 +209,13 @@ class Ingestor:
             size=rejection.size,
             reason=rejection.reason,
             detail=rejection.detail,
-            path=str(target) if target else None,
+            path=target,
         )
+
+
+def quarantine_path(layout: Layout, staging_name: str, original_name: str) -> str:
+    """Where a rejected file goes: its staging name first, so recovery can match it again."""
+    return str(layout.quarantine / f"{staging_name}-{safe_component(original_name)}")
 
 
 def _read_bounded(fd: int, size: int, limit: int) -> bytes:

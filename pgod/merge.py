@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .confine import ConfineError, Finished, Identity, Limits, run_confined
-from .durable import fsync_dir
+from .durable import fsync_dir, is_disk_full
 
 # Limits for one llvm-profdata run, from the bytes it reads (the raw inputs and the current
 # profile). Real profiles merge into about their own size (Lua: 118 KB raw → 150 KB indexed) and a
@@ -45,6 +45,7 @@ CPU_FIXED_SECONDS = 30
 CPU_SECONDS_PER_MIB = 1
 WALL_FIXED_SECONDS = 60
 
+DISK_FULL = "disk-full"  # the environment failure that passes by itself: retried soon
 _OUT_OF_MEMORY = ("out of memory", "Allocation failed", "bad_alloc", "Cannot allocate memory")
 
 
@@ -148,7 +149,7 @@ def merge_batch(
     except _BadOutput as err:
         outcome = MergeOutcome(False, failure=MergeFailure("merge-output", str(err), True), seconds=seconds)
     except OSError as err:  # disk full, read-only state folder: nobody's input
-        outcome = _env_failure(f"cannot store the merged profile: {err}")
+        outcome = _env_failure(f"cannot store the merged profile: {err}", DISK_FULL if is_disk_full(err) else "merge-io")
     finally:
         _remove(produced)
     if outcome.failure is None:
@@ -244,8 +245,8 @@ def _judge(finished: Finished, limits: Limits, base_as: str | None, inputs_as: s
         return _input_failure("merge-memory-limit", f"llvm-profdata ran out of its {limits.memory_bytes >> 20} MiB: {tail[-300:]}")
     if signame is not None:
         return _input_failure("merge-crash", f"llvm-profdata was killed by {signame}: {tail[-600:]}")
-    if "No space left on device" in stderr:
-        return _env_failure(f"disk full: {tail}")
+    if "No space left on device" in stderr or "Disk quota exceeded" in stderr:
+        return _env_failure(f"disk full: {tail}", DISK_FULL)
     named = _named(stderr, {name for name in (base_as, inputs_as) if name})
     if base_as in named:
         return _env_failure(f"the working profile is unreadable: {named[base_as]}")
@@ -312,5 +313,5 @@ def _input_failure(reason: str, detail: str) -> MergeOutcome:
     return MergeOutcome(False, failure=MergeFailure(reason, detail, True))
 
 
-def _env_failure(detail: str) -> MergeOutcome:
-    return MergeOutcome(False, failure=MergeFailure("merge-io", detail, False))
+def _env_failure(detail: str, reason: str = "merge-io") -> MergeOutcome:
+    return MergeOutcome(False, failure=MergeFailure(reason, detail, False))

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .config import Config
 from .db import Merge, Package, Part, Quarantine, SpoolFile, among
 from .failpoints import failpoint
-from .merge import MergeFailure, MergeInput, MergeOutcome, MergeSandbox, merge_batch
+from .merge import DISK_FULL, MergeFailure, MergeInput, MergeOutcome, MergeSandbox, merge_batch
 from .osthread import name_os_thread
 from .recovery import finish_files, unlink_if_present
 from .staging import Layout
@@ -212,7 +212,7 @@ class ProfileMerger:
             unlink_if_present(job.output)
             self._segments.pop(name, None)
         elif failure is not None and not failure.inputs_at_fault:
-            self._merge_failed(name, failure.detail)
+            self._merge_failed(name, failure.detail, soon=failure.reason == DISK_FULL)
             unlink_if_present(job.output)
             self._segments.pop(name, None)
             self._forced.discard(name)
@@ -330,9 +330,11 @@ class ProfileMerger:
             ).all()
         )
 
-    def _merge_failed(self, name: str, error: str) -> None:
+    def _merge_failed(self, name: str, error: str, soon: bool = False) -> None:
+        """Retry later, with a growing delay; ``soon`` (a full disk, which passes by itself):
+        every few seconds, so the work resumes by itself when there is room."""
         _when, delay = self._retry.get(name, (0.0, RETRY_BASE_SECONDS / 2))
-        delay = min(delay * 2, RETRY_MAX_SECONDS)
+        delay = RETRY_BASE_SECONDS if soon else min(delay * 2, RETRY_MAX_SECONDS)
         self._retry[name] = (time.monotonic() + delay, delay)
         log.error("profile.merge_failed", package=name, error=error, retry_in=delay)
         with self.sessions.begin() as session:

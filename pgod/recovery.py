@@ -14,7 +14,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from .db import Package, Part, SpoolFile, among
+from .db import Package, Part, Quarantine, SpoolFile, among
 from .failpoints import failpoint
 from .staging import Layout
 
@@ -82,6 +82,7 @@ def recover(layout: Layout, sessions: sessionmaker[Session], reingest: Callable[
             # Its file is done (already counted), or will be examined again and re-split.
             unlink_if_present(layout.parts / entry)
     unseen = [(name, name) for name in incoming if name not in known]  # original names are lost
+    unseen = _finish_quarantine_moves(layout, sessions, unseen)
     if unseen:
         log.info("recovery.reingest", files=len(unseen))
         reingest(unseen)
@@ -91,6 +92,23 @@ def recover(layout: Layout, sessions: sessionmaker[Session], reingest: Callable[
             for entry in os.listdir(directory):
                 if str(directory / entry) != current:
                     unlink_if_present(directory / entry)  # a generation never committed, or superseded
+
+
+def _finish_quarantine_moves(layout: Layout, sessions: sessionmaker[Session], unseen: list[tuple[str, str]]) -> list:
+    """Rejected files whose quarantine row was committed but which were not moved yet (the move
+    follows the commit): move them now; the others are examined again."""
+    if not unseen:
+        return unseen
+    prefix = f"{layout.quarantine}/"
+    left = []
+    with sessions() as session:
+        for name, original in unseen:
+            target = session.scalar(select(Quarantine.path).where(Quarantine.path.startswith(f"{prefix}{name}-", autoescape=True)).limit(1))
+            if target is None:
+                left.append((name, original))
+            else:
+                move_if_present(layout.incoming / name, target)
+    return left
 
 
 def unlink_if_present(path: str | Path) -> None:

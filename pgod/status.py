@@ -58,14 +58,22 @@ def _counts(session: Session) -> dict:
     }
 
 
-def status_document(config: Config, sessions: sessionmaker[Session], spool_backlog: int, running=None) -> dict:
-    """The whole-daemon status: every configured package, in configuration order."""
+def status_document(
+    config: Config, sessions: sessionmaker[Session], spool_backlog: int, running=None, disk: dict | None = None
+) -> dict:
+    """The whole-daemon status: every configured package, in configuration order. ``disk``:
+    whether intake waits for room ({"state": "ok"} or {"state": "full", "detail": …})."""
     with sessions() as session:
         rows = {row.name: row for row in session.scalars(select(Package))}
         packages = [_package_summary(rows[name], running) for name in config.packages if name in rows]
         counts = _counts(session)
     return {
-        "daemon": {"version": __version__, "spool_backlog": spool_backlog, "activation": config.activation},
+        "daemon": {
+            "version": __version__,
+            "spool_backlog": spool_backlog,
+            "activation": config.activation,
+            "disk": disk or {"state": "ok"},
+        },
         "packages": packages,
         **counts,
     }

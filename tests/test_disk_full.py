@@ -1,0 +1,65 @@
+"""A full disk loses nothing: the real daemon with its state on a small tmpfs that fills up and
+empties again while profiles arrive; nothing good is quarantined and every file counts once."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from clangs import run_instrumented
+from conftest import workload_inputs
+from harness import one_shot_merge, profdata_show, wait_for
+
+
+@pytest.fixture
+def small_state(pgod):
+    """The daemon's state folder on a tmpfs of its own, 8 MiB."""
+    pgod.state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "pgod-test-state", str(pgod.state)], check=True)
+    yield pgod.state
+    for daemon in pgod.daemons:
+        daemon.stop()
+    subprocess.run(["umount", "-l", str(pgod.state)], check=True)
+
+
+def fill(directory: Path) -> Path:
+    """Fill the file system of ``directory`` to the last byte; the file that did it."""
+    filler = directory / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)  # ends at ENOSPC
+    return filler
+
+
+def test_a_full_state_disk_pauses_merging_and_resumes_when_room_returns(pgod, small_state, workload, llvm_profdata_14, tmp_path):
+    exe = workload / "bin" / "workload"
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
+    daemon = pgod.daemon()
+    inputs = workload_inputs(30)
+    for args in inputs[:10]:
+        run_instrumented(exe, args, pgod.spool / "%p.profraw")
+        run_instrumented(exe, args, reference / "%p.profraw")
+    wait_for(lambda: daemon.package("workload")["files"] == 10, 30, "the first files merged")
+
+    filler = fill(small_state)
+    for args in inputs[10:]:
+        run_instrumented(exe, args, pgod.spool / "%p.profraw")
+        run_instrumented(exe, args, reference / "%p.profraw")
+    # The full disk shows: intake waits for room, or the merge says why it cannot store its profile.
+    seen = wait_for(
+        lambda: (s := daemon.status())["daemon"]["disk"]["state"] == "full" and s
+        or "disk full" in (daemon.package("workload")["last_error"] or "") and daemon.status(),
+        60, "the full disk noticed",
+    )
+    assert seen["quarantine"]["files"] == 0
+    assert daemon.package("workload")["files"] == 10, "nothing merged while there is no room"
+
+    filler.unlink()
+    package = wait_for(lambda: (p := daemon.package("workload"))["files"] == 30 and p, 60, "merging resumed by itself")
+    status = daemon.status()
+    assert status["quarantine"]["files"] == 0 and status["daemon"]["disk"] == {"state": "ok"}
+    expected = one_shot_merge(llvm_profdata_14, sorted(reference.iterdir()), tmp_path / "expected.profdata")
+    assert profdata_show(llvm_profdata_14, Path(package["profile"])) == profdata_show(llvm_profdata_14, expected)
+    assert package["raw_bytes"] == sum(entry.stat().st_size for entry in reference.iterdir())
