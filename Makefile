@@ -44,6 +44,7 @@ demo: venv
 benchmark: venv
 	$(AS_ROOT) $(VENV)/bin/python -m benchmarks.ingest
 	$(AS_ROOT) $(VENV)/bin/python -m benchmarks.pgo
+	$(AS_ROOT) $(VENV)/bin/python -m benchmarks.hostile
 
 clean:
 	$(AS_ROOT) rm -rf $(STAMPS) demo-state build
