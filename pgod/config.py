@@ -54,6 +54,8 @@ class Config:
     build_retry_seconds: float
     packages: dict[str, PackageConfig] = field(default_factory=dict)
     merge_user: str = "pgod-merge"  # whom llvm-profdata runs as when the daemon is root
+    keep_free_bytes: int = 64 * MB  # intake pauses while staging or state has less free space
+    kept_max_bytes: int = 64 * MB  # quarantine and unattributed copies, each, at most
 
     @property
     def db_path(self) -> Path:
@@ -96,10 +98,10 @@ class _Reader:
             raise self.error(name, f"must be an absolute path, got {raw!r}")
         return path
 
-    def megabytes(self, name: str, default: Any = ...) -> int:
+    def megabytes(self, name: str, default: Any = ..., allow_zero: bool = False) -> int:
         value = self.get(name, (int, float), default, what="a number of megabytes")
-        if value <= 0:
-            raise self.error(name, f"must be positive, got {value}")
+        if value < 0 or (value == 0 and not allow_zero):
+            raise self.error(name, f"must be {'zero or more' if allow_zero else 'positive'}, got {value}")
         return int(value * MB)
 
     def string_list(self, name: str, allow_empty_items: bool = False) -> tuple[str, ...]:
@@ -142,6 +144,8 @@ _TOP_KEYS = {
     "unattributed_max_files",
     "build_retry_seconds",
     "merge_user",
+    "keep_free_mb",
+    "kept_max_mb",
     "packages",
 }
 _PACKAGE_KEYS = {"profile_build", "build", "threshold_mb", "llvm_profdata"}
@@ -202,6 +206,8 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
         unattributed_max_files=unattributed_max_files,
         packages=packages,
         merge_user=top.get("merge_user", str, "pgod-merge"),
+        keep_free_bytes=top.megabytes("keep_free_mb", 64, allow_zero=True),
+        kept_max_bytes=top.megabytes("kept_max_mb", 64, allow_zero=True),
     )
 
 

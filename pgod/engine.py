@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .attribution import Attributor, resolve_profdata
 from .builds import BuildResult
 from .claim import Claimer
-from .config import Config
+from .config import MB, Config
 from .db import Package
 from .failpoints import failpoint
 from .ingest import Ingestor
@@ -43,7 +43,7 @@ from .osthread import name_os_thread
 from .profiles import MergeDone, ProfileMerger
 from .profraw import ProfrawError, parse_profraw
 from .recovery import move_if_present, recover, unlink_if_present
-from .staging import Layout, prune_oldest
+from .staging import Layout, free_bytes, prune_oldest
 
 log = structlog.get_logger(__name__)
 
@@ -112,7 +112,7 @@ class Engine:
         self._restart_at: float | None = None  # set when a step failed: redo start-up then
         self._names_at = float("-inf")  # monotonic time spool names last came
         self._thread: threading.Thread | None = None
-        self._disk_full: str | None = None  # why intake waits for room, while it does
+        self._disk: tuple[str, str] | None = None  # ("full" or "low", why) while intake waits for room
         self.optimizer = Optimizer(config, layout, sessions, self._emit, self._queue.put, merging=self.merger.busy)
 
     # ---- called from other threads -------------------------------------------------------
@@ -137,9 +137,12 @@ class Engine:
 
     @property
     def disk(self) -> dict:
-        """For status: {"state": "ok"}, or "full" with what failed, while intake waits for room."""
-        detail = self._disk_full
-        return {"state": "ok"} if detail is None else {"state": "full", "detail": detail}
+        """For status: {"state": "ok"}; "full" with what failed, or "low" (less free than
+        keep_free_mb), while intake waits for room."""
+        if self._disk is None:
+            return {"state": "ok"}
+        state, detail = self._disk
+        return {"state": state, "detail": detail}
 
     @property
     def spool_backlog(self) -> int:
@@ -197,24 +200,36 @@ class Engine:
             step(*args)
         except Exception as err:
             if is_disk_full(err):
-                self._wait_for_room(step.__name__, err)
+                self._wait_for_room("full", f"{step.__name__}: {err}")
                 return
             log.exception("engine.step_failed", step=step.__name__, retry_in=RETRY_BASE_SECONDS)
             self._restart_at = time.monotonic() + RETRY_BASE_SECONDS
 
-    def _wait_for_room(self, step: str, err: BaseException) -> None:
+    def _wait_for_room(self, state: str, detail: str) -> None:
         """The disk is full: nothing is rejected for it. Whatever the failed step did was rolled
         back with its transaction (claimed files stay in staging); intake pauses, and start-up
         (recovery, then a spool scan) is redone every few seconds until there is room."""
-        if self._disk_full is None:
-            log.warning("disk.full", step=step, error=str(err), retry_every=DISK_RETRY_SECONDS)
-        self._disk_full = f"{step}: {err}"
+        if self._disk is None or self._disk[0] != state:
+            log.warning(f"disk.{state}", detail=detail, retry_every=DISK_RETRY_SECONDS)
+        self._disk = (state, detail)
         self._restart_at = time.monotonic() + DISK_RETRY_SECONDS
 
+    def _short_of_room(self) -> str | None:
+        """Why intake should wait (less free space than keep_free_mb where it writes), or None:
+        the copies, rows and profiles it makes must not fill the disk for everyone else."""
+        keep = self.config.keep_free_bytes
+        if keep == 0:
+            return None
+        for folder in (self.layout.staging, self.layout.state):
+            free = free_bytes(folder)
+            if free < keep:
+                return f"{free / MB:.1f} MB free on the file system of {folder}, less than keep_free_mb = {keep / MB:g}"
+        return None
+
     def _room_again(self) -> None:
-        if self._disk_full is not None:
-            log.info("disk.room_again", was=self._disk_full)
-            self._disk_full = None
+        if self._disk is not None:
+            log.info("disk.room_again", was=self._disk[1])
+            self._disk = None
 
     def _start_up(self) -> None:
         self.sync_packages()
@@ -294,7 +309,8 @@ class Engine:
         if self._restart_at is not None and time.monotonic() >= self._restart_at:
             self._restart_at = None
             self._start_up()
-            self._room_again()
+            if self._restart_at is None:  # start-up went through, with room for intake
+                self._room_again()
         self._ingest_names(names)
         self.merger.merge_when_due(quiet=self._spool_quiet())
         self.optimizer.maybe_start_build()
@@ -352,8 +368,11 @@ class Engine:
         return None
 
     def _ingest_names(self, names: Iterable[str], at_start: bool = False) -> None:
-        if self._disk_full is not None and self._restart_at is not None:
+        if self._disk is not None and self._restart_at is not None:
             return  # waiting for room: left in the spool, the scan of the next start-up takes them
+        if (low := self._short_of_room()) is not None:
+            self._wait_for_room("low", low)
+            return
         staged = []
         for name in names:
             if "/" in name or name in (".", "..", self._own_name):
@@ -393,9 +412,9 @@ class Engine:
         for staging_name in report.born_done:
             unlink_if_present(self.layout.incoming / staging_name)
         if report.unattributed:
-            prune_oldest(self.layout.unattributed, self.config.unattributed_max_files)
+            prune_oldest(self.layout.unattributed, self.config.unattributed_max_files, self.config.kept_max_bytes)
         if report.quarantined:
-            prune_oldest(self.layout.quarantine, self.config.unattributed_max_files)
+            prune_oldest(self.layout.quarantine, self.config.unattributed_max_files, self.config.kept_max_bytes)
         log.info(
             "spool.ingested",
             files=report.files,

@@ -137,23 +137,37 @@ def safe_component(name: str) -> str:
     return cleaned or "_"
 
 
-def prune_oldest(directory: Path, keep: int) -> int:
-    """Delete the oldest files beyond ``keep`` in a bounded folder; returns how many went.
-    Anything but a file (a folder an older pgod moved here) is left alone and never stops it."""
+def prune_oldest(directory: Path, keep: int, max_bytes: int | None = None) -> int:
+    """Delete the oldest files of a bounded folder until at most ``keep`` remain and, when given,
+    they hold at most ``max_bytes``; returns how many went. Anything but a file (a folder an
+    older pgod moved here) is left alone and never stops it."""
     entries = []
     with os.scandir(directory) as scan:
         for entry in scan:
             if not entry.is_dir(follow_symlinks=False):
-                entries.append((entry.name, entry.path))
-    if len(entries) <= keep:
+                try:
+                    entries.append((entry.name, entry.path, entry.stat(follow_symlinks=False).st_size))
+                except FileNotFoundError:
+                    pass
+    total = sum(size for _name, _path, size in entries)
+    if len(entries) <= keep and (max_bytes is None or total <= max_bytes):
         return 0
     # Our names start with a hex time stamp, so name order is age order.
     entries.sort()
     removed = 0
-    for _name, path in entries[: len(entries) - keep]:
+    for _name, path, size in entries:
+        if len(entries) - removed <= keep and (max_bytes is None or total <= max_bytes):
+            break
         try:
             os.unlink(path)
-            removed += 1
         except (FileNotFoundError, IsADirectoryError, PermissionError):
-            pass
+            continue
+        removed += 1
+        total -= size
     return removed
+
+
+def free_bytes(directory: Path) -> int:
+    """Space left for an unprivileged writer on ``directory``'s file system."""
+    info = os.statvfs(directory)
+    return info.f_bavail * info.f_frsize

@@ -35,7 +35,9 @@ def test_a_full_state_disk_pauses_merging_and_resumes_when_room_returns(pgod, sm
     exe = workload / "bin" / "workload"
     reference = tmp_path / "reference"
     reference.mkdir()
-    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
+    # No free-space margin: this test is about the disk really filling up.
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}},
+                      keep_free_mb=0)
     daemon = pgod.daemon()
     inputs = workload_inputs(30)
     for args in inputs[:10]:
@@ -63,3 +65,22 @@ def test_a_full_state_disk_pauses_merging_and_resumes_when_room_returns(pgod, sm
     expected = one_shot_merge(llvm_profdata_14, sorted(reference.iterdir()), tmp_path / "expected.profdata")
     assert profdata_show(llvm_profdata_14, Path(package["profile"])) == profdata_show(llvm_profdata_14, expected)
     assert package["raw_bytes"] == sum(entry.stat().st_size for entry in reference.iterdir())
+
+
+def test_intake_waits_while_free_space_is_below_keep_free(pgod, small_state, workload, llvm_profdata_14, tmp_path):
+    """keep_free_mb = 4 on an 8 MiB state file system: with less free than that, files stay in the
+    spool and status says why; with room again they are taken by themselves, counted once."""
+    exe = workload / "bin" / "workload"
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}},
+                      keep_free_mb=4)
+    daemon = pgod.daemon()
+    ballast = small_state / "ballast"
+    ballast.write_bytes(b"\0" * (5 << 20))  # leaves less than 4 MiB free
+    for args in workload_inputs(5):
+        run_instrumented(exe, args, pgod.spool / "%p.profraw")
+    disk = wait_for(lambda: (d := daemon.status()["daemon"]["disk"])["state"] == "low" and d, 30, "intake waiting for room")
+    assert "keep_free_mb = 4" in disk["detail"] and str(small_state) in disk["detail"]
+    assert len(list(pgod.spool.glob("*.profraw"))) == 5 and daemon.package("workload")["files"] == 0
+    ballast.unlink()
+    wait_for(lambda: daemon.package("workload")["files"] == 5, 30, "taken once there is room")
+    assert daemon.status()["daemon"]["disk"] == {"state": "ok"} and daemon.status()["quarantine"]["files"] == 0

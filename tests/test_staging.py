@@ -47,3 +47,17 @@ def test_a_planted_staging_folder_stops_the_daemon_from_starting(pgod, workload,
     with pytest.raises(AssertionError, match="exited with 1"):
         pgod.daemon()
     assert "not a directory" in pgod.log_path.read_text()
+
+
+def test_pruning_keeps_the_newest_within_count_and_bytes_and_steps_over_folders(tmp_path):
+    from pgod.staging import prune_oldest
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for index in range(6):
+        (kept / f"{index:04x}-file").write_bytes(b"x" * 1000)
+    (kept / "0000-a-folder").mkdir()
+    assert prune_oldest(kept, keep=5, max_bytes=2500) == 4
+    assert sorted(os.listdir(kept)) == ["0000-a-folder", "0004-file", "0005-file"]
+    assert prune_oldest(kept, keep=1) == 1
+    assert sorted(os.listdir(kept)) == ["0000-a-folder", "0005-file"]
