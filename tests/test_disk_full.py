@@ -3,6 +3,8 @@ empties again while profiles arrive; nothing good is quarantined and every file 
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -84,3 +86,63 @@ def test_intake_waits_while_free_space_is_below_keep_free(pgod, small_state, wor
     ballast.unlink()
     wait_for(lambda: daemon.package("workload")["files"] == 5, 30, "taken once there is room")
     assert daemon.status()["daemon"]["disk"] == {"state": "ok"} and daemon.status()["quarantine"]["files"] == 0
+
+
+def test_two_part_files_survive_a_full_disk_under_spool_and_state(pgod, clang14, tmp_path):
+    """Spool and state on one 20 MiB tmpfs, as the issue found it: files holding an executable's
+    and a library's profile wait, claimed, while the disk is full (their part copies cannot be
+    written), and once it empties every part counts once for its package; nothing is quarantined."""
+    from test_hostile_spool import LIB_C, MAIN_C
+
+    from pgod.profraw import parse_profraw
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "pgod-test-disk", str(disk)], check=True)
+    try:
+        app, lib = tmp_path / "app", tmp_path / "lib"
+        app.mkdir()
+        lib.mkdir()
+        (lib / "lib.c").write_text(LIB_C)
+        (app / "main.c").write_text(MAIN_C)
+        clang14.compile(lib / "lib.c", lib / "libl.so", shared=True)
+        exe = clang14.compile(app / "main.c", app / "app", extra=(f"-L{lib}", "-ll", f"-Wl,-rpath,{lib}"))
+        spool = disk / "spool"
+        spool.mkdir()
+        pgod.spool = spool
+        pgod.state = disk / "state"
+        profdata = str(clang14.profdata)
+        pgod.write_config({"app": {"profile_build": [str(app)], "build": ["true"], "llvm_profdata": profdata},
+                           "lib": {"profile_build": [str(lib)], "build": ["true"], "llvm_profdata": profdata}},
+                          keep_free_mb=0)
+        daemon = pgod.daemon()
+        reference = tmp_path / "reference"
+        reference.mkdir()
+        for n in range(3):
+            run_instrumented(exe, [str(n * 10)], spool / "%p.profraw")
+            run_instrumented(exe, [str(n * 10)], reference / "%p.profraw")
+        wait_for(lambda: all(p["files"] == 3 for p in daemon.status()["packages"]), 30, "the first files merged")
+        os.kill(daemon.process.pid, signal.SIGSTOP)  # files pile up in the spool, then the disk fills
+        try:
+            for n in range(3, 12):
+                run_instrumented(exe, [str(n * 10)], spool / "%p.profraw")
+                run_instrumented(exe, [str(n * 10)], reference / "%p.profraw")
+            filler = fill(disk)
+        finally:
+            os.kill(daemon.process.pid, signal.SIGCONT)
+        seen = wait_for(lambda: (s := daemon.status())["daemon"]["disk"]["state"] == "full" and s, 60, "the full disk noticed")
+        assert seen["quarantine"]["files"] == 0
+        filler.unlink()
+        status = wait_for(lambda: (s := daemon.status()) and all(p["files"] == 12 for p in s["packages"]) and s, 60,
+                          "every part counted once there is room")
+        assert status["quarantine"]["files"] == 0 and status["unattributed"]["files"] == 0
+        parts = [parse_profraw(path.read_bytes()) for path in reference.iterdir()]
+        expected = {"app": sum(p[0].length for p in parts), "lib": sum(p[1].length for p in parts)}
+        assert {p["name"]: p["raw_bytes"] for p in status["packages"]} == expected
+        for package in status["packages"]:  # main and libf run once per program run: 12 runs, counted once
+            merged = subprocess.run([profdata, "show", package["profile"]], capture_output=True, text=True, check=True)
+            assert "Maximum function count: 12\n" in merged.stdout, merged.stdout
+    finally:
+        for daemon in pgod.daemons:
+            daemon.stop()
+        subprocess.run(["umount", "-l", str(disk)], check=True)
