@@ -86,13 +86,7 @@ def prepare_layout(config: Config, merge_uid: int | None = None) -> Layout:
 
 def _make_merge_work(path: Path, uid: int) -> None:
     """llvm-profdata's one writable folder: owned by the merge user, emptied of what a run left."""
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode):
-        raise StagingError(f"{path} exists and is not a directory (refusing to use it)")
+    _existing_dir(path)
     os.chown(path, uid, -1, follow_symlinks=False)
     os.chmod(path, 0o700)
     with os.scandir(path) as scan:
@@ -117,7 +111,8 @@ def _rename_reaches(spool: Path, staging: Path) -> bool:
     return True
 
 
-def _make_private_dir(path: Path) -> None:
+def _existing_dir(path: Path) -> os.stat_result:
+    """``path`` made (0700) if missing; its lstat, refusing anything but a real folder."""
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -125,6 +120,11 @@ def _make_private_dir(path: Path) -> None:
     info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode):
         raise StagingError(f"{path} exists and is not a directory (refusing to use it)")
+    return info
+
+
+def _make_private_dir(path: Path) -> None:
+    info = _existing_dir(path)
     if info.st_uid != os.geteuid():
         raise StagingError(f"{path} is owned by uid {info.st_uid}, not by the daemon (uid {os.geteuid()})")
     if stat.S_IMODE(info.st_mode) & 0o077:

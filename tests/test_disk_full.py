@@ -92,7 +92,7 @@ def test_two_part_files_survive_a_full_disk_under_spool_and_state(pgod, clang14,
     """Spool and state on one 20 MiB tmpfs, as the issue found it: files holding an executable's
     and a library's profile wait, claimed, while the disk is full (their part copies cannot be
     written), and once it empties every part counts once for its package; nothing is quarantined."""
-    from test_hostile_spool import LIB_C, MAIN_C
+    from test_hostile_spool import app_and_library
 
     from pgod.profraw import parse_profraw
 
@@ -100,13 +100,7 @@ def test_two_part_files_survive_a_full_disk_under_spool_and_state(pgod, clang14,
     disk.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "pgod-test-disk", str(disk)], check=True)
     try:
-        app, lib = tmp_path / "app", tmp_path / "lib"
-        app.mkdir()
-        lib.mkdir()
-        (lib / "lib.c").write_text(LIB_C)
-        (app / "main.c").write_text(MAIN_C)
-        clang14.compile(lib / "lib.c", lib / "libl.so", shared=True)
-        exe = clang14.compile(app / "main.c", app / "app", extra=(f"-L{lib}", "-ll", f"-Wl,-rpath,{lib}"))
+        exe, app, lib = app_and_library(clang14, tmp_path)
         spool = disk / "spool"
         spool.mkdir()
         pgod.spool = spool

@@ -102,14 +102,21 @@ MAIN_C = textwrap.dedent(
 )
 
 
-def test_one_file_with_executable_and_library_profiles_is_split_between_packages(pgod, clang14, tmp_path):
-    app, lib = tmp_path / "app", tmp_path / "lib"
+def app_and_library(clang, directory: Path) -> tuple[Path, Path, Path]:
+    """An instrumented program and the instrumented library it links: each run writes one file
+    holding two raw profiles. Returns the executable and the two build folders."""
+    app, lib = directory / "app", directory / "lib"
     app.mkdir()
     lib.mkdir()
     (lib / "lib.c").write_text(LIB_C)
     (app / "main.c").write_text(MAIN_C)
-    clang14.compile(lib / "lib.c", lib / "libl.so", shared=True)
-    exe = clang14.compile(app / "main.c", app / "app", extra=(f"-L{lib}", "-ll", f"-Wl,-rpath,{lib}"))
+    clang.compile(lib / "lib.c", lib / "libl.so", shared=True)
+    exe = clang.compile(app / "main.c", app / "app", extra=(f"-L{lib}", "-ll", f"-Wl,-rpath,{lib}"))
+    return exe, app, lib
+
+
+def test_one_file_with_executable_and_library_profiles_is_split_between_packages(pgod, clang14, tmp_path):
+    exe, app, lib = app_and_library(clang14, tmp_path)
     probe = tmp_path / "probe"
     probe.mkdir()
     run_instrumented(exe, ["7"], probe / "x.profraw")
