@@ -30,15 +30,6 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def fsync_file(path: str | os.PathLike[str]) -> None:
-    """Make a written file's content durable (its name needs ``fsync_dir`` of its folder)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def sync_filesystem(directory: str | os.PathLike[str]) -> None:
     """Make everything written on ``directory``'s filesystem durable: one syncfs(2) for a batch of
     files, where one fsync each would cost a journal commit per file."""
@@ -51,14 +42,11 @@ def sync_filesystem(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def write_file(path: str, content: bytes, mode: int = 0o600, gid: int = -1) -> None:
-    """Create or replace ``path`` (never through a symlink) holding
-    ``content``, readable by group ``gid`` when given. Not synced: see ``sync_filesystem``."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+def write_file(path: str, content: bytes) -> None:
+    """Create or replace ``path`` (0600, never through a symlink) holding ``content``. Not
+    synced: see ``sync_filesystem``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        if gid != -1:
-            os.fchown(fd, -1, gid)
-        os.fchmod(fd, mode)
         view = memoryview(content)
         while view:
             view = view[os.write(fd, view) :]
