@@ -100,7 +100,7 @@ class Engine:
         self._names_lock = threading.Lock()
         self._claimer = Claimer(layout.spool, layout.incoming)
         self._spool = os.fsdecode(layout.spool)
-        self._ingestor = Ingestor(layout, attributor, config.max_file_bytes)
+        self._ingestor = Ingestor(layout, attributor, config.max_file_bytes, keep=lambda path, data: self.merger.remember(path, data))
         profdata = {
             name: resolve_profdata(package, attributor.builds.get(name)) for name, package in config.packages.items()
         }

@@ -8,9 +8,9 @@ files exist.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -21,6 +21,7 @@ from .attribution import Attributor
 from .claim import Rejected, check_staged, display_name
 from .db import Part, Quarantine, SpoolFile, insert_many
 from .durable import fsync_dir, is_disk_full, sync_filesystem, write_file
+from .merge import part_digest
 from .profraw import ProfrawError, RawProfile, parse_profraw
 from .staging import Layout, safe_component
 
@@ -55,8 +56,11 @@ class _Row:
 class Ingestor:
     """Checks and records claimed files; owns nothing but its collaborators."""
 
-    def __init__(self, layout: Layout, attributor: Attributor, max_file_bytes: int) -> None:
+    def __init__(
+        self, layout: Layout, attributor: Attributor, max_file_bytes: int, keep: Callable[[str, bytes], None] = lambda _p, _d: None
+    ) -> None:
         self.layout = layout
+        self._keep = keep  # hands a pending part's checked bytes on to its merge
         self.attributor = attributor
         self.max_file_bytes = max_file_bytes
         # Per-file paths are built as strings (see claim.py for why).
@@ -182,6 +186,7 @@ class Ingestor:
                 else:
                     part_path = f"{self._parts}/{staging_name}.{index}.profraw"
                     write_file(part_path, data[profile.offset : profile.offset + profile.length])
+                self._keep(part_path, data if whole_file else data[profile.offset : profile.offset + profile.length])
             parts.append(
                 dict(
                     part_index=index,
@@ -190,7 +195,7 @@ class Ingestor:
                     size=profile.length,
                     path=part_path,
                     status=status,
-                    digest=part_digest(data, profile.offset, profile.length),
+                    digest=part_digest(memoryview(data)[profile.offset : profile.offset + profile.length]),
                 )
             )
         return parts
@@ -233,8 +238,3 @@ def _read_bounded(fd: int, size: int, limit: int) -> bytes:
         if total > limit:
             raise Rejected("oversized", f"grew past the cap of {limit} bytes while being read")
     return b"".join(chunks)
-
-
-def part_digest(data: bytes, offset: int, length: int) -> str:
-    """The digest a part's bytes are recognised by at merge time (BLAKE2b, 128 bits)."""
-    return hashlib.blake2b(memoryview(data)[offset : offset + length], digest_size=16).hexdigest()

@@ -27,7 +27,7 @@ import hashlib
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,16 +100,60 @@ def limits_for(input_bytes: int) -> Limits:
     )
 
 
-def merge_batch(
-    profdata: str, base: Path | None, inputs: Sequence[MergeInput], output: Path, sandbox: MergeSandbox
-) -> MergeOutcome:
-    """Merge ``base`` (the current indexed profile, if any) and ``inputs`` into ``output``, a new
-    root-owned file that is fsynced when the call succeeds; the caller records the generation in
-    the database and only then deletes the inputs."""
+@dataclass
+class Gathered:
+    """A batch's checked bytes, back to back in a memfd, and the inputs left out, with why."""
+
+    fd: int
+    size: int
+    rejected: dict  # input path → ("changed-after-check", detail)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def part_digest(data: bytes | memoryview) -> str:
+    """What a part's bytes are recognised by between ingest and merge (SHA-256, 128 bits:
+    the fastest strong hash here, with the CPU's SHA instructions)."""
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def gather_inputs(inputs: Sequence[MergeInput], checked: Mapping[str, bytes]) -> Gathered:
+    """Every input whose bytes are still those checked at ingest, into one memfd: from
+    ``checked`` (the bytes ingest read, kept in memory) when there, else read again and held
+    against the digest. The memfd is the caller's to hand to merge_batch, which closes it."""
+    fd = os.memfd_create("pgod-inputs", os.MFD_CLOEXEC)
+    gathered = Gathered(fd, 0, {})
+    try:
+        for item in inputs:
+            data = checked.get(item.path)
+            if data is None:
+                try:
+                    data = _read_checked(item)
+                except _Changed as err:
+                    gathered.rejected[item.path] = ("changed-after-check", str(err))
+                    continue
+            _write_all(fd, data)
+            gathered.size += len(data)
+    except BaseException:
+        gathered.close()
+        raise
+    return gathered
+
+
+def merge_batch(profdata: str, base: Path | None, gathered: Gathered, output: Path, sandbox: MergeSandbox) -> MergeOutcome:
+    """Merge ``base`` (the current indexed profile, if any) and the ``gathered`` inputs into
+    ``output``, a new root-owned file that is fsynced when the call succeeds; the caller records
+    the generation in the database and only then deletes the inputs."""
     started = time.monotonic()
+    rejected = gathered.rejected
+    descriptors: list[int] = [gathered.fd]
+    gathered.fd = -1  # closed below, with the others
     if not os.access(profdata, os.X_OK):
+        os.close(descriptors[0])
         return _env_failure(f"llvm-profdata not found: {profdata}")
-    descriptors: list[int] = []
     try:
         try:
             base_fd = _memfd("pgod-profile", _read_own(base)) if base is not None else None
@@ -117,8 +161,7 @@ def merge_batch(
             return _env_failure(f"the working profile {base} is unreadable: {err.strerror}")
         if base_fd is not None:
             descriptors.append(base_fd)
-        inputs_fd, input_bytes, rejected = _gather(inputs)
-        descriptors.append(inputs_fd)
+        inputs_fd, input_bytes = descriptors[0], gathered.size
         if input_bytes == 0:  # every input changed since it was checked: nothing to run
             return MergeOutcome(False, rejected)
         base_bytes = os.fstat(base_fd).st_size if base_fd is not None else 0
@@ -157,27 +200,6 @@ def merge_batch(
     return outcome
 
 
-def _gather(inputs: Sequence[MergeInput]) -> tuple[int, int, dict]:
-    """A memfd holding, back to back, every input whose bytes are still those checked; its size;
-    and the inputs left out, with why."""
-    fd = os.memfd_create("pgod-inputs", os.MFD_CLOEXEC)
-    total = 0
-    rejected = {}
-    try:
-        for item in inputs:
-            try:
-                data = _read_checked(item)
-            except _Changed as err:
-                rejected[item.path] = ("changed-after-check", str(err))
-                continue
-            _write_all(fd, data)
-            total += len(data)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, total, rejected
-
-
 class _Changed(Exception):
     """A part's bytes are not the ones checked at ingest."""
 
@@ -195,7 +217,7 @@ def _read_checked(item: MergeInput) -> bytes:
         os.close(fd)
     if len(data) != item.size:
         raise _Changed(f"it was {item.size} bytes when checked and is {len(data)}{'+' if len(data) > item.size else ''} now")
-    if item.digest is not None and hashlib.blake2b(data, digest_size=16).hexdigest() != item.digest:
+    if item.digest is not None and part_digest(data) != item.digest:
         raise _Changed("its bytes were rewritten after they were checked")
     return data
 

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .config import Config
 from .db import Merge, Package, Part, Quarantine, SpoolFile, among
 from .failpoints import failpoint
-from .merge import DISK_FULL, MergeFailure, MergeInput, MergeOutcome, MergeSandbox, merge_batch
+from .merge import DISK_FULL, Gathered, MergeFailure, MergeInput, MergeOutcome, MergeSandbox, gather_inputs, merge_batch
 from .osthread import name_os_thread
 from .recovery import finish_files, unlink_if_present
 from .staging import Layout
@@ -34,6 +34,7 @@ from .staging import Layout
 log = structlog.get_logger(__name__)
 
 MERGE_BATCH = 5000  # raw parts per llvm-profdata call
+CHECKED_CACHE_BYTES = 64 << 20  # checked bytes kept in memory from ingest to merge
 MERGE_BATCH_BYTES = 64 << 20  # and their bytes, read into memory for it (merge.py), its limits scaled to them
 # Every llvm-profdata call costs ~26 ms of CPU just to start, so a trickle of files is merged
 # in groups: at once when this many parts wait, else when the first has waited this long.
@@ -58,11 +59,11 @@ class MergeJob:
     more: bool  # more pending parts may wait behind these (a full batch, or a half)
     thread: threading.Thread | None = field(default=None, repr=False)
 
-    def start(self, profdata: str, inputs: list, sandbox: MergeSandbox, post: Callable[[object], None]) -> None:
+    def start(self, profdata: str, gathered: Gathered, sandbox: MergeSandbox, post: Callable[[object], None]) -> None:
         def run() -> None:
             name_os_thread()
             try:
-                outcome = merge_batch(profdata, self.base, inputs, self.output, sandbox)
+                outcome = merge_batch(profdata, self.base, gathered, self.output, sandbox)
             except Exception as err:  # the thread's boundary: the engine must hear back
                 log.exception("profile.merge_crashed", package=self.package)
                 outcome = MergeOutcome(False, failure=MergeFailure("merge-io", f"{type(err).__name__}: {err}", False))
@@ -104,6 +105,8 @@ class ProfileMerger:
         self._ready: deque[str] = deque()  # packages due for a batch, in turn
         self._segments: dict[str, deque[list]] = {}  # package → halves still to merge, in id order
         self._forced: set[str] = set()  # packages whose waiting parts a build must wait for
+        self._checked: dict[str, bytes] = {}  # part path → the bytes ingest checked (see remember)
+        self._checked_bytes = 0
 
     @property
     def parts_waiting(self) -> bool:
@@ -189,9 +192,24 @@ class ProfileMerger:
         directory.mkdir(mode=0o700, exist_ok=True)
         output = directory / f"{generation:08d}.profdata"
         unlink_if_present(output)  # a generation never committed (recovery removes these too)
-        inputs = [MergeInput(p.path, p.size, p.digest) for p in parts]
+        gathered = gather_inputs([MergeInput(p.path, p.size, p.digest) for p in parts], self._checked)
+        for part in parts:
+            self._forget(part.path)
         self._job = MergeJob(name, parts, generation, base, output, more)
-        self._job.start(self._profdata[name], inputs, self._sandbox, self._post)
+        self._job.start(self._profdata[name], gathered, self._sandbox, self._post)
+
+    def remember(self, path: str, data: bytes) -> None:
+        """Keep the bytes ingest just checked for the merge of their part (engine thread), so
+        it need not read and hash them again; within CHECKED_CACHE_BYTES, else they are read."""
+        if self._checked_bytes + len(data) <= CHECKED_CACHE_BYTES:
+            self._forget(path)
+            self._checked[path] = data
+            self._checked_bytes += len(data)
+
+    def _forget(self, path: str) -> None:
+        data = self._checked.pop(path, None)
+        if data is not None:
+            self._checked_bytes -= len(data)
 
     def on_merge_done(self, done: MergeDone) -> None:
         """A run ended (engine thread): commit what it did, or narrow down its culprits.

@@ -11,7 +11,7 @@ from clangs import run_instrumented
 from conftest import WORKLOAD_C, require_clang, workload_inputs
 from harness import wait_for
 from pgod.confine import Identity
-from pgod.merge import MergeInput, MergeSandbox, merge_batch
+from pgod.merge import MergeInput, MergeSandbox, gather_inputs, merge_batch
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +51,10 @@ def test_a_batch_the_environment_fails_counts_nothing_and_blames_no_input(tmp_pa
     run_instrumented(exe, ["5"], raw / "a.profraw")
     inputs = [MergeInput(str(raw / "a.profraw"), (raw / "a.profraw").stat().st_size, None)]
     sandbox = _sandbox(tmp_path)
-    outcome = merge_batch(str(clang14.profdata), None, inputs, tmp_path / "missing-dir" / "out.profdata", sandbox)
+    outcome = merge_batch(str(clang14.profdata), None, gather_inputs(inputs, {}), tmp_path / "missing-dir" / "out.profdata", sandbox)
     assert not outcome.merged and outcome.rejected == {}
     assert outcome.failure is not None and not outcome.failure.inputs_at_fault, outcome.failure
-    outcome = merge_batch("/nonexistent/llvm-profdata", None, inputs, tmp_path / "out.profdata", sandbox)
+    outcome = merge_batch("/nonexistent/llvm-profdata", None, gather_inputs(inputs, {}), tmp_path / "out.profdata", sandbox)
     assert outcome.error == "llvm-profdata not found: /nonexistent/llvm-profdata"
     assert not outcome.failure.inputs_at_fault
 

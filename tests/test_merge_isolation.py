@@ -99,12 +99,15 @@ def test_a_file_that_breaks_llvm_profdata_is_quarantined_and_the_rest_counted_on
     wait_for(lambda: daemon.package("workload")["files"] == 2 * GOOD_RUNS + 1, 30, "a later file merged")
 
 
+@pytest.mark.parametrize("restart", [False, True], ids=["kept-in-memory", "read-again-after-a-restart"])
 def test_bytes_rewritten_after_they_were_checked_are_never_merged(
-    pgod, spool_for_everyone, workload, llvm_profdata_14, sample_profile, tmp_path
+    pgod, spool_for_everyone, workload, llvm_profdata_14, sample_profile, tmp_path, restart
 ):
     """The writer keeps a descriptor of its file and rewrites it once pgod has read and checked
-    it, before the merge: pgod hands llvm-profdata only the bytes it checked, so the file is
-    quarantined as changed, and the replacement (an expanding one) is never merged."""
+    it, before the merge. pgod hands llvm-profdata only the bytes it checked: those it still
+    holds in memory (the original is counted), or, after a restart, the file read again, which
+    no longer matches its digest (quarantined as changed). The replacement, an expanding file,
+    is never merged."""
     pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
     daemon = pgod.daemon()
     target = spool_for_everyone / "kept-open.profraw"
@@ -130,14 +133,25 @@ def test_bytes_rewritten_after_they_were_checked_are_never_merged(
             writer.stdin.flush()
             assert writer.stdout.readline() == b"rewritten\n"
         finally:
-            os.kill(daemon.process.pid, signal.SIGCONT)
+            if restart:
+                daemon.kill()  # SIGKILL: what it held in memory is gone
+            else:
+                os.kill(daemon.process.pid, signal.SIGCONT)
     finally:
         writer.stdin.close()
         writer.wait(timeout=30)
-    package = wait_for(lambda: (p := daemon.package("workload"))["quarantined"] == 1 and p, 30, "the file settled")
-    assert package["files"] == 0 and package["raw_bytes"] == 0 and package["profile"] is None
-    shown = daemon.pgoctl("show", "workload", "--json").stdout
-    assert "changed-after-check" in shown and "bytes when checked" in shown, shown
+    if restart:
+        daemon = pgod.daemon()
+    package = wait_for(lambda: (p := daemon.package("workload"))["files"] + p["quarantined"] == 1 and p, 30, "the file settled")
+    if restart:
+        assert package["quarantined"] == 1 and package["files"] == 0 and package["profile"] is None
+        shown = daemon.pgoctl("show", "workload", "--json").stdout
+        assert "changed-after-check" in shown and "bytes when checked" in shown, shown
+    else:
+        (tmp_path / "checked.profraw").write_bytes(sample_profile)
+        expected = one_shot_merge(llvm_profdata_14, [tmp_path / "checked.profraw"], tmp_path / "expected.profdata")
+        assert profdata_show(llvm_profdata_14, Path(package["profile"])) == profdata_show(llvm_profdata_14, expected)
+        assert package["raw_bytes"] == len(sample_profile) and package["quarantined"] == 0
 
 
 # The writer: writes what it is sent into a file of its own, moves it into the spool whole (so pgod
