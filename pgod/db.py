@@ -116,7 +116,7 @@ class Part(Base):
     path: Mapped[str] = mapped_column(String)
     status: Mapped[str] = mapped_column(String, index=True)
     merge_id: Mapped[int | None] = mapped_column(ForeignKey("merges.id"), nullable=True)
-    # BLAKE2b-128 of the bytes checked at ingest; the merge hands llvm-profdata only those
+    # SHA-256 (128 bits) of the bytes checked at ingest; the merge hands llvm-profdata only those
     # (null for parts recorded before schema 2, which are merged as they are).
     digest: Mapped[str | None] = mapped_column(String, nullable=True)
 
