@@ -119,30 +119,41 @@ class DaemonService:
     def Rebuild(self, name: str, dbus_context=None) -> None:
         self._authorize(dbus_context, "Rebuild")
         self._known(name)
-        self._engine.call(self._engine.rebuild, name)
+        self._on_engine(self._engine.rebuild, name)
 
     @dbus_errors
     def Activate(self, name: str, dbus_context=None) -> None:
         self._authorize(dbus_context, "Activate")
         self._known(name)
-        self._engine.call(self._engine.optimizer.activate, name)
+        self._on_engine(self._engine.optimizer.activate, name)
 
     @dbus_errors
     def Deactivate(self, name: str, dbus_context=None) -> None:
         self._authorize(dbus_context, "Deactivate")
         self._known(name)
-        self._engine.call(self._engine.optimizer.deactivate, name)
+        self._on_engine(self._engine.optimizer.deactivate, name)
 
     @dbus_errors
     def Rollback(self, dbus_context=None) -> None:
         self._authorize(dbus_context, "Rollback")
-        self._engine.call(self._engine.optimizer.rollback)
+        self._on_engine(self._engine.optimizer.rollback)
 
     @dbus_errors
     def Reset(self, name: str, dbus_context=None) -> None:
         self._authorize(dbus_context, "Reset")
         self._known(name)
-        self._engine.call(self._engine.optimizer.reset, name)
+        self._on_engine(self._engine.optimizer.reset, name)
+
+    def _on_engine(self, function, *args):
+        """Run a state change on the engine thread and wait for it without blocking this main
+        loop: it goes on serving other calls (GetStatus above all) and emitting signals in a
+        nested iteration until the engine answers, however long that takes (a nix-env, say)."""
+        future = self._engine.command(function, *args)
+        context = GLib.MainContext.default()
+        future.add_done_callback(lambda _done: context.wakeup())
+        while not future.done():
+            context.iteration(True)
+        return future.result()
 
     def _known(self, name: str) -> None:
         if name not in self._config.packages:

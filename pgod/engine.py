@@ -129,11 +129,11 @@ class Engine:
     def stop(self) -> None:
         self._queue.put(None)
 
-    def call(self, function: Callable, *args, timeout: float = 600):
-        """Run ``function(*args)`` on the engine thread and return its result (or raise its error)."""
+    def command(self, function: Callable, *args) -> Future:
+        """Run ``function(*args)`` on the engine thread; its result (or error) comes in the Future."""
         future: Future = Future()
         self._queue.put(Command(function, args, future))
-        return future.result(timeout)
+        return future
 
     @property
     def disk(self) -> dict:

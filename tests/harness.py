@@ -203,10 +203,11 @@ class Daemon:
             raise AssertionError(f"pgod exited with {self.process.returncode}:\n{self.log()}")
         return self.pgoctl("status", "--json", check=False).returncode == 0
 
+    def pgoctl_argv(self) -> list[str]:
+        return [str(BIN / "pgoctl"), "--bus", self.bus_kind]
+
     def pgoctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [str(BIN / "pgoctl"), "--bus", self.bus_kind, *args], capture_output=True, text=True, env=self.env(), timeout=60
-        )
+        result = subprocess.run([*self.pgoctl_argv(), *args], capture_output=True, text=True, env=self.env(), timeout=60)
         if check and result.returncode != 0:
             raise AssertionError(f"pgoctl {' '.join(args)} exited {result.returncode}: {result.stderr}")
         return result

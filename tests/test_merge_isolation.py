@@ -252,3 +252,31 @@ def test_claims_ingest_and_dbus_go_on_while_a_merge_runs(pgod, workload, llvm_pr
         (gate / "go").touch()
     wait_for(lambda: daemon.package("slow")["files"] == 3 and daemon.package("fast")["files"] == 4, 30, "both merged")
     shutil.rmtree(gate)
+
+
+def test_no_dbus_method_blocks_status_while_the_engine_works_on_it(pgod, workload, llvm_profdata_14, tmp_path):
+    """`pgoctl rebuild` runs on the engine, whose `nix-store --add` of the profile here waits for
+    a go-ahead: while the rebuild call waits for the engine, status calls are answered and the
+    daemon's signals go out. Released, the rebuild returns and the build runs."""
+    import shutil
+
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    real = shutil.which("nix-store")
+    (gate / "nix-store").write_text(f"#!/bin/sh\n: > {gate}/started\nwhile [ ! -e {gate}/go ]; do sleep 0.05; done\nexec {real} \"$@\"\n")
+    (gate / "nix-store").chmod(0o755)
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
+    daemon = pgod.daemon(env={"PATH": f"{gate}:{os.environ['PATH']}"})
+    run_instrumented(workload / "bin" / "workload", ["4", "x"], pgod.spool / "%p.profraw")
+    wait_for(lambda: daemon.package("workload")["files"] == 1, 30, "a profile to rebuild with")
+    rebuild = subprocess.Popen([*daemon.pgoctl_argv(), "rebuild", "workload"], env=daemon.env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (gate / "started").exists(), 30, "the engine inside the rebuild")
+        answered = [daemon.status() for _ in range(5)]  # each a GetStatus, while Rebuild waits
+        assert all(document["packages"][0]["name"] == "workload" for document in answered)
+        assert rebuild.poll() is None, "the rebuild call is still waiting for the engine"
+    finally:
+        (gate / "go").touch()
+    assert rebuild.wait(timeout=60) == 0, rebuild.stderr.read()
+    wait_for(lambda: daemon.package("workload")["state"] != "profiling", 60, "the build started")
