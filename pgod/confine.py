@@ -116,15 +116,14 @@ def run_confined(
     limits: Limits,
     identity: Identity | None,
     *,
-    stdin: bytes = b"",
     pass_fds: Sequence[int] = (),
     stderr_bytes: int = 1 << 20,
 ) -> Finished:
-    """Run `argv` confined, feeding `stdin`; its stdout is discarded, stderr kept (its last
+    """Run `argv` confined, with no input; its stdout is discarded, stderr kept (its last
     `stderr_bytes`). Low CPU priority: a merge must not slow down what the user runs."""
     process = subprocess.Popen(
         confined_argv(argv, limits, identity),
-        stdin=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         pass_fds=tuple(pass_fds),
@@ -138,16 +137,17 @@ def run_confined(
     except OSError:
         pass  # it may already have ended
     try:
-        _out, err = process.communicate(stdin, timeout=limits.wall_seconds)
+        _out, err = process.communicate(timeout=limits.wall_seconds)
     except subprocess.TimeoutExpired:
         timed_out = True
         _kill_group(process.pid)
         _out, err = process.communicate()
-    _kill_group(process.pid)  # anything it left behind in its group
+    # No kill after a normal exit: once reaped, its pid (the group's id) may be reused.
     return Finished(process.returncode, err[-stderr_bytes:].decode("utf-8", "replace"), timed_out)
 
 
 def _kill_group(pgid: int) -> None:
+    """SIGKILL the whole group of a child not yet reaped (its pid holds the group's id)."""
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

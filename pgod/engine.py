@@ -100,11 +100,11 @@ class Engine:
         self._names_lock = threading.Lock()
         self._claimer = Claimer(layout.spool, layout.incoming)
         self._spool = os.fsdecode(layout.spool)
-        self._ingestor = Ingestor(layout, attributor, config.max_file_bytes, keep=lambda path, data: self.merger.remember(path, data))
         profdata = {
             name: resolve_profdata(package, attributor.builds.get(name)) for name, package in config.packages.items()
         }
         self.merger = ProfileMerger(config, layout, sessions, profdata, self._emit, sandbox, self._queue.put)
+        self._ingestor = Ingestor(layout, attributor, config.max_file_bytes, keep=self.merger.remember)
         self._deferred: dict[str, float] = {}  # spool name → when to look at it again
         self._scan_remaining = 0
         # Staging may live inside the spool (see staging.py): never claim our own folder.

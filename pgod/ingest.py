@@ -169,24 +169,25 @@ class Ingestor:
         file, whose writer may still hold it open and rewrite it, so the merge reads it again
         and hands llvm-profdata those bytes only if they are still the ones checked (merge.py)."""
         parts = []
+        whole_file = len(profiles) == 1
         for index, profile in enumerate(profiles):
             package = self.attributor.package_for(profile.binary_ids)
-            whole_file = len(profiles) == 1
+            content = data if whole_file else data[profile.offset : profile.offset + profile.length]
             if package is None:
                 if not profile.binary_ids:
                     log.warning("profile.no_binary_id", file=staging_name, version=profile.version,
                                 hint="raw profile names no build-id (clang 13 or older, or linked without --build-id)")
                 status = "unattributed"
                 part_path = f"{self._unattributed}/{staging_name}.{index}.profraw"
-                write_file(part_path, data[profile.offset : profile.offset + profile.length])
+                write_file(part_path, content)
             else:
                 status = "pending"
                 if whole_file:
                     part_path = path
                 else:
                     part_path = f"{self._parts}/{staging_name}.{index}.profraw"
-                    write_file(part_path, data[profile.offset : profile.offset + profile.length])
-                self._keep(part_path, data if whole_file else data[profile.offset : profile.offset + profile.length])
+                    write_file(part_path, content)
+                self._keep(part_path, content)
             parts.append(
                 dict(
                     part_index=index,
@@ -195,7 +196,7 @@ class Ingestor:
                     size=profile.length,
                     path=part_path,
                     status=status,
-                    digest=part_digest(memoryview(data)[profile.offset : profile.offset + profile.length]),
+                    digest=part_digest(content),
                 )
             )
         return parts
