@@ -6,6 +6,7 @@ in pgod reads the TOML, so the rest of the code can trust these types.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,6 +149,9 @@ _TOP_KEYS = {
     "kept_max_mb",
     "packages",
 }
+# Package names become file names under state_dir (profiles/<name>/, logs): no "/" and no "..".
+# Dots stay: NixOS attribute paths such as "xorg.xeyes" are package names.
+_PACKAGE_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,99}")
 _PACKAGE_KEYS = {"profile_build", "build", "threshold_mb", "llvm_profdata"}
 
 
@@ -184,6 +188,11 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
     packages_table = top.get("packages", dict, {})
     packages = {}
     for name, table in packages_table.items():
+        if not _PACKAGE_NAME.fullmatch(name) or name in (".", ".."):
+            raise ConfigError(
+                path, f"packages.{name}", "a package name is letters, digits and . _ + - (it names files in state_dir), "
+                "at most 100 characters, not . or .."
+            )
         if not isinstance(table, dict):
             raise ConfigError(path, f"packages.{name}", f"expected a table, got {_toml_type(table)}")
         packages[name] = _parse_package(path, name, table, threshold_bytes)

@@ -46,7 +46,10 @@ def dbus_errors(method):
         try:
             return method(*args, **kwargs)
         except UnknownPackage as err:
-            raise UnknownPackageError(f"no package named {err.args[0]!r} in the configuration") from None
+            # Any caller may send any name: the reply repeats only its start.
+            name = err.args[0]
+            shown = repr(name) if len(name) <= 100 else f"{name[:100]!r}… ({len(name)} characters)"
+            raise UnknownPackageError(f"no package named {shown} in the configuration") from None
         except PermissionError as err:
             log.warning("dbus.access_denied", method=method.__name__, reason=str(err))
             raise AccessDeniedError(str(err)) from None

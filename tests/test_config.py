@@ -58,6 +58,9 @@ BAD = [
     ("unknown activation", GOOD.replace('"auto"', '"sometimes"'), "activation"),
     ("relative path", GOOD.replace('"/var/spool/pgod"', '"spool"'), "spool_dir"),
     ("build as a shell string", GOOD.replace('build = ["nix-build", "/etc/pgod/build.nix", "-A", "lua", "--argstr", "profile", "{profile}"]', 'build = "nix-build x"'), "packages.lua.build"),
+    ("package name escaping state_dir", GOOD.replace("[packages.lua]", '[packages."../../escape"]'), "packages.../../escape"),
+    ("package name with a slash", GOOD.replace("[packages.lua]", '[packages."a/b"]'), "packages.a/b"),
+    ("package name ..", GOOD.replace("[packages.lua]", '[packages.".."]'), "packages..."),
     ("not toml", "spool_dir = [", None),
 ]
 

@@ -120,3 +120,21 @@ def test_pgoctl_exits_4_when_access_is_denied(tmp_path, workload, llvm_profdata_
     finally:
         daemon.stop()
         bus.close()
+
+
+def test_an_unknown_package_name_of_any_size_is_refused_without_being_echoed(pgod, workload, llvm_profdata_14):
+    """Any local user may ask about any name: a 1 MB one gets a short refusal, not its own
+    megabyte back, and the daemon goes on answering."""
+    from pydbus import connect
+
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
+    daemon = pgod.daemon()
+    proxy = connect(pgod.bus.address).get(BUS_NAME, OBJECT_PATH)
+    name = "x" * (1 << 20)
+    for method in (proxy.GetPackage, proxy.GetBuildLog):
+        with pytest.raises(Exception) as refused:
+            method(name)
+        message = str(refused.value)
+        assert "UnknownPackage" in message and f"({len(name)} characters)" in message
+        assert len(message) < 1000
+    assert daemon.status()["packages"][0]["name"] == "workload"
