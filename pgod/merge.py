@@ -22,7 +22,6 @@ unreadable working profile) is nobody's input, and the batch waits for a retry, 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import stat
@@ -33,6 +32,7 @@ from pathlib import Path
 
 from .confine import ConfineError, Finished, Identity, Limits, run_confined
 from .durable import fsync_dir, is_disk_full
+from .recovery import unlink_if_present
 
 # Limits for one llvm-profdata run, from the bytes it reads (the raw inputs and the current
 # profile). Real profiles merge into about their own size (Lua: 118 KB raw → 150 KB indexed) and a
@@ -83,10 +83,6 @@ class MergeOutcome:
     rejected: dict = field(default_factory=dict)  # input path → (reason, detail) to quarantine
     failure: MergeFailure | None = None  # the run failed as a whole; nothing was counted
     seconds: float = 0.0
-
-    @property
-    def error(self) -> str | None:
-        return self.failure.detail if self.failure else None
 
 
 def limits_for(input_bytes: int) -> Limits:
@@ -167,7 +163,7 @@ def merge_batch(profdata: str, base: Path | None, gathered: Gathered, output: Pa
         base_bytes = os.fstat(base_fd).st_size if base_fd is not None else 0
         limits = limits_for(input_bytes + base_bytes)
         produced = sandbox.workdir / output.name
-        _remove(produced)
+        unlink_if_present(produced)
         work_fd = os.open(sandbox.workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         descriptors.append(work_fd)
         base_as = f"/proc/self/fd/{base_fd}" if base_fd is not None else None
@@ -194,7 +190,7 @@ def merge_batch(profdata: str, base: Path | None, gathered: Gathered, output: Pa
     except OSError as err:  # disk full, read-only state folder: nobody's input
         outcome = _env_failure(f"cannot store the merged profile: {err}", DISK_FULL if is_disk_full(err) else "merge-io")
     finally:
-        _remove(produced)
+        unlink_if_present(produced)
     if outcome.failure is None:
         outcome.rejected.update(rejected)
     return outcome
@@ -318,17 +314,12 @@ def _store(produced: Path, output: Path, bound: int) -> None:
             os.fsync(out)
         except BaseException:
             os.close(out)
-            _remove(output)
+            unlink_if_present(output)
             raise
         os.close(out)
     finally:
         os.close(fd)
     fsync_dir(output.parent)
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 def _input_failure(reason: str, detail: str) -> MergeOutcome:

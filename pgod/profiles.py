@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -57,7 +57,6 @@ class MergeJob:
     base: Path | None
     output: Path
     more: bool  # more pending parts may wait behind these (a full batch, or a half)
-    thread: threading.Thread | None = field(default=None, repr=False)
 
     def start(self, profdata: str, gathered: Gathered, sandbox: MergeSandbox, post: Callable[[object], None]) -> None:
         def run() -> None:
@@ -69,8 +68,7 @@ class MergeJob:
                 outcome = MergeOutcome(False, failure=MergeFailure("merge-io", f"{type(err).__name__}: {err}", False))
             post(MergeDone(self, outcome))
 
-        self.thread = threading.Thread(target=run, name=f"pgod-merge-{self.package}"[:15], daemon=True)
-        self.thread.start()
+        threading.Thread(target=run, name=f"pgod-merge-{self.package}"[:15], daemon=True).start()
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ def test_a_batch_the_environment_fails_counts_nothing_and_blames_no_input(tmp_pa
     assert not outcome.merged and outcome.rejected == {}
     assert outcome.failure is not None and not outcome.failure.inputs_at_fault, outcome.failure
     outcome = merge_batch("/nonexistent/llvm-profdata", None, gather_inputs(inputs, {}), tmp_path / "out.profdata", sandbox)
-    assert outcome.error == "llvm-profdata not found: /nonexistent/llvm-profdata"
+    assert outcome.failure.detail == "llvm-profdata not found: /nonexistent/llvm-profdata"
     assert not outcome.failure.inputs_at_fault
 
 
