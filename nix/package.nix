@@ -21,6 +21,8 @@
   dbus,
 }:
 
+assert lib.assertMsg (lib ? fileset) "pgod: this nixpkgs is too old (its lib has no `fileset`). Use nixpkgs 23.11 or newer.";
+
 buildPythonApplication {
   pname = "pgod";
   version = "0.1.0";

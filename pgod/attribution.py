@@ -80,6 +80,14 @@ def scan_package(package: PackageConfig) -> PackageBuild:
                 continue
             if build_id:
                 build.build_ids.add(build_id)
+    tool = build.manifest_profdata
+    if package.llvm_profdata is None and tool is not None and not os.access(tool, os.X_OK):
+        # A profiled package names its llvm-profdata without keeping it in its closure (all of
+        # LLVM would be), so the garbage collector may have taken it.
+        build.problems.append(
+            f"pgo.json names {tool}, which is not there (a profiled package does not keep its LLVM"
+            f" alive): set packages.{package.name}.llvm_profdata, as the NixOS module does"
+        )
     return build
 
 

@@ -57,6 +57,9 @@ class Config:
     merge_user: str = "pgod-merge"  # whom llvm-profdata runs as when the daemon is root
     keep_free_bytes: int = 64 * MB  # intake pauses while staging or state has less free space
     kept_max_bytes: int = 64 * MB  # quarantine and unattributed copies, each, at most
+    # Where the system path's stand-in links for each package live (pgod/substitution.py);
+    # None: no binary substitution, the optimized builds are only in profile_link.
+    substitute_dir: Path | None = None
 
     @property
     def db_path(self) -> Path:
@@ -147,6 +150,7 @@ _TOP_KEYS = {
     "merge_user",
     "keep_free_mb",
     "kept_max_mb",
+    "substitute_dir",
     "packages",
 }
 # Package names become file names under state_dir (profiles/<name>/, logs): no "/" and no "..".
@@ -217,6 +221,7 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
         merge_user=top.get("merge_user", str, "pgod-merge"),
         keep_free_bytes=top.megabytes("keep_free_mb", 64, allow_zero=True),
         kept_max_bytes=top.megabytes("kept_max_mb", 64, allow_zero=True),
+        substitute_dir=top.absolute_path("substitute_dir", None),
     )
 
 

@@ -28,6 +28,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bus", choices=("system", "session"), default="system", help="D-Bus bus to serve on")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
+    parser.add_argument(
+        "--apply-substitution",
+        action="store_true",
+        help="point substitute_dir's links at the recorded active builds, as this configuration allows, and exit"
+        " (the NixOS activation script runs this at boot and at every switch)",
+    )
     parser.add_argument("--version", action="version", version=f"pgod {__version__}")
     return parser.parse_args(argv)
 
@@ -43,7 +49,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         print(f"pgod: {args.config}: ok ({len(config.packages)} packages)")
         return EXIT_OK
+    if args.apply_substitution:
+        return apply_substitution(config)
     return run(config, args.bus)
+
+
+def apply_substitution(config) -> int:
+    from .substitution import apply_recorded
+
+    if config.substitute_dir is None:
+        print(f"pgod: {config.path}: substitute_dir is not set, so there is nothing to substitute", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        changed = apply_recorded(config)
+    except OSError as err:
+        print(f"pgod: substitute_dir {config.substitute_dir}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"pgod: {config.substitute_dir}: {len(changed)} link(s) changed")
+    return EXIT_OK
 
 
 def run(config, bus_kind: str) -> int:

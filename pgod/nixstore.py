@@ -46,6 +46,16 @@ def add_root(store_path: str, root: Path) -> None:
     _run(["nix-store", "--realise", store_path, "--add-root", str(root), "--indirect"])
 
 
+def outputs_of(store_path: str) -> list[str]:
+    """Every output of the derivation that built ``store_path`` and is in the store; the path
+    alone when Nix does not know its deriver (a path copied in from elsewhere)."""
+    deriver = _run(["nix-store", "--query", "--deriver", store_path]).strip()
+    if not deriver.endswith(".drv") or not os.path.exists(deriver):
+        return [store_path]
+    outputs = [o for o in _run(["nix-store", "--query", "--outputs", deriver]).split() if os.path.isdir(o)]
+    return outputs if store_path in outputs else [store_path, *outputs]
+
+
 def profile_set(profile: Path, store_paths: list[str]) -> None:
     """Make the profile's new generation hold exactly ``store_paths`` (possibly none)."""
     profile.parent.mkdir(parents=True, exist_ok=True)

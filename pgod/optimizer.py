@@ -18,7 +18,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import nixstore
+from . import nixstore, substitution
 from .builds import BuildResult, BuildRun, expand_argv
 from .config import Config
 from .db import Build, Package
@@ -97,6 +97,33 @@ class Optimizer:
                 self._sync_profile()
             except nixstore.NixError as err:
                 log.error("activation.sync_failed", error=str(err))
+        # After a reboot or a system switch the activation script already did this; a daemon
+        # started by hand, or after a crash between record and links, finds it undone.
+        self._publish_substitution()
+
+    def _publish_substitution(self) -> None:
+        """Point the system path's stand-ins at what is active now (pgod/substitution.py)."""
+        if self.config.substitute_dir is None:
+            return
+        with self.sessions() as session:
+            active = {
+                row.name: row.optimized
+                for row in session.scalars(select(Package).where(Package.active.is_(True)))
+                if row.optimized and row.name in self.config.packages
+            }
+        try:
+            substitution.publish(
+                self.config,
+                {
+                    name: substitution.Active(
+                        built_for=tuple(str(p) for p in self.config.packages[name].profile_build),
+                        outputs=tuple(nixstore.outputs_of(optimized)),
+                    )
+                    for name, optimized in active.items()
+                },
+            )
+        except (OSError, nixstore.NixError) as err:
+            log.error("substitution.failed", error=str(err), substitute_dir=str(self.config.substitute_dir))
 
     # ---- builds ----------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
@@ -196,7 +223,11 @@ class Optimizer:
         name = result.package
         if result.ok:
             try:
-                nixstore.add_root(result.out_path, self.gcroots / f"{name}-optimized")
+                # Every output, not only the one nix-build printed: a substituted `lib` or `man`
+                # output must outlive garbage collection as long as `out` does.
+                for output in nixstore.outputs_of(result.out_path):
+                    suffix = "" if output == result.out_path else f"-{substitution.store_name(output)}"
+                    nixstore.add_root(output, self.gcroots / f"{name}-optimized{suffix}")
             except nixstore.NixError as err:
                 result = BuildResult(name, result.build_id, False, None, f"GC root: {err}", result.seconds)
         with self.sessions.begin() as session:
@@ -264,6 +295,7 @@ class Optimizer:
             if row.state in ("ready", "active"):
                 row.state = "active" if active else "ready"
         log.info("activation.changed", package=name, active=active, profile=str(self.config.profile_link))
+        self._publish_substitution()
         self._emit("counters", package=name)
 
     def _sync_profile(self) -> None:
@@ -272,6 +304,7 @@ class Optimizer:
                 row.optimized for row in session.scalars(select(Package).where(Package.active.is_(True))) if row.optimized
             )
         nixstore.profile_set(self.config.profile_link, wanted)
+        self._publish_substitution()
 
     def rollback(self) -> None:
         """Return the profile to its previous generation, and believe what it now holds."""
@@ -287,6 +320,7 @@ class Optimizer:
                         row.state = "active" if active else "ready"
                     changed.append(row.name)
         log.info("activation.rolled_back", profile=str(self.config.profile_link), changed=changed)
+        self._publish_substitution()
         for name in changed:
             self._emit("counters", package=name)
             self._emit("package", package=name, event="rolled-back", detail="")

@@ -94,7 +94,9 @@ let
     in
     if !(stdenv.cc.isClang or false) then
       throw "${who}: the compiler of this stdenv (${stdenv.cc.name or "unknown"}) is not clang. clang's -fprofile-instr-* instrumentation needs a clang stdenv: use pkgs.clangStdenv, or pgo.profile / pgo.optimize, which move a package there."
-    else if !(host.isElf or false) then
+    else if !(host ? isElf) then
+      throw "${who}: this nixpkgs is too old for pgod: its stdenv.hostPlatform has no `isElf`. Use nixpkgs 23.11 or newer."
+    else if !host.isElf then
       throw "${who}: ${host.system or "this platform"} does not produce ELF files. pgod attributes raw profiles by GNU build-id, which only ELF binaries carry."
     else if (build.config or build.system or null) != (host.config or host.system or null) then
       throw "${who}: cross-compiling (${build.config or build.system or "?"} to ${host.config or host.system or "?"}) is not supported. Profiles are written and merged on the machine that runs the program, so build its profiling and optimized variants natively there."

@@ -50,6 +50,23 @@ _pgoJsonString() {
     printf '"%s"' "$s"
 }
 
+# A store path as a JSON string that Nix's reference scanner does not see: the
+# first character of its hash is written as a \u escape, which every JSON
+# reader decodes back. pgo.json names the llvm-profdata matching the compiler,
+# but a package must not keep all of LLVM in its runtime closure for that: the
+# daemon's side (the NixOS module's config.toml) holds the real reference.
+_pgoJsonUnreferencedPath() {
+    local path="$1" store="${NIX_STORE:-/nix/store}/" rest first
+    if [[ "$path" != "$store"?* ]]; then
+        _pgoJsonString "$path"
+        return
+    fi
+    rest="${path#"$store"}"
+    first="${rest:0:1}"
+    rest="${rest:1}"
+    printf '"%s\\u%04x%s"' "$store" "'$first" "$rest"
+}
+
 # Write the same JSON document to nix-support/$1 of every output.
 _pgoWriteToOutputs() {
     local file="$1" json="$2" dir
@@ -71,7 +88,7 @@ pgoWriteProfileManifest() {
     for id in ${ids[@]+"${ids[@]}"}; do
         idList+="${idList:+, }\"$id\""
     done
-    _pgoWriteToOutputs pgo.json "{\"version\": 1, \"name\": $(_pgoJsonString "${pname:-$name}"), \"variant\": \"profile\", \"llvm_profdata\": $(_pgoJsonString "${pgoLlvmProfdata:-}"), \"build_ids\": [$idList]}"
+    _pgoWriteToOutputs pgo.json "{\"version\": 1, \"name\": $(_pgoJsonString "${pname:-$name}"), \"variant\": \"profile\", \"llvm_profdata\": $(_pgoJsonUnreferencedPath "${pgoLlvmProfdata:-}"), \"build_ids\": [$idList]}"
     if ((${#ids[@]} == 0)); then
         echo "pgo: warning: no ELF file with a GNU build-id in any output of ${pname:-$name}; pgod cannot attribute its profiles" >&2
     else

@@ -155,6 +155,28 @@ def test_pgo_json_lists_the_build_id_of_every_elf_file_in_every_output(profiling
         assert json.loads((output / "nix-support" / "pgo.json").read_text()) == manifest
 
 
+def test_pgo_json_names_llvm_profdata_without_keeping_llvm_in_the_runtime_closure(work):
+    """The manifest names the store's llvm-profdata, yet the package does not reference it.
+
+    The LLVM is an input of the build, so Nix's reference scanner would find its hash in any
+    output file that spells it: this checks the scanner really did not.
+    """
+    outputs = nix_build("profileWithStoreLlvm", work / "result-store-llvm")
+    llvm = Path(nix_eval("storeLlvm.outPath"))
+    drv = nix_eval("profileWithStoreLlvm.drvPath")
+    build_inputs = subprocess.run(
+        ["nix-store", "-q", "--references", drv], check=True, capture_output=True, text=True
+    ).stdout.split()
+    assert nix_eval("storeLlvm.drvPath") in build_inputs, "the LLVM must be an input of the build for this to mean anything"
+
+    manifest = json.loads((outputs["out"] / "nix-support" / "pgo.json").read_text())
+    assert manifest["llvm_profdata"] == f"{llvm}/bin/llvm-profdata"
+    closure = subprocess.run(
+        ["nix-store", "-q", "--requisites", *map(str, outputs.values())], check=True, capture_output=True, text=True
+    ).stdout.split()
+    assert str(llvm) not in closure
+
+
 def test_profile_goes_where_llvm_profile_file_says_and_names_listed_build_ids(profiling, manifest, raw_profiles):
     assert len(raw_profiles) == 3
     exe_id = elf_build_id(profiling["out"] / "bin" / "hello-pgo")
@@ -210,6 +232,7 @@ def test_optimized_variant_counts_the_function_whose_code_changed(work, merged_p
     [
         ("gccStdenv", "is not clang"),
         ("notElf", "does not produce ELF files"),
+        ("oldNixpkgs", "this nixpkgs is too old for pgod"),
         ("relativeSpool", "spoolDir must be an absolute path"),
         ("noOverride", "has no `override`"),
         ("noStdenvArgument", "does not take a `stdenv` argument (it takes: clangStdenv)"),

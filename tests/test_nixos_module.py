@@ -55,8 +55,11 @@ pytestmark = [
 class System:
     """One evaluated system configuration."""
 
-    def __init__(self, configuration: dict) -> None:
-        self.args = ["--arg", "nixpkgsLib", str(NIXPKGS_LIB), "--argstr", "configJSON", json.dumps(configuration)]
+    def __init__(self, configuration: dict, overlay: str = "none") -> None:
+        self.args = [
+            "--arg", "nixpkgsLib", str(NIXPKGS_LIB), "--argstr", "configJSON", json.dumps(configuration),
+            "--argstr", "testOverlay", overlay,
+        ]
 
     def _run(self, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -119,7 +122,8 @@ def test_daemon_runs_as_a_hardened_dbus_service(summary, tmp):
     # Builds go through nix-daemon: the store and everything else is read-only but what pgod writes.
     assert service["environment"]["NIX_REMOTE"] == "daemon"
     assert unit["ProtectSystem"] == "strict"
-    assert unit["ReadWritePaths"] == [str(tmp / "spool"), str(tmp / "state"), "/nix/var/nix/profiles"]
+    # Of /nix/var/nix/profiles only the daemon's own profile's folder, never the system profile.
+    assert unit["ReadWritePaths"] == [str(tmp / "spool"), str(tmp / "state"), "/nix/var/nix/profiles/pgod", "/run/pgod/packages"]
     # No network at all: D-Bus and nix-daemon are Unix sockets.
     assert unit["RestrictAddressFamilies"] == ["AF_UNIX"]
     assert unit["PrivateNetwork"] is True and unit["IPAddressDeny"] == "any"
@@ -148,7 +152,12 @@ def test_daemon_runs_as_a_hardened_dbus_service(summary, tmp):
 
 
 def test_tmpfiles_create_a_sticky_world_writable_spool_and_a_private_state_dir(summary, tmp):
-    assert summary["tmpfiles"] == [f"d {tmp / 'spool'} 1777 root root -", f"d {tmp / 'state'} 0700 root root -"]
+    assert summary["tmpfiles"] == [
+        f"d {tmp / 'spool'} 1777 root root -",
+        f"d {tmp / 'state'} 0700 root root -",
+        "d /nix/var/nix/profiles/pgod 0755 root root -",
+        "d /run/pgod/packages 0755 root root -",
+    ]
 
 
 def test_llvm_profile_file_is_set_for_login_sessions_and_system_services(summary, tmp):
@@ -157,15 +166,31 @@ def test_llvm_profile_file_is_set_for_login_sessions_and_system_services(summary
     assert summary["globalEnvironment"]["LLVM_PROFILE_FILE"] == f"{tmp / 'spool'}/%%p.profraw"
 
 
-def test_profiling_variant_is_installed_ahead_of_the_plain_package(summary):
+def test_a_stand_in_of_the_profiling_variant_is_installed_ahead_of_the_plain_package(summary, config_file):
     installed = {package["name"]: package for package in summary["systemPackages"]}
-    assert installed["hello-pgo-1.0"]["pgoVariant"] == "profile"
-    assert installed["hello-pgo-1.0"]["priority"] < 0
+    stand_in = installed["hello-pgo-1.0"]
+    assert stand_in["pgoVariant"] == "substitute"
+    assert stand_in["priority"] < 0
+    # It stands for exactly the profiling build pgod is configured with.
+    assert stand_in["substitutes"] == tomllib.loads(config_file.read_text())["packages"]["hello"]["profile_build"]
     assert any(name.startswith("pgod") for name in installed)
 
 
-def test_profile_link_bin_is_put_in_path(summary):
-    assert summary["profiles"] == ["/nix/var/nix/profiles/pgod"]
+def test_nothing_is_put_ahead_of_the_system_path_and_activation_substitutes(summary, config_file):
+    """The optimized builds take the declared package's place (the stand-in), never a PATH entry
+    of their own that would shadow users' ~/.nix-profile."""
+    assert "profiles" not in summary
+    script = summary["activationScripts"]["pgod-substitute"]
+    assert f"/bin/pgod --config {config_file.resolve()} --apply-substitution" in script
+
+
+def test_the_stand_in_mirrors_every_file_through_the_substitution_links(system, config_file, tmp):
+    stand_in = system.build("config.environment.systemPackages", tmp / "system-packages")
+    profiling = tomllib.loads(config_file.read_text())["packages"]["hello"]["profile_build"]
+    exe = stand_in / "bin" / "hello-pgo"
+    out_name = Path(profiling[0]).name[33:]
+    assert os.readlink(exe) == f"/run/pgod/packages/hello/{out_name}/bin/hello-pgo"
+    assert (stand_in / "nix-support" / "pgod-substitute").read_text().split() == [profiling[0]]
 
 
 def test_notify_agent_runs_in_graphical_sessions(summary, tmp):
@@ -192,7 +217,7 @@ def test_dbus_policy_gives_the_admin_group_the_mutating_methods(tmp):
 
 def test_generated_toml_is_a_valid_pgod_configuration(config_file, system, tmp):
     document = tomllib.loads(config_file.read_text())
-    top_keys = "activation admin_group merge_user packages profile_link spool_dir state_dir threshold_mb"
+    top_keys = "activation admin_group merge_user packages profile_link spool_dir state_dir substitute_dir threshold_mb"
     assert sorted(document) == top_keys.split()
     assert document["threshold_mb"] == 64 and document["activation"] == "notify"
     assert document["admin_group"] == "wheel"
@@ -221,6 +246,8 @@ def test_generated_toml_is_a_valid_pgod_configuration(config_file, system, tmp):
     config = load_config(config_file)
     assert config.packages["hello"].build == tuple(hello["build"])
     assert config.spool_dir == tmp / "spool"
+    assert config.substitute_dir == Path("/run/pgod/packages")
+    assert config.profile_link == Path("/nix/var/nix/profiles/pgod/optimized")
 
 
 def test_options_reach_the_toml(tmp):
@@ -278,8 +305,9 @@ def test_dotted_attribute_paths_name_packages_in_package_sets(tmp):
         ({"settings": {"spool_dir": "spool"}}, {}, "must be absolute paths"),
         ({"settings": {"packages": {"lua": {"threshold_mb": 2}}}}, {}, "`lua` is not in services.pgod.packages"),
         ({}, {"nix": {"enable": False}}, "needs the Nix daemon"),
+        ({"settings": {"profile_link": "/nix/var/nix/profiles/pgod"}}, {}, "give it a directory of its own"),
     ],
-    ids=["unknown-package", "undeclared-admin-group", "relative-spool", "orphan-package-table", "no-nix-daemon"],
+    ids=["unknown-package", "undeclared-admin-group", "relative-spool", "orphan-package-table", "no-nix-daemon", "shared-profile-dir"],
 )
 def test_assertions_say_what_to_change(tmp, options, extra, message):
     configuration = pgod_configuration(tmp, **options)
@@ -297,10 +325,25 @@ def test_assertions_say_what_to_change(tmp, options, extra, message):
 def test_warnings_for_empty_packages_and_overlays(tmp):
     empty = System(pgod_configuration(tmp, packages=[])).eval("summary.warnings")
     assert any("services.pgod.packages is empty" in text for text in empty)
+    # Only an overlay that changes a profiled package makes build.nix build something else.
+    changed = System(pgod_configuration(tmp), overlay="changesHello").eval("summary.warnings")
+    assert len(changed) == 1 and "`hello` in this system's pkgs differs" in changed[0], changed
+    assert System(pgod_configuration(tmp), overlay="addsAPackage").eval("summary.warnings") == []
+
+
+def test_a_missing_pgod_package_says_how_to_get_one(tmp):
     configuration = pgod_configuration(tmp)
-    configuration["nixpkgs"] = {"overlays": [{}]}
-    with_overlay = System(configuration).eval("summary.warnings")
-    assert any("without this system's nixpkgs.overlays" in text for text in with_overlay)
+    result = subprocess.run(
+        [
+            "nix-instantiate", "--eval", "--strict", "-E",
+            f"""let lib = import {NIXPKGS_LIB}; pkgs = removeAttrs (import {REPO}/nix/tests/fixture {{ inherit lib; }}) [ "pgod" ];
+            in (lib.evalModules {{ modules = [ {REPO}/nixos-module {REPO}/nix/tests/nixos-stubs.nix
+              {{ _module.args.pkgs = pkgs; }} (builtins.fromJSON ''{json.dumps(configuration)}'') ]; }}).config.services.pgod.package.outPath""",
+        ],
+        capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    assert "pgod.nixosModules.default" in result.stderr and "pgod.overlays.default" in result.stderr, result.stderr
 
 
 def test_flake_outputs_offer_lib_overlay_and_module():

@@ -28,9 +28,29 @@ let
       NIX_CFLAGS_COMPILE = "-DTOP_LEVEL=1";
     }
   ) { };
+  # An LLVM in the store, as nixpkgs' clang stdenvs have theirs (the fixture's is
+  # Debian's /usr/lib/llvm-14): what a profiled package must name in pgo.json
+  # without keeping it in its runtime closure. libLLVM is copied for its size.
+  storeLlvm = derivation {
+    name = "fixture-llvm-14";
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    PATH = "/usr/bin:/bin";
+    args = [
+      "-c"
+      "mkdir -p $out/bin $out/lib && cp /usr/lib/llvm-14/bin/llvm-profdata $out/bin/ && cp /usr/lib/llvm-14/lib/libLLVM-14.so.1 $out/lib/"
+    ];
+  };
 in
 {
   plain = pkgs.hello;
+  inherit storeLlvm;
+  profileWithStoreLlvm = pkgs.hello.override {
+    stdenv = adapters.withPgoProfile {
+      inherit spoolDir;
+      llvmProfdata = "${storeLlvm}/bin/llvm-profdata";
+    } pkgs.clangStdenv;
+  };
   profile = pgo.profile pkgs.hello;
   optimize = pgo.optimize mergedProfile pkgs.hello;
   optimizeTweaked = pgo.optimize mergedProfile (pkgs.hello.override { tweak = true; });
@@ -52,6 +72,10 @@ in
           isElf = false;
         };
       }
+    );
+    # nixpkgs releases before lib.systems gave platforms `isElf`.
+    oldNixpkgs = adapters.withPgoProfile { } (
+      pkgs.clangStdenv // { hostPlatform = { system = "x86_64-linux"; }; }
     );
     relativeSpool = (adapters.makePgo {
       inherit (pkgs) clangStdenv;

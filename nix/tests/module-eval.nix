@@ -7,11 +7,22 @@
 {
   nixpkgsLib,
   configJSON ? "{}",
+  # An overlay of this system's pkgs, by name: "none", "changesHello" (a tweaked
+  # hello, as an overlay patching a profiled package), "addsAPackage".
+  testOverlay ? "none",
 }:
 
 let
   lib = import nixpkgsLib;
-  pkgs = import ./fixture { inherit lib; };
+  overlays = {
+    none = [ ];
+    changesHello = [ (final: prev: { hello = prev.hello.override { tweak = true; }; }) ];
+    addsAPackage = [ (final: prev: { unrelated = prev.writeText "unrelated" ""; }) ];
+  };
+  pkgs = import ./fixture {
+    inherit lib;
+    overlays = overlays.${testOverlay};
+  };
 
   system = lib.evalModules {
     modules = [
@@ -19,6 +30,7 @@ let
       ./nixos-stubs.nix
       { _module.args.pkgs = pkgs; }
       (builtins.fromJSON configJSON)
+      { nixpkgs.overlays = overlays.${testOverlay}; }
     ];
   };
 
@@ -55,13 +67,14 @@ in
     tmpfiles = config.systemd.tmpfiles.rules;
     sessionVariables = config.environment.sessionVariables;
     globalEnvironment = config.systemd.globalEnvironment;
-    profiles = config.environment.profiles;
+    activationScripts = lib.mapAttrs (_: script: script.text) config.system.activationScripts;
     dbusPackages = map toString config.services.dbus.packages;
     etc = lib.mapAttrs (_: file: toString file.source) config.environment.etc;
     systemPackages = map (p: {
       name = p.name;
       priority = p.meta.priority or null;
       pgoVariant = p.pgo.variant or null;
+      substitutes = if p ? pgo.profiling then map toString (map (o: p.pgo.profiling.${o}) p.pgo.profiling.outputs) else null;
     }) config.environment.systemPackages;
     settings = config.services.pgod.settings;
     users = config.users.users;

@@ -85,6 +85,16 @@ in
 
     services.dbus.packages = listOption types.path;
 
+    system.activationScripts = mkOption {
+      type = types.attrsOf (types.submodule {
+        options = {
+          deps = listOption types.str;
+          text = mkOption { type = types.lines; };
+        };
+      });
+      default = { };
+    };
+
     users.groups = mkOption {
       type = types.attrsOf (types.submodule { });
       default = { };

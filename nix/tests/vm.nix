@@ -3,7 +3,8 @@
   hello. The profiling hello writes raw profiles, pgod counts them in
   `pgoctl status --json`, crosses the threshold, rebuilds hello optimized
   through nix-daemon inside the VM (offline: every build input is in the
-  VM's store) and, with activation = "auto", puts it first in PATH.
+  VM's store) and, with activation = "auto", substitutes it for the profiling
+  hello wherever the system path reaches.
 */
 { self }:
 
@@ -90,11 +91,22 @@
         report = json.loads(machine.succeed(f"cat {optimized}/nix-support/pgo-warnings.json"))
         assert report["profile_functions"] and report["mismatched_functions"] < report["profile_functions"], report
 
-    with subtest("the optimized hello comes first in PATH and writes no profile"):
+    with subtest("everything that reaches the system path runs the optimized hello"):
         machine.succeed(f"test \"$(su - alice -c 'readlink -f $(command -v hello)')\" = {optimized}/bin/hello")
+        machine.succeed(f"test \"$(readlink -f /run/current-system/sw/bin/hello)\" = {optimized}/bin/hello")
         machine.succeed(
-            "mkdir -p /tmp/noprofile && LLVM_PROFILE_FILE=/tmp/noprofile/%p.profraw "
-            "/nix/var/nix/profiles/pgod/bin/hello && test -z \"$(ls /tmp/noprofile)\""
+            "mkdir -p /tmp/noprofile && chmod 1777 /tmp/noprofile && systemd-run --wait --pipe "
+            "--setenv=LLVM_PROFILE_FILE=/tmp/noprofile/%p.profraw /run/current-system/sw/bin/hello "
+            "&& test -z \"$(ls /tmp/noprofile)\""
         )
+
+    with subtest("deactivate gives the system path back the profiling hello, and a reboot keeps the choice"):
+        machine.succeed("pgoctl deactivate hello")
+        machine.succeed("readlink -f /run/current-system/sw/bin/hello | grep -v " + optimized)
+        machine.succeed("pgoctl activate hello")
+        machine.shutdown()
+        machine.start()
+        machine.wait_for_unit("multi-user.target")
+        machine.succeed(f"test \"$(readlink -f /run/current-system/sw/bin/hello)\" = {optimized}/bin/hello")
   '';
 }

@@ -6,11 +6,14 @@
     nix-build loop.nix -A optimized.out --argstr spoolDir … --argstr profile /nix/store/…profdata
 
   `tweak = true` stands for an upgrade: the same package, one function changed.
+  `standIn` is what a NixOS system path holds for the profiling variant
+  (nixos-module/substitute.nix), its links going through `substituteDir`.
 */
 {
   spoolDir,
   profile ? null,
   tweak ? false,
+  substituteDir ? "/run/pgod/packages",
 }:
 
 let
@@ -18,9 +21,15 @@ let
   adapters = import ../../stdenv-adapters { defaultSpoolDir = spoolDir; };
   pgo = adapters.makePgo { inherit (pkgs) clangStdenv; inherit spoolDir; };
   hello = pkgs.hello.override { inherit tweak; };
+  substitute = import ../../nixos-module/substitute.nix {
+    shell = "/bin/bash";
+    path = "/usr/bin:/bin";
+    inherit substituteDir;
+  };
 in
 {
   profiling = pgo.profile hello;
+  standIn = substitute "hello" (pgo.profile hello);
   optimized = pgo.optimize (builtins.storePath profile) hello;
   plain = pkgs.hello.override { inherit tweak; stdenv = pkgs.clangStdenv; };
 }
