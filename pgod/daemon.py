@@ -47,11 +47,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pgod: {err}", file=sys.stderr)
         return EXIT_USAGE
     if args.check_config:
+        if (refused := check_trust(config)) is not None:
+            return refused
         print(f"pgod: {args.config}: ok ({len(config.packages)} packages)")
         return EXIT_OK
     if args.apply_substitution:
         return apply_substitution(config)
     return run(config, args.bus)
+
+
+def check_trust(config) -> int | None:
+    """EXIT_USAGE, said on stderr, when the config names a path another user could change."""
+    from .attribution import scan_package
+    from .trust import check_config
+
+    builds = {name: scan_package(package) for name, package in config.packages.items()}
+    try:
+        check_config(config, builds)
+    except ConfigError as err:
+        print(f"pgod: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return None
 
 
 def apply_substitution(config) -> int:
@@ -84,6 +100,10 @@ def run(config, bus_kind: str) -> int:
     from .spool import SpoolWatcher
     from .staging import StagingError, prepare_layout
 
+    # Before anything is logged or created: a refused path is one line and nothing started.
+    if (refused := check_trust(config)) is not None:
+        return refused
+    attributor = Attributor.from_config(config)
     try:
         merge_identity = Identity.for_user(config.merge_user)
     except ConfineError as err:
@@ -100,7 +120,6 @@ def run(config, bus_kind: str) -> int:
     except (StagingError, SchemaError, OSError) as err:
         print(f"pgod: {err}", file=sys.stderr)
         return EXIT_FAILED
-    attributor = Attributor.from_config(config)
     sandbox = MergeSandbox(merge_identity, layout.merge_work)
     engine = Engine(config, layout, sessions, attributor, sandbox)
     loop = GLib.MainLoop()
