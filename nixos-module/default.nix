@@ -414,6 +414,14 @@ in
     };
     users.groups.${mergeUser} = { };
 
+    # The spool is world-writable and sticky: these keep one user's planted symlink, FIFO or
+    # file from turning another's (root's) profile write into a write somewhere else.
+    boot.kernel.sysctl = {
+      "fs.protected_symlinks" = lib.mkDefault 1;
+      "fs.protected_regular" = lib.mkDefault 2;
+      "fs.protected_fifos" = lib.mkDefault 2;
+    };
+
     systemd.tmpfiles.rules = [
       "d ${spoolDir} 1777 root root -"
       "d ${stateDir} 0700 root root -"
@@ -485,7 +493,9 @@ in
         ProtectKernelLogs = true;
         ProtectKernelModules = true;
         ProtectKernelTunables = true;
-        ProtectProc = "invisible";
+        # Processes stay visible: an empty spool file named after a pid that is no running
+        # process of its owner is a squatted name, and pgod frees it (engine.py `squatter`).
+        ProtectProc = "default";
         ProcSubset = "pid";
         LockPersonality = true;
         MemoryDenyWriteExecute = true;

@@ -56,6 +56,30 @@ def main(argv: list[str] | None = None) -> int:
     return run(config, args.bus)
 
 
+# The kernel's protections for sticky world-writable folders such as the spool, and the
+# lowest value of each that protects it.
+SPOOL_PROTECTIONS = {"protected_symlinks": 1, "protected_regular": 1, "protected_fifos": 1}
+
+
+def warn_about_unprotected_spool() -> None:
+    """Say so when the kernel lets one user's planted symlink, FIFO or file in the spool turn
+    another user's (or root's) profile write into a write elsewhere."""
+    off = []
+    for name, lowest in SPOOL_PROTECTIONS.items():
+        try:
+            value = int(Path(f"/proc/sys/fs/{name}").read_text())
+        except (OSError, ValueError):
+            continue
+        if value < lowest:
+            off.append(f"fs.{name}={value}")
+    if off:
+        log.warning(
+            "daemon.spool_unprotected",
+            settings=off,
+            hint="set fs.protected_symlinks=1, fs.protected_regular=2 and fs.protected_fifos=2 (sysctl; the NixOS module does)",
+        )
+
+
 def check_trust(config) -> int | None:
     """EXIT_USAGE, said on stderr, when the config names a path another user could change."""
     from .attribution import scan_package
@@ -162,6 +186,7 @@ def run(config, bus_kind: str) -> int:
         state=str(config.state_dir),
         packages=list(config.packages),
     )
+    warn_about_unprotected_spool()
     try:
         loop.run()
     finally:

@@ -52,3 +52,19 @@ def write_file(path: str, content: bytes) -> None:
             view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
+
+
+def replace_file(path: str | os.PathLike[str], content: bytes) -> None:
+    """Replace ``path`` by a file holding ``content``, durably and atomically: readers see the
+    old file or the new one, never a part, and after a crash one of the two is there."""
+    path = os.fspath(path)
+    directory = os.path.dirname(path) or "."
+    temporary = f"{path}.{os.getpid()}.tmp"
+    write_file(temporary, content)
+    fd = os.open(temporary, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+    fsync_dir(directory)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 import queue
+import re
+import secrets
 import stat
 import threading
 import time
@@ -350,12 +352,18 @@ class Engine:
             return None
         if stat.S_ISDIR(info.st_mode):
             # Never claimed: a folder cannot hold a profile, and moving another user's folder
-            # needs a right the service does not keep (its ".." would change).
+            # needs a right the service does not keep (its ".." would change). One squatting a
+            # program's file name is put out of its way, though.
+            if squatter(name, info.st_uid):
+                self._clear_squatted_folder(name)
             return 0.0
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
             return None
-        if info.st_size == 0 and time.time() - info.st_mtime < EMPTY_FILE_GRACE_SECONDS:
+        if info.st_size == 0 and time.time() - info.st_mtime < EMPTY_FILE_GRACE_SECONDS and not squatter(name, info.st_uid):
             # A program still running; its exit write closes the file again and brings it back.
+            # An empty file that names no running process of its owner is not that: someone
+            # took the name before the program that will get that pid. It is claimed at once
+            # (and quarantined as empty), so that program can write its own.
             return 0.0
         if info.st_size > 0 and isinstance(name, Arrival) and not _parses_whole(path, self.config.max_file_bytes):
             # Linked in, or written without a close yet: if it is a complete profile it is
@@ -366,6 +374,23 @@ class Engine:
             # event, or this deadline, brings it back.
             return YOUNG_FILE_SECONDS - age
         return None
+
+    def _clear_squatted_folder(self, name: str) -> None:
+        """Free a program's file name taken by a folder: removed if empty, else renamed aside
+        within the spool (a rename in place needs no right over the folder itself)."""
+        path = f"{self._spool}/{name}"
+        try:
+            os.rmdir(path)
+            log.warning("spool.squatted_name_freed", name=name, how="removed the empty folder")
+            return
+        except OSError:
+            pass
+        aside = f"{self._spool}/.pgod-aside-{secrets.token_hex(8)}"
+        try:
+            os.rename(path, aside)
+            log.warning("spool.squatted_name_freed", name=name, how=f"moved the folder to {os.path.basename(aside)}")
+        except OSError as err:
+            log.warning("spool.squatted_name_kept", name=name, error=err.strerror)
 
     def _ingest_names(self, names: Iterable[str], at_start: bool = False) -> None:
         if self._disk is not None and self._restart_at is not None:
@@ -447,6 +472,25 @@ class Engine:
                 listener(kind, data)
             except Exception:  # a listener's bug must not stop the engine
                 log.exception("engine.listener_failed", kind=kind)
+
+
+_PID_NAME = re.compile(r"([1-9][0-9]{0,9})\.profraw")
+
+
+def squatter(name: str, owner_uid: int) -> bool:
+    """Does the spool entry ``name`` claim to be the profile of a process (``<pid>.profraw``, the
+    name the runtime gives it) that is not a running process of the entry's owner? Such an
+    entry was made by someone else ahead of the program that will get that pid. A name of
+    another form cannot be judged: False."""
+    matched = _PID_NAME.fullmatch(name)
+    if matched is None:
+        return False
+    try:
+        return os.stat(f"/proc/{matched.group(1)}").st_uid != owner_uid
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # /proc not readable here: cannot tell
 
 
 def _parses_whole(path: str, max_bytes: int) -> bool:

@@ -137,7 +137,12 @@ class SpoolWatcher:
                 overflow = True
             elif mask & _WATCH_GONE:
                 gone = True
-            elif raw_name and not mask & IN.IN_ISDIR:
+            elif raw_name and mask & IN.IN_ISDIR:
+                # Folders are never claimed, but one named like a program's profile may squat
+                # that program's name: the engine looks at those.
+                if mask & (IN.IN_CREATE | IN.IN_MOVED_TO) and raw_name.endswith(b".profraw"):
+                    ready[os.fsdecode(raw_name)] = os.fsdecode(raw_name)
+            elif raw_name:
                 name = os.fsdecode(raw_name)
                 if mask & (IN.IN_CLOSE_WRITE | IN.IN_MOVED_TO):
                     ready[name] = name

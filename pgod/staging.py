@@ -4,8 +4,12 @@ Staging must be reachable from the spool by rename, because claiming is a rename
 under the state folder when a probe rename from the spool to there works, otherwise (another
 filesystem, or another mount of the same one, as systemd's ReadWritePaths makes) in a
 daemon-owned 0700 folder inside the spool. Either way its ownership and mode are checked at
-start, since the spool is world-writable and someone could have planted a folder (or a symlink)
-of that name first.
+start, since the spool is world-writable.
+
+Names in the spool are the daemon's only where nobody can guess them first: the probe and the
+in-spool staging folder carry random names (the staging folder's is chosen once and kept in the
+state folder, which only root can write), so a user who plants files or folders under any
+predictable name cannot keep pgod from starting.
 
 llvm-profdata runs as the unprivileged merge user (merge.py) and reaches its inputs through
 descriptors pgod hands it; the one folder it may write, `merge` in the state folder, is its own.
@@ -15,14 +19,18 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import stat
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from .config import Config
+from .durable import replace_file
 
-SPOOL_STAGING_NAME = ".pgod-staging"
+SPOOL_STAGING_PREFIX = ".pgod-staging-"
+STAGING_NAME_RECORD = "spool-staging-name"  # in the state folder: the in-spool staging's name
+LEGACY_SPOOL_STAGING_NAME = ".pgod-staging"  # the fixed name before; adopted when it is ours
 
 
 class StagingError(RuntimeError):
@@ -75,8 +83,7 @@ def prepare_layout(config: Config, merge_uid: int | None = None) -> Layout:
     staging = config.state_dir / "staging"
     _make_private_dir(staging)
     if not _rename_reaches(config.spool_dir, staging):
-        staging = config.spool_dir / SPOOL_STAGING_NAME
-        _make_private_dir(staging)
+        staging = _spool_staging(config)
     layout = Layout(config.spool_dir, staging, config.state_dir)
     for directory in (layout.incoming, layout.parts, layout.quarantine, layout.unattributed, layout.profiles):
         _make_private_dir(directory)
@@ -95,11 +102,56 @@ def _make_merge_work(path: Path, uid: int) -> None:
                 os.unlink(entry.path)
 
 
+def _spool_staging(config: Config) -> Path:
+    """The staging folder inside the spool: its random name from the state folder's record, or a
+    new one. A recorded folder that is missing or not ours (it cannot be: nobody else can guess
+    it before we make it, nor remove ours from the sticky spool) is replaced by a new name."""
+    record = config.state_dir / STAGING_NAME_RECORD
+    try:
+        name = record.read_text().strip()
+    except FileNotFoundError:
+        name = ""
+        legacy = config.spool_dir / LEGACY_SPOOL_STAGING_NAME
+        info = os.lstat(legacy) if os.path.lexists(legacy) else None
+        if info is not None and stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid():
+            # pgod before random names kept its staging here; files may still wait in it.
+            replace_file(record, (LEGACY_SPOOL_STAGING_NAME + "\n").encode())
+            name = LEGACY_SPOOL_STAGING_NAME
+    if (name.startswith(SPOOL_STAGING_PREFIX) or name == LEGACY_SPOOL_STAGING_NAME) and "/" not in name:
+        try:
+            _make_private_dir(config.spool_dir / name)
+            return config.spool_dir / name
+        except StagingError:
+            pass
+    for _attempt in range(8):
+        name = SPOOL_STAGING_PREFIX + secrets.token_hex(16)
+        try:
+            os.mkdir(config.spool_dir / name, 0o700)
+        except FileExistsError:
+            continue
+        _make_private_dir(config.spool_dir / name)
+        # Durable before anything is claimed into it: pending files are found by this name.
+        replace_file(record, (name + "\n").encode())
+        return config.spool_dir / name
+    raise StagingError(f"cannot create a staging folder of a fresh random name in {config.spool_dir}")
+
+
+def _new_probe(spool: Path) -> Path:
+    """A probe file of our own in the spool, under a name nobody could have taken first."""
+    for _attempt in range(8):
+        probe = spool / f".pgod-probe-{secrets.token_hex(16)}"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return probe
+    raise StagingError(f"cannot create a probe file of a fresh random name in {spool}")
+
+
 def _rename_reaches(spool: Path, staging: Path) -> bool:
     """Can a file in the spool be renamed into staging? Tried with a probe file of our own."""
-    probe = spool / f".pgod-probe-{os.getpid()}"
-    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    os.close(fd)
+    probe = _new_probe(spool)
     try:
         os.rename(probe, staging / probe.name)
     except OSError as err:

@@ -30,7 +30,7 @@ from pathlib import Path
 import structlog
 
 from .config import Config
-from .durable import write_file
+from .durable import replace_file
 
 log = structlog.get_logger(__name__)
 
@@ -66,7 +66,7 @@ def write_record(config: Config, active: dict[str, Active]) -> None:
             for name, entry in sorted(active.items())
         },
     }
-    write_file(record_path(config), (json.dumps(document, indent=2) + "\n").encode())
+    replace_file(record_path(config), (json.dumps(document, indent=2) + "\n").encode())
 
 
 def read_record(config: Config) -> dict[str, Active]:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import textwrap
 from pathlib import Path
 
 from clangs import run_instrumented
 from conftest import workload_inputs
-from harness import wait_for
+import sys
+
+from harness import AS_NOBODY, wait_for
 
 SECRET = b"root-only secret\n"
 
@@ -148,12 +151,14 @@ def profile_functions(clang, profile: Path) -> set[str]:
     return {line.strip().rstrip(":") for line in shown.splitlines() if line.startswith("  ") and line.rstrip().endswith(":") and not line.startswith("    ")}
 
 
-def test_a_fresh_empty_file_is_left_for_its_writer_to_finish(pgod, workload, clang14):
+def test_a_fresh_empty_file_is_left_for_its_writer_to_finish(pgod, workload, clang14, request):
     """The runtime creates its file empty at program start and appends at exit: a fresh empty
     file is a program still running, and claiming it would only produce a false rejection."""
     pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": str(clang14.profdata)}})
     daemon = pgod.daemon()
-    started = pgod.spool / "4242.profraw"
+    running = subprocess.Popen(["sleep", "300"])  # the program whose pid the file is named after
+    request.addfinalizer(running.kill)
+    started = pgod.spool / f"{running.pid}.profraw"
     started.write_bytes(b"")
     run_instrumented(workload / "bin" / "workload", ["9", "x"], pgod.spool / "%p.profraw")
     wait_for(lambda: daemon.package("workload")["files"] == 1, 30, "the finished program's profile merged")
@@ -216,3 +221,43 @@ def test_names_are_bytes_and_folders_stop_nothing(pgod, workload, clang14, tmp_p
     assert "bad-\\\\xc3(.profraw" in log and "profraw-bad-magic" in log, log[-3000:]
     assert '"level": "error"' not in log and "Traceback" not in log
     assert shown  # status and show answered throughout
+
+
+def test_squatted_pid_names_are_freed_and_the_other_users_profiles_counted(pgod, workload, clang14, tmp_path):
+    """nobody takes every free pid's profile name (empty, 0644: nobody else may write them) and
+    a folder for some; the names are freed quickly, and another user's programs, getting those
+    pids, write and are counted as theirs."""
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": str(clang14.profdata)}})
+    pgod.spool.chmod(0o1777)  # as on a real system: everyone writes there
+    daemon = pgod.daemon()
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    squat = textwrap.dedent(f"""
+        import os
+        for pid in range(300, {pid_max}):
+            if os.path.exists(f"/proc/{{pid}}"):
+                continue
+            name = f"{pgod.spool}/{{pid}}.profraw"
+            try:
+                if pid % 100 == 0:
+                    os.mkdir(name)
+                    if pid % 200 == 0:
+                        open(f"{{name}}/inside", "w").close()
+                else:
+                    os.close(os.open(name, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o644))
+            except OSError:
+                pass
+    """)
+    subprocess.run([*AS_NOBODY, sys.executable, "-c", squat], check=True, timeout=120)
+    squatted = lambda: [e for e in os.scandir(pgod.spool) if e.name.endswith(".profraw")]  # noqa: E731
+    assert len(squatted()) > 1000
+    wait_for(lambda: not squatted(), 120, "squatted names freed", interval=0.5)
+
+    uid = 4321  # another user, with no profile of its own in the spool yet
+    for args in workload_inputs(5):
+        subprocess.run(
+            ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=+dac_read_search",
+             "--ambient-caps=+dac_read_search", str(workload / "bin" / "workload"), *args],
+            env={"LLVM_PROFILE_FILE": f"{pgod.spool}/%p.profraw", "PATH": "/usr/bin:/bin"},
+            check=True, capture_output=True, timeout=60,
+        )
+    wait_for(lambda: daemon.package("workload")["files"] == 5, 60, "the other user's five profiles merged")

@@ -160,6 +160,12 @@ def test_tmpfiles_create_a_sticky_world_writable_spool_and_a_private_state_dir(s
     ]
 
 
+def test_the_kernel_protects_the_sticky_spool_from_planted_links_fifos_and_files(summary):
+    assert summary["sysctl"] == {"fs.protected_symlinks": 1, "fs.protected_regular": 2, "fs.protected_fifos": 2}
+    # pgod sees processes, to tell a program's own empty profile from a squatted name.
+    assert summary["service"]["serviceConfig"]["ProtectProc"] == "default"
+
+
 def test_llvm_profile_file_is_set_for_login_sessions_and_system_services(summary, tmp):
     assert summary["sessionVariables"]["LLVM_PROFILE_FILE"] == f"{tmp / 'spool'}/%p.profraw"
     # Written into every unit's Environment=, where systemd would expand %p: escaped as %%p.

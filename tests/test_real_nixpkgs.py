@@ -144,9 +144,15 @@ def test_build_nix_evaluates_to_the_optimized_variants(system, tmp_path):
         assert variant.strip() == '"optimize"'
 
 
+def flake_reference(checkout: Path) -> str:
+    """A git checkout as git+file (its tracked files: copied once, then cached), else path:
+    (the whole folder, copied at every use)."""
+    return f"git+file://{checkout}" if (checkout / ".git").exists() else f"path:{checkout}"
+
+
 def test_nix_flake_check_evaluates_with_the_nixpkgs_input_overridden():
     nix(
         "nix", "--extra-experimental-features", "nix-command flakes", "flake", "check", "--no-build",
-        "--no-write-lock-file", "--override-input", "nixpkgs", f"path:{os.environ['NIXPKGS']}",
+        "--no-write-lock-file", "--override-input", "nixpkgs", flake_reference(Path(os.environ["NIXPKGS"])),
         f"git+file://{REPO}", timeout=1800,
     )

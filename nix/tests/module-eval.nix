@@ -67,6 +67,7 @@ in
     tmpfiles = config.systemd.tmpfiles.rules;
     sessionVariables = config.environment.sessionVariables;
     globalEnvironment = config.systemd.globalEnvironment;
+    sysctl = config.boot.kernel.sysctl;
     activationScripts = lib.mapAttrs (_: script: script.text) config.system.activationScripts;
     dbusPackages = map toString config.services.dbus.packages;
     etc = lib.mapAttrs (_: file: toString file.source) config.environment.etc;

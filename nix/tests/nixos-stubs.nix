@@ -85,6 +85,11 @@ in
 
     services.dbus.packages = listOption types.path;
 
+    boot.kernel.sysctl = mkOption {
+      type = types.attrsOf types.anything;
+      default = { };
+    };
+
     system.activationScripts = mkOption {
       type = types.attrsOf (types.submodule {
         options = {
