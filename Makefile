@@ -10,7 +10,8 @@ ifeq ($(shell id -u),0)
 AS_ROOT :=
 PYTEST_NO_CACHE :=
 else
-AS_ROOT := sudo env PYTHONDONTWRITEBYTECODE=1
+# The opt-in test inputs (NIXPKGS_LIB, NIXPKGS, NIX_BIN_DIR) go along: sudo drops the rest.
+AS_ROOT := sudo env PYTHONDONTWRITEBYTECODE=1 $(foreach v,NIXPKGS_LIB NIXPKGS NIX_BIN_DIR,$(if $($(v)),$(v)=$($(v))))
 PYTEST_NO_CACHE := -p no:cacheprovider
 endif
 

@@ -71,7 +71,10 @@ let
           "zstd"
         ];
         boot.loader.grub.enable = false;
-        fileSystems."/".device = "/dev/sda1";
+        fileSystems."/" = {
+          device = "/dev/sda1";
+          fsType = "ext4";
+        };
         system.stateVersion = "26.05";
       }
     ];
@@ -91,6 +94,7 @@ in
       inherit (unit.serviceConfig) ExecStart ReadWritePaths CapabilityBoundingSet ProtectSystem;
     };
     buildNix = config.environment.etc."pgod/build.nix".source.text;
+    buildNixFile = config.environment.etc."pgod/build.nix".source;
     activation = config.system.activationScripts.pgod-substitute.text or null;
     systemPath = map (p: p.name) config.environment.systemPackages;
     standIns = map (p: p.pgo.profiling.name) (
