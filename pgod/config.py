@@ -15,6 +15,7 @@ from typing import Any
 DEFAULT_CONFIG_PATH = Path("/etc/pgod/config.toml")
 ACTIVATION_MODES = ("notify", "auto")
 MB = 1024 * 1024
+DEFAULT_MAX_COUNTER = 1 << 56
 
 
 class ConfigError(Exception):
@@ -60,6 +61,11 @@ class Config:
     # Where the system path's stand-in links for each package live (pgod/substitution.py);
     # None: no binary substitution, the optimized builds are only in profile_link.
     substitute_dir: Path | None = None
+    # A counter above this is no real run's (2^56: a billion increments a second for two
+    # years): the file is refused. Any user's runs count, but not with any value.
+    max_counter: int = DEFAULT_MAX_COUNTER
+    # Whose profiles count: None, anyone's; else only files owned by these uids.
+    accept_uids: frozenset[int] | None = None
 
     @property
     def db_path(self) -> Path:
@@ -151,6 +157,8 @@ _TOP_KEYS = {
     "keep_free_mb",
     "kept_max_mb",
     "substitute_dir",
+    "max_counter",
+    "accept_uids",
     "packages",
 }
 # Package names become file names under state_dir (profiles/<name>/, logs): no "/" and no "..".
@@ -203,6 +211,12 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
     unattributed_max_files = top.get("unattributed_max_files", int, 1000)
     if unattributed_max_files < 0:
         raise top.error("unattributed_max_files", "must not be negative")
+    max_counter = top.get("max_counter", int, DEFAULT_MAX_COUNTER)
+    if not 0 < max_counter < 1 << 64:
+        raise top.error("max_counter", f"must be between 1 and 2^64 - 1, got {max_counter}")
+    accept_uids = top.get("accept_uids", list, None)
+    if accept_uids is not None and not all(isinstance(u, int) and not isinstance(u, bool) and 0 <= u < 1 << 32 for u in accept_uids):
+        raise top.error("accept_uids", "must be a list of uids (integers from 0), e.g. [0, 1000]")
     build_retry_seconds = top.get("build_retry_seconds", (int, float), 30, what="a number of seconds")
     if build_retry_seconds <= 0:
         raise top.error("build_retry_seconds", f"must be positive, got {build_retry_seconds}")
@@ -222,6 +236,8 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
         keep_free_bytes=top.megabytes("keep_free_mb", 64, allow_zero=True),
         kept_max_bytes=top.megabytes("kept_max_mb", 64, allow_zero=True),
         substitute_dir=top.absolute_path("substitute_dir", None),
+        max_counter=max_counter,
+        accept_uids=None if accept_uids is None else frozenset(accept_uids),
     )
 
 

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class Base(DeclarativeBase):
@@ -149,6 +149,25 @@ class Quarantine(Base):
     at: Mapped[float] = mapped_column(Float)
 
 
+class Contribution(Base):
+    """What one uid's raw profiles put into a package's profile, over the package's life: the
+    rows of the files themselves are pruned once they are done (see prune_done)."""
+
+    __tablename__ = "contributions"
+    package: Mapped[str] = mapped_column(String, primary_key=True)
+    uid: Mapped[int] = mapped_column(Integer, primary_key=True)  # -1: not known (an old row)
+    files: Mapped[int] = mapped_column(Integer, default=0)  # raw profiles (parts) merged
+    bytes: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Tally(Base):
+    """A counter over the daemon's life whose rows are pruned, such as every file ever rejected."""
+
+    __tablename__ = "tallies"
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    value: Mapped[int] = mapped_column(Integer, default=0)
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -180,9 +199,20 @@ def insert_many(session: Session, table_name: str, rows: list[dict]) -> None:
     session.connection().exec_driver_sql(sql, [tuple(row[column] for column in columns) for row in rows])
 
 
-# From schema N to N+1, in the transaction that records the new version.
+# From schema N to N+1, in the transaction that records the new version (new tables are made
+# by create_all before).
 _MIGRATIONS = {
-    1: "ALTER TABLE parts ADD COLUMN digest VARCHAR",
+    1: ["ALTER TABLE parts ADD COLUMN digest VARCHAR"],
+    2: [
+        "INSERT INTO contributions (package, uid, files, bytes) SELECT p.package, COALESCE(f.owner_uid, -1),"
+        " COUNT(*), SUM(p.size) FROM parts p JOIN spool_files f ON f.id = p.file_id WHERE p.status = 'merged'"
+        " GROUP BY p.package, COALESCE(f.owner_uid, -1)",
+        "INSERT INTO tallies (name, value) SELECT 'rejected_files', COUNT(*) FROM quarantine",
+        "INSERT INTO tallies (name, value) SELECT 'rejected_bytes', COALESCE(SUM(size), 0) FROM quarantine",
+        "INSERT INTO tallies (name, value) SELECT 'unattributed_files', COUNT(*) FROM parts WHERE status = 'unattributed'",
+        "INSERT INTO tallies (name, value) SELECT 'unattributed_bytes', COALESCE(SUM(size), 0) FROM parts"
+        " WHERE status = 'unattributed'",
+    ],
 }
 
 
@@ -203,7 +233,8 @@ def open_database(path: Path) -> sessionmaker[Session]:
             session.add(Meta(key="created_at", value=str(time.time())))
         elif int(stored) in _MIGRATIONS:
             for version in range(int(stored), SCHEMA_VERSION):
-                session.connection().exec_driver_sql(_MIGRATIONS[version])
+                for statement in _MIGRATIONS[version]:
+                    session.connection().exec_driver_sql(statement)
             session.execute(update(Meta).where(Meta.key == "schema_version").values(value=str(SCHEMA_VERSION)))
         elif int(stored) != SCHEMA_VERSION:
             raise SchemaError(f"{path}: schema version {stored}, this pgod knows {SCHEMA_VERSION}")

@@ -102,7 +102,10 @@ class DaemonService:
     @dbus_errors
     def GetStatus(self) -> str:
         return json.dumps(
-            status_document(self._config, self._sessions, self._engine.spool_backlog, self._running(), self._engine.disk)
+            status_document(
+                self._config, self._sessions, self._engine.spool_backlog, self._running(), self._engine.disk,
+                self._engine.layout,
+            )
         )
 
     @dbus_errors

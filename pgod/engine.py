@@ -37,6 +37,7 @@ from .claim import Claimer
 from .config import MB, Config
 from .db import Package
 from .failpoints import failpoint
+from .history import History
 from .ingest import Ingestor
 from .durable import fsync_dir, is_disk_full
 from .merge import MergeSandbox
@@ -106,7 +107,10 @@ class Engine:
             name: resolve_profdata(package, attributor.builds.get(name)) for name, package in config.packages.items()
         }
         self.merger = ProfileMerger(config, layout, sessions, profdata, self._emit, sandbox, self._queue.put)
-        self._ingestor = Ingestor(layout, attributor, config.max_file_bytes, keep=self.merger.remember)
+        self._ingestor = Ingestor(
+            layout, attributor, config.max_file_bytes, keep=self.merger.remember,
+            max_counter=config.max_counter, accept_uids=config.accept_uids,
+        )
         self._deferred: dict[str, float] = {}  # spool name → when to look at it again
         self._scan_remaining = 0
         # Staging may live inside the spool (see staging.py): never claim our own folder.
@@ -116,6 +120,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._disk: tuple[str, str] | None = None  # ("full" or "low", why) while intake waits for room
         self.optimizer = Optimizer(config, layout, sessions, self._emit, self._queue.put, merging=self.merger.busy)
+        self._history = History(layout, sessions)
 
     # ---- called from other threads -------------------------------------------------------
     def submit(self, names: list[str]) -> None:
@@ -188,6 +193,7 @@ class Engine:
             return
         if isinstance(event, MergeDone):
             self.merger.on_merge_done(event)
+            self._history.owe()
             return
         try:
             event.future.set_result(event.function(*event.args))
@@ -293,6 +299,8 @@ class Engine:
             deadlines.append(merge_at)
         if self._restart_at is not None:
             deadlines.append(self._restart_at)
+        if (prune_at := self._history.next_deadline()) is not None:
+            deadlines.append(prune_at)
         build_at = self.optimizer.next_deadline()
         if build_at is not None:
             deadlines.append(time.monotonic() + max(0.0, build_at - time.time()))
@@ -316,6 +324,7 @@ class Engine:
         self._ingest_names(names)
         self.merger.merge_when_due(quiet=self._spool_quiet())
         self.optimizer.maybe_start_build()
+        self._history.prune_if_due()
 
     def _scan_spool(self) -> None:
         """Take what was in the spool before the watch began, in bounded chunks."""
@@ -436,6 +445,8 @@ class Engine:
         # Rows for entirely-unattributed files are born done; their staging copies can go.
         for staging_name in report.born_done:
             unlink_if_present(self.layout.incoming / staging_name)
+        if report.born_done or report.quarantined:
+            self._history.owe()
         if report.unattributed:
             prune_oldest(self.layout.unattributed, self.config.unattributed_max_files, self.config.kept_max_bytes)
         if report.quarantined:

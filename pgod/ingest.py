@@ -21,8 +21,10 @@ from .attribution import Attributor
 from .claim import Rejected, check_staged, display_name
 from .db import Part, Quarantine, SpoolFile, insert_many
 from .durable import fsync_dir, is_disk_full, sync_filesystem, write_file
+from .history import add_tallies
 from .merge import part_digest
-from .profraw import ProfrawError, RawProfile, parse_profraw
+from .config import DEFAULT_MAX_COUNTER
+from .profraw import ProfrawError, RawProfile, counter_over, parse_profraw
 from .staging import Layout, safe_component
 
 log = structlog.get_logger(__name__)
@@ -57,9 +59,17 @@ class Ingestor:
     """Checks and records claimed files; owns nothing but its collaborators."""
 
     def __init__(
-        self, layout: Layout, attributor: Attributor, max_file_bytes: int, keep: Callable[[str, bytes], None] = lambda _p, _d: None
+        self,
+        layout: Layout,
+        attributor: Attributor,
+        max_file_bytes: int,
+        keep: Callable[[str, bytes], None] = lambda _p, _d: None,
+        max_counter: int = DEFAULT_MAX_COUNTER,
+        accept_uids: frozenset[int] | None = None,
     ) -> None:
         self.layout = layout
+        self.max_counter = max_counter
+        self.accept_uids = accept_uids
         self._keep = keep  # hands a pending part's checked bytes on to its merge
         self.attributor = attributor
         self.max_file_bytes = max_file_bytes
@@ -107,6 +117,7 @@ class Ingestor:
             for q in quarantine_rows:
                 q["at"] = now
             session.execute(insert(Quarantine), quarantine_rows)
+            add_tallies(session, rejected_files=len(quarantine_rows), rejected_bytes=sum(q["size"] for q in quarantine_rows))
         return report
 
     def _insert_rows(self, session: Session, rows: list[_Row], report: IngestReport) -> None:
@@ -144,10 +155,18 @@ class Ingestor:
             )
         insert_many(session, SpoolFile.__tablename__, file_rows)
         insert_many(session, Part.__tablename__, part_rows)
+        unattributed = [part["size"] for part in part_rows if part["status"] == "unattributed"]
+        add_tallies(session, unattributed_files=len(unattributed), unattributed_bytes=sum(unattributed))
 
     def _examine(self, staging_name: str, original_name: str) -> _Row:
         path = f"{self._incoming}/{staging_name}"
         checked, fd = check_staged(path, original_name, self.max_file_bytes)
+        if self.accept_uids is not None and checked.owner_uid not in self.accept_uids:
+            os.close(fd)
+            raise Rejected(
+                "uid-not-accepted", f"owned by uid {checked.owner_uid}, which accept_uids does not list",
+                checked.owner_uid, checked.size,
+            )
         try:
             # Read, never mmap: the owner may still hold the file open and truncate it, and a
             # mapped page past the new end would kill the daemon with SIGBUS.
@@ -158,6 +177,14 @@ class Ingestor:
             profiles = parse_profraw(data)
         except ProfrawError as err:
             raise Rejected(f"profraw-{err.reason}", str(err), checked.owner_uid, len(data)) from None
+        for index, profile in enumerate(profiles):
+            if (over := counter_over(data, profile, self.max_counter)) is not None:
+                counter, value = over
+                raise Rejected(
+                    "implausible-count",
+                    f"raw profile {index}: counter {counter} holds {value}, more than max_counter = {self.max_counter}"
+                    " (no run counts that high)", checked.owner_uid, len(data),
+                )
         parts = self._split(staging_name, path, data, profiles)
         copied = any(part["path"] != path for part in parts)
         return _Row(staging_name, original_name, checked.owner_uid, len(data), parts, copied)

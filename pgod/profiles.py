@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .config import Config
 from .db import Merge, Package, Part, Quarantine, SpoolFile, among
 from .failpoints import failpoint
+from .history import add_contributions, add_tallies
 from .merge import DISK_FULL, Gathered, MergeFailure, MergeInput, MergeOutcome, MergeSandbox, gather_inputs, merge_batch
 from .osthread import name_os_thread
 from .recovery import finish_files, unlink_if_present
@@ -273,6 +274,7 @@ class ProfileMerger:
                     for p in rejected
                 )
                 package.quarantined += len(rejected)
+                add_tallies(session, rejected_files=len(rejected), rejected_bytes=sum(p.size for p in rejected))
             advanced = outcome.merged and bool(merged)
             if advanced:
                 merge = Merge(
@@ -292,6 +294,7 @@ class ProfileMerger:
                     .where(Part.package == name, Part.status == "pending", Part.id <= parts[-1].id)
                     .values(status="merged", merge_id=merge.id)
                 )
+                add_contributions(session, name, _shares_by_uid(session, merged))
                 package.profile_generation = generation
                 package.profile_path = str(output)
                 package.raw_bytes += merged_bytes
@@ -356,6 +359,20 @@ class ProfileMerger:
         with self.sessions.begin() as session:
             session.execute(update(Package).where(Package.name == name).values(last_error=f"merge: {error}"))
         self._emit("error", package=name, message=error)
+
+
+def _shares_by_uid(session: Session, parts: list) -> dict[int, tuple[int, int]]:
+    """(parts, bytes) of a merged batch per owner uid of their files (-1: not known)."""
+    owners = dict(
+        session.execute(select(SpoolFile.id, SpoolFile.owner_uid).where(among(SpoolFile.id, {p.file_id for p in parts}))).tuples().all()
+    )
+    shares: dict[int, tuple[int, int]] = {}
+    for part in parts:
+        uid = owners.get(part.file_id)
+        uid = -1 if uid is None else uid
+        files, size = shares.get(uid, (0, 0))
+        shares[uid] = (files + 1, size + part.size)
+    return shares
 
 
 def _within_bytes(parts: list, limit: int) -> list:

@@ -12,7 +12,8 @@ pgod parses raw profiles itself, before any llvm-profdata sees them, for two rea
 
 Only the framing is checked here: magic, version, the size of every section against the bytes
 that are really there, the binary-id section, and the value-profile records that end a part (their
-sizes decide where the next part starts). Counter values, names and the like are llvm-profdata's
+sizes decide where the next part starts). Of the contents only the counters are looked at, by
+`counter_over`, so implausible counts can be refused; names and the like are llvm-profdata's
 business. Layouts by version (all fields little-endian u64; sizes are counts unless said):
 
 * v7 (LLVM 13): Magic, Version, BinaryIdsSize, NumData, PaddingBytesBeforeCounters, NumCounters,
@@ -47,7 +48,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import accumulate, compress
 
-__all__ = ["RAW_MAGIC", "ProfrawError", "RawProfile", "parse_profraw", "part_bytes"]
+__all__ = ["RAW_MAGIC", "ProfrawError", "RawProfile", "counter_over", "parse_profraw", "part_bytes"]
 
 RAW_MAGIC = 0xFF6C70726F667281  # "\xfflprofr\x81": 64-bit pointers, as a little-endian u64
 _RAW_MAGIC_32 = 0xFF6C70726F665281  # "\xfflprofR\x81": 32-bit pointers
@@ -156,6 +157,7 @@ class RawProfile:
     num_vtables: int  # v10 and later
     vnames_size: int  # v10 and later
     value_data_size: int  # bytes of value-profile records at the end of the part
+    counters_offset: int  # byte offset of the counters section in the file
 
     @property
     def counter_size(self) -> int:
@@ -188,6 +190,20 @@ def parse_profraw(data: bytes | bytearray | memoryview, *, max_parts: int = 64) 
         parts.append(part)
         pos += part.length
     return parts
+
+
+def counter_over(data: bytes | bytearray | memoryview, part: RawProfile, limit: int) -> tuple[int, int] | None:
+    """(index, value) of the first counter of a part above ``limit``, or None (checked at C
+    speed: one max over the section). Single-byte coverage counters (0 or 1, where 0 means
+    "ran") hold no counts and are never over."""
+    if part.counter_size != 8 or part.num_counters == 0:
+        return None
+    section = memoryview(data).cast("B")[part.counters_offset : part.counters_offset + 8 * part.num_counters]
+    counters = section.cast("Q") if part.counters_offset % 8 == 0 else memoryview(section.tobytes()).cast("Q")
+    if max(counters) <= limit:
+        return None
+    index = next(i for i, value in enumerate(counters) if value > limit)
+    return index, counters[index]
 
 
 def _fail(reason: str, pos: int, message: str) -> ProfrawError:
@@ -275,6 +291,7 @@ def _parse_part(buf: memoryview, pos: int, *, first: bool) -> RawProfile:
     return RawProfile(
         pos, value_end - pos, version, version_field >> 32, binary_ids, num_data, num_counters,
         names_size, num_bitmap, num_vtables, vnames_size, value_end - value_start,
+        data_start + sizes[0] + pad_before,
     )
 
 

@@ -5,14 +5,18 @@ Pure reads: safe from any thread, since SQLite in WAL mode lets readers run besi
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import __version__
 from .config import Config
-from .db import Build, Merge, Package, Part, Quarantine
+from .db import Build, Contribution, Merge, Package, Quarantine
+from .history import REJECTED_BYTES, REJECTED_FILES, UNATTRIBUTED_BYTES, UNATTRIBUTED_FILES, tallies
+from .staging import Layout
 
 STATES = ("profiling", "building", "ready", "active", "failed", "stale")
 
@@ -47,32 +51,70 @@ def _package_summary(row: Package, running=None) -> dict:
     return summary
 
 
-def _counts(session: Session) -> dict:
-    unattributed = session.execute(
-        select(func.count(Part.id), func.coalesce(func.sum(Part.size), 0)).where(Part.status == "unattributed")
-    ).one()
-    quarantine = session.execute(select(func.count(Quarantine.id), func.coalesce(func.sum(Quarantine.size), 0))).one()
+def _kept(folder: Path) -> dict:
+    """Files and bytes a bounded folder holds now (at most unattributed_max_files entries), so
+    the figure costs the same however long the history."""
+    files = size = 0
+    try:
+        with os.scandir(folder) as scan:
+            for entry in scan:
+                try:
+                    if entry.is_file(follow_symlinks=False):
+                        files += 1
+                        size += entry.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    pass
+    except FileNotFoundError:
+        pass
+    return {"files": files, "bytes": size}
+
+
+def _counts(session: Session, layout: Layout | None) -> dict:
+    """Every file ever rejected and every profile no package claimed (life-long tallies, as
+    cheap after a million files as after one), and what of them is still kept to look at."""
+    counted = tallies(session)
+    empty = {"files": 0, "bytes": 0}
     return {
-        "unattributed": {"files": unattributed[0], "bytes": unattributed[1]},
-        "quarantine": {"files": quarantine[0], "bytes": quarantine[1]},
+        "unattributed": {
+            "files": counted.get(UNATTRIBUTED_FILES, 0),
+            "bytes": counted.get(UNATTRIBUTED_BYTES, 0),
+            "kept": _kept(layout.unattributed) if layout else empty,
+        },
+        "quarantine": {
+            "files": counted.get(REJECTED_FILES, 0),
+            "bytes": counted.get(REJECTED_BYTES, 0),
+            "kept": _kept(layout.quarantine) if layout else empty,
+        },
     }
 
 
+def _database(config: Config) -> dict:
+    size = 0
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            size += os.stat(f"{config.db_path}{suffix}").st_size
+        except FileNotFoundError:
+            pass
+    return {"bytes": size}
+
+
 def status_document(
-    config: Config, sessions: sessionmaker[Session], spool_backlog: int, running=None, disk: dict | None = None
+    config: Config, sessions: sessionmaker[Session], spool_backlog: int, running=None, disk: dict | None = None,
+    layout: Layout | None = None,
 ) -> dict:
     """The whole-daemon status: every configured package, in configuration order. ``disk``:
     whether intake waits for room ({"state": "ok"} or {"state": "full", "detail": …})."""
     with sessions() as session:
         rows = {row.name: row for row in session.scalars(select(Package))}
         packages = [_package_summary(rows[name], running) for name in config.packages if name in rows]
-        counts = _counts(session)
+        counts = _counts(session, layout)
     return {
         "daemon": {
             "version": __version__,
             "spool_backlog": spool_backlog,
             "activation": config.activation,
             "disk": disk or {"state": "ok"},
+            "database": _database(config),
         },
         "packages": packages,
         **counts,
@@ -130,6 +172,12 @@ def package_document(
                 "error": b.error,
             }
             for b in builds[:history]
+        ]
+        document["contributions"] = [
+            {"uid": c.uid, "files": c.files, "bytes": c.bytes}
+            for c in session.scalars(
+                select(Contribution).where(Contribution.package == name).order_by(Contribution.bytes.desc()).limit(history)
+            )
         ]
         document["quarantine"] = [
             {"file": q.original_name, "reason": q.reason, "detail": q.detail, "size": q.size, "at": q.at}

@@ -67,3 +67,11 @@ def shared_counters(profile: bytes, records: int = 1000, counters: int = 1000) -
     names_section = profile[names : names + header[_NAMES_SIZE] + (-header[_NAMES_SIZE] % 8)]
     binary_ids = profile[_HEADER.size : first]
     return _HEADER.pack(*fields) + binary_ids + bytes(data) + bytes(8 * counters) + names_section
+
+
+def poisoned_count(profile: bytes, value: int = 4611686018427387909) -> bytes:
+    """The first counter set to ``value``: framing intact, one count no run could reach (the
+    value once turned `main`'s count of 5 into 4611686018427387909)."""
+    header, records, _names = _layout(profile)
+    counters = records + _RECORD.size * header[_NUM_DATA] + header[4]
+    return profile[:counters] + struct.pack("<Q", value) + profile[counters + 8 :]

@@ -48,8 +48,8 @@ def test_200_runs_are_counted_once_and_match_one_shot_merge(pgod, workload, llvm
     assert package["quarantined"] == 0
     assert profdata_show(llvm_profdata_14, Path(package["profile"])) == profdata_show(llvm_profdata_14, expected)
     status = daemon.status()
-    assert status["unattributed"] == {"files": 0, "bytes": 0}
-    assert status["quarantine"] == {"files": 0, "bytes": 0}
+    assert status["unattributed"] == {"files": 0, "bytes": 0, "kept": {"files": 0, "bytes": 0}}
+    assert status["quarantine"] == {"files": 0, "bytes": 0, "kept": {"files": 0, "bytes": 0}}
     assert leftovers(pgod.spool) == []
 
 

@@ -222,8 +222,10 @@ def test_claims_ingest_and_dbus_go_on_while_a_merge_runs(pgod, workload, llvm_pr
     import tempfile
 
     gate = Path(tempfile.mkdtemp(prefix="pgod-gate-"))
-    os.chmod(gate, 0o777)  # the merge user runs the tool: it must reach the gate
-    tool = gate / "llvm-profdata"
+    os.chmod(gate, 0o1777)  # the merge user runs the tool: it must reach the gate
+    # The tool itself where only root may change it: pgod refuses to run one others could.
+    tool = Path(tempfile.mkdtemp(prefix="pgod-gated-tool-")) / "llvm-profdata"
+    os.chmod(tool.parent, 0o755)
     tool.write_text(f"#!/bin/sh\n: > {gate}/started\nwhile [ ! -e {gate}/go ]; do sleep 0.05; done\nexec {llvm_profdata_14} \"$@\"\n")
     tool.chmod(0o755)
     # A second package: the same program with one more symbol, so another build-id.
@@ -252,6 +254,7 @@ def test_claims_ingest_and_dbus_go_on_while_a_merge_runs(pgod, workload, llvm_pr
         (gate / "go").touch()
     wait_for(lambda: daemon.package("slow")["files"] == 3 and daemon.package("fast")["files"] == 4, 30, "both merged")
     shutil.rmtree(gate)
+    shutil.rmtree(tool.parent)
 
 
 def test_no_dbus_method_blocks_status_while_the_engine_works_on_it(pgod, workload, llvm_profdata_14, tmp_path):
