@@ -243,6 +243,20 @@ in
       '';
     };
 
+    acceptUids = mkOption {
+      type = types.nullOr (types.listOf types.ints.unsigned);
+      default = null;
+      example = [
+        0
+        1000
+      ];
+      description = ''
+        Whose raw profiles count: `null` (the default), every local user's;
+        else only files owned by these uids (others are refused as
+        `uid-not-accepted`). `pgoctl show NAME` lists each user's share.
+      '';
+    };
+
     notifyAgent.enable =
       mkEnableOption "the per-user agent (`pgoctl notify-agent`) that shows pgod's events as desktop notifications in graphical sessions"
       // {
@@ -378,6 +392,7 @@ in
       ++ optional (divergentPackages != [ ]) "services.pgod: ${concatMapStringsSep ", " (n: "`${n}`") divergentPackages} in this system's pkgs differs from the same attribute of nixpkgs as /etc/pgod/build.nix imports it (without nixpkgs.overlays, and of nixpkgs.config only allowUnfree), so its optimized build would not be the package you installed. Give services.pgod.settings.packages.<name>.build a command that builds the optimized variant from your package set, or leave that package out of the overlay.";
 
     services.pgod.settings.packages = mapAttrs packageSettings profiled;
+    services.pgod.settings.accept_uids = mkIf (cfg.acceptUids != null) cfg.acceptUids;
 
     # The stand-ins, ahead of the plain package should anything else install it.
     environment.systemPackages = [ cfg.package ] ++ map hiPrio (attrValues standIns);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pwd
 import time
 
 BAR_WIDTH = 20
@@ -70,7 +71,18 @@ def render_status(document: dict) -> str:
         f"unattributed: {unattributed['files']} files, {human_bytes(unattributed['bytes'])}; "
         f"quarantine: {quarantine['files']} files, {human_bytes(quarantine['bytes'])}"
     )
+    kept_u, kept_q = unattributed.get("kept"), quarantine.get("kept")
+    if kept_u is not None and kept_q is not None:
+        lines.append(f"kept to look at: {kept_u['files']} unattributed, {kept_q['files']} rejected "
+                     f"({human_bytes(kept_u['bytes'] + kept_q['bytes'])})")
     return "\n".join(lines)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def render_package(document: dict) -> str:
@@ -92,6 +104,15 @@ def render_package(document: dict) -> str:
             lines.append(
                 f"    gen {merge['generation']}: {merge['files']} files, {human_bytes(merge['bytes'])}, "
                 f"{merge['seconds']:.2f}s, {human_age(merge['at'])}"
+            )
+    shares = document.get("contributions", [])
+    if shares:
+        total = sum(share["bytes"] for share in shares) or 1
+        lines.append("  by user:")
+        for share in shares[:10]:
+            user = "unknown" if share["uid"] < 0 else _user_name(share["uid"])
+            lines.append(
+                f"    {user}: {share['files']} profiles, {human_bytes(share['bytes'])} ({100 * share['bytes'] / total:.0f} %)"
             )
     rejected = document.get("quarantine", [])
     if rejected:

@@ -257,10 +257,11 @@ def test_generated_toml_is_a_valid_pgod_configuration(config_file, system, tmp):
 
 
 def test_options_reach_the_toml(tmp):
-    configuration = pgod_configuration(tmp, thresholdMB=8, activation="auto")
+    configuration = pgod_configuration(tmp, thresholdMB=8, activation="auto", acceptUids=[0, 1000])
     configuration["services"]["pgod"]["settings"]["packages"] = {"hello": {"threshold_mb": 2}}
     settings = System(configuration).eval("summary.settings")
     assert settings["threshold_mb"] == 8 and settings["activation"] == "auto"
+    assert settings["accept_uids"] == [0, 1000]
     assert settings["packages"]["hello"]["threshold_mb"] == 2
     assert "profile_build" in settings["packages"]["hello"]
 
