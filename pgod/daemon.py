@@ -160,6 +160,9 @@ def run(config, bus_kind: str) -> int:
     except OSError as err:
         print(f"pgod: {err}", file=sys.stderr)
         return EXIT_FAILED
+    from .dbus_dispatch import install as bound_dbus_dispatch
+
+    bound_dbus_dispatch()
     try:
         bus = SystemBus() if bus_kind == "system" else SessionBus()
         service = DaemonService(config, sessions, engine, __version__, bus)

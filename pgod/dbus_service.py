@@ -12,6 +12,7 @@ import grp
 import json
 import os
 import pwd
+import time
 from importlib import resources
 
 import structlog
@@ -26,6 +27,8 @@ from .status import UnknownPackage, package_document, package_summary, status_do
 log = structlog.get_logger(__name__)
 
 INTERFACE_XML = resources.files("pgod").joinpath("data", f"{INTERFACE}.xml").read_text()
+STATUS_CACHE_SECONDS = 0.5  # a GetStatus answer is at most this old, unless the engine said more
+MAX_NAME_LENGTH = 100  # a package name is at most this long (config.py); longer is unknown at once
 
 
 def _dbus_error(name: str) -> type[Exception]:
@@ -48,7 +51,7 @@ def dbus_errors(method):
         except UnknownPackage as err:
             # Any caller may send any name: the reply repeats only its start.
             name = err.args[0]
-            shown = repr(name) if len(name) <= 100 else f"{name[:100]!r}… ({len(name)} characters)"
+            shown = repr(name) if len(name) <= MAX_NAME_LENGTH else f"{name[:MAX_NAME_LENGTH]!r}… ({len(name)} characters)"
             raise UnknownPackageError(f"no package named {shown} in the configuration") from None
         except PermissionError as err:
             log.warning("dbus.access_denied", method=method.__name__, reason=str(err))
@@ -89,6 +92,7 @@ class DaemonService:
         self._engine = engine
         self._version = version
         self._bus = bus
+        self._status_cache: tuple[float, str] | None = None  # (when built, the JSON)
         engine.listeners.append(self._on_engine_event)
 
     @property
@@ -101,19 +105,26 @@ class DaemonService:
 
     @dbus_errors
     def GetStatus(self) -> str:
-        return json.dumps(
-            status_document(
+        """The status document, built at most once per STATUS_CACHE_SECONDS and again after every
+        change the engine reports: a flood of calls from one connection costs a lookup each, not
+        a database read each, so others' calls are not held up behind it."""
+        now = time.monotonic()
+        if self._status_cache is None or now - self._status_cache[0] > STATUS_CACHE_SECONDS:
+            document = status_document(
                 self._config, self._sessions, self._engine.spool_backlog, self._running(), self._engine.disk,
                 self._engine.layout,
             )
-        )
+            self._status_cache = (now, json.dumps(document))
+        return self._status_cache[1]
 
     @dbus_errors
     def GetPackage(self, name: str) -> str:
+        self._known(name)
         return json.dumps(package_document(self._config, self._sessions, name, running=self._running()))
 
     @dbus_errors
     def GetBuildLog(self, name: str) -> str:
+        self._known(name)
         path = package_document(self._config, self._sessions, name).get("build_log")
         if not path:
             return ""
@@ -162,7 +173,7 @@ class DaemonService:
         return future.result()
 
     def _known(self, name: str) -> None:
-        if name not in self._config.packages:
+        if len(name) > MAX_NAME_LENGTH or name not in self._config.packages:
             raise UnknownPackage(name)
 
     def _running(self):
@@ -180,6 +191,7 @@ class DaemonService:
         GLib.idle_add(self._emit, kind, data)
 
     def _emit(self, kind: str, data: dict) -> bool:
+        self._status_cache = None  # something changed: the next GetStatus reads it afresh
         if kind == "counters":
             name = data["package"]
             try:

@@ -135,6 +135,12 @@ def test_an_unknown_package_name_of_any_size_is_refused_without_being_echoed(pgo
         with pytest.raises(Exception) as refused:
             method(name)
         message = str(refused.value)
-        assert "UnknownPackage" in message and f"({len(name)} characters)" in message
+        # Refused by size before it is even read as a name.
+        assert "LimitsExceeded" in message and "bytes of arguments" in message
         assert len(message) < 1000
+    # A name within the size limit but longer than any package name is unknown, shown shortened.
+    name = "y" * 2000
+    with pytest.raises(Exception) as refused:
+        proxy.GetPackage(name)
+    assert "UnknownPackage" in str(refused.value) and f"({len(name)} characters)" in str(refused.value)
     assert daemon.status()["packages"][0]["name"] == "workload"
