@@ -112,7 +112,7 @@ class DaemonService:
         if self._status_cache is None or now - self._status_cache[0] > STATUS_CACHE_SECONDS:
             document = status_document(
                 self._config, self._sessions, self._engine.spool_backlog, self._running(), self._engine.disk,
-                self._engine.layout,
+                self._engine.layout, self._engine.intake,
             )
             self._status_cache = (now, json.dumps(document))
         return self._status_cache[1]

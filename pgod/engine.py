@@ -23,22 +23,23 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .attribution import Attributor, resolve_profdata
 from .builds import BuildResult
 from .claim import Claimer
 from .config import MB, Config
-from .db import Package
+from .db import Package, SpoolFile
 from .failpoints import failpoint
 from .history import History
 from .ingest import Ingestor
+from .intake import NAMES_PER_UID, UNKNOWN_UID, FairIntake
 from .durable import fsync_dir, is_disk_full
 from .merge import MergeSandbox
 from .optimizer import Optimizer
@@ -51,6 +52,10 @@ from .staging import Layout, free_bytes, prune_oldest
 log = structlog.get_logger(__name__)
 
 CLAIM_BATCH = 2000  # spool names claimed per cycle: bounds memory on a large backlog
+SCAN_STEP = 5000  # spool entries a scan looks at per cycle, so a huge spool holds nothing up
+# Names the watcher may queue for the engine; past that they are dropped and the spool is
+# scanned again instead (a flood costs a rescan, not memory).
+MAX_QUEUED_NAMES = 50_000
 # Once a spool name arrives, gather the names that follow until the spool is quiet this long
 # (or GATHER_MAX_SECONDS pass, or CLAIM_BATCH names wait). A burst of exits then costs one
 # cycle (a transaction, a few fsyncs) instead of one per file, and the claims (renames out of
@@ -101,6 +106,7 @@ class Engine:
         self._queue: queue.SimpleQueue[list[str] | Rescan | BuildResult | MergeDone | Command | None] = queue.SimpleQueue()
         self._names_queued = 0  # spool names in the queue, for spool_backlog
         self._names_lock = threading.Lock()
+        self._names_dropped = False  # the watcher dropped names: a Rescan is queued
         self._claimer = Claimer(layout.spool, layout.incoming)
         self._spool = os.fsdecode(layout.spool)
         profdata = {
@@ -113,6 +119,9 @@ class Engine:
         )
         self._deferred: dict[str, float] = {}  # spool name → when to look at it again
         self._scan_remaining = 0
+        self._scan: Iterator[os.DirEntry] | None = None  # a spool scan under way, a step per cycle
+        self._intake = FairIntake(os.fsdecode(layout.spool))  # names waiting, per owner uid
+        self._intake_report: list[dict] = []  # its report, made on this thread for the others
         # Staging may live inside the spool (see staging.py): never claim our own folder.
         self._own_name = layout.staging.name if layout.staging.parent == layout.spool else None
         self._restart_at: float | None = None  # set when a step failed: redo start-up then
@@ -124,8 +133,16 @@ class Engine:
 
     # ---- called from other threads -------------------------------------------------------
     def submit(self, names: list[str]) -> None:
-        """Spool entries that may be ready (watcher thread)."""
+        """Spool entries that may be ready (watcher thread). Past MAX_QUEUED_NAMES they are
+        dropped and one rescan queued: the files are in the spool, the scan finds them."""
         with self._names_lock:
+            if self._names_queued + len(names) > MAX_QUEUED_NAMES:
+                if self._names_dropped:
+                    return
+                self._names_dropped = True
+                log.warning("spool.names_dropped", queued=self._names_queued, hint="the spool will be scanned instead")
+                self._queue.put(Rescan())
+                return
             self._names_queued += len(names)
         self._queue.put(names)
 
@@ -153,7 +170,13 @@ class Engine:
 
     @property
     def spool_backlog(self) -> int:
-        return self._scan_remaining + self._names_queued + len(self._deferred)
+        return self._scan_remaining + self._names_queued + len(self._deferred) + len(self._intake)
+
+    @property
+    def intake(self) -> list[dict]:
+        """For status (any thread): the uids with names waiting or files pending, and the bounds
+        they are at, as of the end of the last cycle."""
+        return self._intake_report
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="pgod-engine", daemon=True)
@@ -186,6 +209,8 @@ class Engine:
 
     def _handle(self, event: Rescan | BuildResult | MergeDone | Command) -> None:
         if isinstance(event, Rescan):
+            with self._names_lock:
+                self._names_dropped = False
             self._scan_spool()
             return
         if isinstance(event, BuildResult):
@@ -194,6 +219,7 @@ class Engine:
         if isinstance(event, MergeDone):
             self.merger.on_merge_done(event)
             self._history.owe()
+            self._count_pending()
             return
         try:
             event.future.set_result(event.function(*event.args))
@@ -242,6 +268,7 @@ class Engine:
     def _start_up(self) -> None:
         self.sync_packages()
         recover(self.layout, self.sessions, self._reingest)
+        self._count_pending()
         self.merger.merge_when_due(force=True)
         self.optimizer.finish_start_up()
         self._scan_spool()
@@ -301,6 +328,8 @@ class Engine:
             deadlines.append(self._restart_at)
         if (prune_at := self._history.next_deadline()) is not None:
             deadlines.append(prune_at)
+        if self._scan is not None or self._intake.waiting():
+            deadlines.append(time.monotonic())  # more to claim now: no waiting for an event
         build_at = self.optimizer.next_deadline()
         if build_at is not None:
             deadlines.append(time.monotonic() + max(0.0, build_at - time.time()))
@@ -321,34 +350,54 @@ class Engine:
             self._start_up()
             if self._restart_at is None:  # start-up went through, with room for intake
                 self._room_again()
-        self._ingest_names(names)
+        self._intake.offer(names)
+        self._scan_step()
+        self._ingest_names(self._intake.take(CLAIM_BATCH))
         self.merger.merge_when_due(quiet=self._spool_quiet())
         self.optimizer.maybe_start_build()
         self._history.prune_if_due()
+        self._intake_report = self._intake.report()
 
     def _scan_spool(self) -> None:
-        """Take what was in the spool before the watch began, in bounded chunks."""
+        """Look at the whole spool (at start, after lost events, after dropped names): a step of
+        SCAN_STEP entries per cycle, each queued under its owner like any other name."""
+        if self._scan is not None:
+            self._intake.rescan_owed = True  # this one may have passed names already: another after
+            return
         own = self._own_name
         with os.scandir(self.layout.spool) as scan:
             self._scan_remaining = sum(1 for entry in scan if entry.name != own)
         log.info("spool.scan", backlog=self._scan_remaining)
-        chunk: list[str] = []
-        with os.scandir(self.layout.spool) as scan:
-            for entry in scan:
-                if entry.name == own:
-                    continue
-                chunk.append(entry.name)
-                if len(chunk) >= CLAIM_BATCH:
-                    self._scan_chunk(chunk)
-                    chunk = []
-        self._scan_chunk(chunk)
-        self._scan_remaining = 0
+        self._intake.rescan_started()
+        self._scan = os.scandir(self.layout.spool)
 
-    def _scan_chunk(self, names: list[str]) -> None:
-        self._ingest_names(names, at_start=True)
-        self._scan_remaining = max(0, self._scan_remaining - len(names))  # taken: no longer backlog
-        self.merger.merge_when_due()
+    def _scan_step(self) -> None:
+        if self._scan is None:
+            if self._intake.rescan_owed and len(self._intake) < NAMES_PER_UID // 2:
+                self._scan_spool()  # names were dropped: now that the queues have room
+            return
+        names = []
+        for entry in self._scan:
+            if entry.name != self._own_name:
+                names.append(entry.name)
+            if len(names) >= SCAN_STEP:
+                break
+        else:
+            self._scan.close()
+            self._scan = None
+        self._intake.offer(names, at_start=True)
+        self._scan_remaining = max(0, self._scan_remaining - len(names))  # queued: counted as waiting
         self._emit("backlog", remaining=self.spool_backlog)
+
+    def _count_pending(self) -> None:
+        """Each uid's files claimed but not yet merged, from the database (the intake's bounds)."""
+        with self.sessions() as session:
+            rows = session.execute(
+                select(SpoolFile.owner_uid, func.count(SpoolFile.id), func.coalesce(func.sum(SpoolFile.size), 0))
+                .where(SpoolFile.done.is_(False))
+                .group_by(SpoolFile.owner_uid)
+            ).all()
+        self._intake.pending = {(UNKNOWN_UID if uid is None else uid): (files, size) for uid, files, size in rows}
 
     # ---- ingest --------------------------------------------------------------------------
     def _not_yet(self, name: str, at_start: bool) -> float | None:
@@ -401,14 +450,15 @@ class Engine:
         except OSError as err:
             log.warning("spool.squatted_name_kept", name=name, error=err.strerror)
 
-    def _ingest_names(self, names: Iterable[str], at_start: bool = False) -> None:
+    def _ingest_names(self, names: list[tuple[str, bool]]) -> None:
+        """Claim and record spool names: (name, found by a scan rather than an event)."""
         if self._disk is not None and self._restart_at is not None:
             return  # waiting for room: left in the spool, the scan of the next start-up takes them
         if (low := self._short_of_room()) is not None:
             self._wait_for_room("low", low)
             return
         staged = []
-        for name in names:
+        for name, at_start in names:
             if "/" in name or name in (".", "..", self._own_name):
                 continue
             self._deferred.pop(name, None)
@@ -421,6 +471,10 @@ class Engine:
             if staging_name is not None:
                 staged.append((staging_name, str(name)))
         self._ingest_staged(staged)
+        if names:
+            # The intake counted every name it handed out as pending; only the claimed ones
+            # are (a young file waits, a vanished one is gone): the database says which.
+            self._count_pending()
 
     def _reingest(self, staged: list[tuple[str, str]]) -> None:
         """Examine staging files again that were claimed but never recorded."""

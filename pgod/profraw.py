@@ -157,7 +157,7 @@ class RawProfile:
     num_vtables: int  # v10 and later
     vnames_size: int  # v10 and later
     value_data_size: int  # bytes of value-profile records at the end of the part
-    counters_offset: int  # byte offset of the counters section in the file
+    counters_start: int  # where the counters section starts, in bytes from the part's start
 
     @property
     def counter_size(self) -> int:
@@ -198,8 +198,9 @@ def counter_over(data: bytes | bytearray | memoryview, part: RawProfile, limit: 
     "ran") hold no counts and are never over."""
     if part.counter_size != 8 or part.num_counters == 0:
         return None
-    section = memoryview(data).cast("B")[part.counters_offset : part.counters_offset + 8 * part.num_counters]
-    counters = section.cast("Q") if part.counters_offset % 8 == 0 else memoryview(section.tobytes()).cast("Q")
+    start = part.offset + part.counters_start
+    section = memoryview(data).cast("B")[start : start + 8 * part.num_counters]
+    counters = section.cast("Q") if start % 8 == 0 else memoryview(section.tobytes()).cast("Q")
     if max(counters) <= limit:
         return None
     index = next(i for i, value in enumerate(counters) if value > limit)
@@ -291,7 +292,7 @@ def _parse_part(buf: memoryview, pos: int, *, first: bool) -> RawProfile:
     return RawProfile(
         pos, value_end - pos, version, version_field >> 32, binary_ids, num_data, num_counters,
         names_size, num_bitmap, num_vtables, vnames_size, value_end - value_start,
-        data_start + sizes[0] + pad_before,
+        data_start + sizes[0] + pad_before - pos,
     )
 
 

@@ -100,7 +100,7 @@ def _database(config: Config) -> dict:
 
 def status_document(
     config: Config, sessions: sessionmaker[Session], spool_backlog: int, running=None, disk: dict | None = None,
-    layout: Layout | None = None,
+    layout: Layout | None = None, intake: list[dict] | None = None,
 ) -> dict:
     """The whole-daemon status: every configured package, in configuration order. ``disk``:
     whether intake waits for room ({"state": "ok"} or {"state": "full", "detail": …})."""
@@ -115,6 +115,8 @@ def status_document(
             "activation": config.activation,
             "disk": disk or {"state": "ok"},
             "database": _database(config),
+            # Per uid: names waiting, files claimed and not yet merged, and the bounds reached.
+            "intake": intake or [],
         },
         "packages": packages,
         **counts,

@@ -1,0 +1,133 @@
+"""Spool names waiting to be claimed, per owner uid, served in turn: no user can hurt another by volume.
+
+The spool is shared, so one user can flood it. Names are put in a queue of their file's owner (one
+lstat, which the claim needs anyway) and each claim batch takes from every user's queue in turn,
+so another user's file waits behind at most one batch, not behind the flood. Bounds:
+
+- at most NAMES_PER_UID names wait per uid; past that a user's names are dropped and the spool is
+  scanned again later (the files are still there: an overflow costs a rescan, not memory);
+- a uid with PENDING_FILES_PER_UID files (or PENDING_BYTES_PER_UID bytes) claimed but not yet
+  merged gets nothing more claimed until its merges catch up. Both stay below one merge batch
+  (profiles.py), so the next merge of a package always reaches other users' files.
+
+On a single-user machine every name is in one queue and taken in arrival order, as before.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+NAMES_PER_UID = 20_000
+PENDING_FILES_PER_UID = 4_000  # below profiles.MERGE_BATCH
+PENDING_BYTES_PER_UID = 48 << 20  # below profiles.MERGE_BATCH_BYTES
+UNKNOWN_UID = -1  # the entry vanished before it was looked at: nobody's, and gone anyway
+
+
+@dataclass
+class UserQueue:
+    """One uid's waiting names (name → found by a scan rather than an event), oldest first."""
+
+    names: OrderedDict = field(default_factory=OrderedDict)
+    dropped: int = 0  # names not kept because the queue was full, since the last rescan
+
+
+class FairIntake:
+    def __init__(self, spool: str) -> None:
+        self._spool = spool
+        self._queues: dict[int, UserQueue] = {}
+        self._turn: list[int] = []  # uids in the order they are served next
+        self.rescan_owed = False  # names were dropped: the spool must be looked at again
+        self.pending: dict[int, tuple[int, int]] = {}  # uid → (files, bytes) claimed, not merged
+
+    def __len__(self) -> int:
+        return sum(len(queue.names) for queue in self._queues.values())
+
+    def offer(self, names, at_start: bool = False) -> None:
+        """Queue spool names under their owners. A name already waiting keeps its place (an
+        event for it outranks a scan's sighting)."""
+        spool = self._spool
+        for name in names:
+            try:
+                uid = os.lstat(f"{spool}/{name}").st_uid
+            except FileNotFoundError:
+                uid = UNKNOWN_UID
+            except OSError:
+                continue
+            queue = self._queues.get(uid)
+            if queue is None:
+                queue = self._queues[uid] = UserQueue()
+                self._turn.append(uid)
+            if name in queue.names:
+                if not at_start:
+                    queue.names[name] = (name, False)
+                continue
+            if len(queue.names) >= NAMES_PER_UID:
+                queue.dropped += 1
+                self.rescan_owed = True
+                continue
+            queue.names[str(name)] = (name, at_start)
+
+    def over_pending(self, uid: int) -> str | None:
+        files, size = self.pending.get(uid, (0, 0))
+        if files >= PENDING_FILES_PER_UID:
+            return "pending_files"
+        if size >= PENDING_BYTES_PER_UID:
+            return "pending_bytes"
+        return None
+
+    def take(self, limit: int) -> list[tuple[str, bool]]:
+        """Up to ``limit`` (name, found at start) pairs, from every uid in turn that is within
+        its pending bounds."""
+        taken: list[tuple[str, bool]] = []
+        while len(taken) < limit:
+            ready = [uid for uid in self._turn if self._queues[uid].names and self.over_pending(uid) is None]
+            if not ready:
+                break
+            share = max(1, (limit - len(taken)) // len(ready))
+            for uid in ready:
+                queue = self._queues[uid].names
+                files, size = self.pending.get(uid, (0, 0))
+                count = min(share, len(queue), limit - len(taken), PENDING_FILES_PER_UID - files)
+                for _ in range(count):
+                    taken.append(queue.popitem(last=False)[1])
+                # Counted as pending from now on; the next look at the database corrects it.
+                self.pending[uid] = (files + count, size)
+            # Whoever was served goes to the back of the line for the next batch.
+            self._turn = [uid for uid in self._turn if uid not in ready] + ready
+        for uid in [uid for uid in self._turn if not self._queues[uid].names and uid not in self.pending]:
+            del self._queues[uid]
+            self._turn.remove(uid)
+        return taken
+
+    def waiting(self) -> bool:
+        """Are there names that could be taken now?"""
+        return any(queue.names and self.over_pending(uid) is None for uid, queue in self._queues.items())
+
+    def rescan_started(self) -> None:
+        self.rescan_owed = False
+        for queue in self._queues.values():
+            queue.dropped = 0
+
+    def report(self, limit: int = 10) -> list[dict]:
+        """For status: the uids with names waiting or files pending, the busiest first, and which
+        bound each is at (if any)."""
+        uids = set(self._queues) | set(self.pending)
+        rows = []
+        for uid in uids:
+            queue = self._queues.get(uid)
+            files, size = self.pending.get(uid, (0, 0))
+            over = [bound for bound in (self.over_pending(uid),) if bound]
+            if queue is not None and len(queue.names) >= NAMES_PER_UID:
+                over.append("queued_names")
+            rows.append({
+                "uid": uid,
+                "queued": len(queue.names) if queue else 0,
+                "pending_files": files,
+                "pending_bytes": size,
+                "over": over,
+            })
+        rows.sort(key=lambda row: (-len(row["over"]), -row["queued"] - row["pending_files"]))
+        return rows[:limit]
+

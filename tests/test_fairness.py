@@ -1,0 +1,92 @@
+"""No user can hurt another by volume: intake served per owner uid, in turn, within bounds.
+
+Real daemon; the flood is written as uid nobody, the other user's programs run as uid 4321.
+What is checked is order and memory, not time (the latency figures are benchmarks/fairness.py's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import workload_inputs
+from harness import AS_NOBODY, wait_for
+from test_dbus_bounds import rss_mb
+from test_merge_isolation import sample_profile, spool_for_everyone  # noqa: F401 (fixtures)
+
+OTHER_UID = 4321
+AS_OTHER = ["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups",
+            "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+
+FLOOD = """
+import sys
+spool, count = sys.argv[1], int(sys.argv[2])
+data = sys.stdin.buffer.read()
+for index in range(count):
+    with open(f"{spool}/flood-{index}.profraw", "wb") as out:
+        out.write(data)
+"""
+
+CHURN = """
+import os, sys
+spool, count = sys.argv[1], int(sys.argv[2])
+for index in range(count):
+    path = f"{spool}/churn-{os.getpid()}-{index}.profraw"
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass  # pgod took it first
+"""
+
+
+def shares(daemon) -> dict[int, int]:
+    document = json.loads(daemon.pgoctl("show", "workload", "--json").stdout)
+    return {share["uid"]: share["files"] for share in document["contributions"]}
+
+
+def flooded(spool: Path) -> int:
+    return sum(1 for entry in spool.iterdir() if entry.name.startswith("flood-"))
+
+
+def test_another_users_profiles_are_counted_ahead_of_a_flood(pgod, spool_for_everyone, workload, llvm_profdata_14, sample_profile):
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
+    flood = int(os.environ.get("PGOD_TEST_FLOOD", "30000"))
+    subprocess.run([*AS_NOBODY, sys.executable, "-c", FLOOD, str(spool_for_everyone), str(flood)],
+                   input=sample_profile, check=True, timeout=300)
+    daemon = pgod.daemon()
+    for args in workload_inputs(3):
+        subprocess.run([*AS_OTHER, str(workload / "bin" / "workload"), *args], check=True, capture_output=True,
+                       env={"LLVM_PROFILE_FILE": f"{spool_for_everyone}/%p.profraw", "PATH": "/usr/bin:/bin"})
+    wait_for(lambda: shares(daemon).get(OTHER_UID) == 3, 120, "the other user's three profiles merged")
+    left = flooded(spool_for_everyone)
+    assert left > flood // 3, f"the other user waited behind the flood: only {left} of {flood} flood files were left"
+    # The flood is bounded per uid while it lasts, and all of it is counted in the end.
+    intake = {row["uid"]: row for row in daemon.status()["daemon"]["intake"]}
+    assert intake[65534]["pending_files"] <= 4000
+    wait_for(lambda: shares(daemon).get(65534) == flood, 300, "the whole flood merged", interval=0.5)
+
+
+def test_a_million_names_churned_cost_no_memory_that_stays(pgod, spool_for_everyone, workload, llvm_profdata_14):
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
+    daemon = pgod.daemon()
+    churners = [
+        subprocess.Popen([*AS_NOBODY, sys.executable, "-c", CHURN, str(spool_for_everyone), str(500_000)])
+        for _ in range(2)
+    ]
+    peak = 0.0
+    while any(churner.poll() is None for churner in churners):
+        peak = max(peak, rss_mb(daemon.process.pid))
+        try:
+            churners[0].wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            pass
+    assert all(churner.wait() == 0 for churner in churners)
+    assert peak < 150, f"RSS reached {peak:.0f} MB"
+    # The daemon still works: a real profile afterwards is counted.
+    subprocess.run([*AS_OTHER, str(workload / "bin" / "workload"), "5", "after"], check=True, capture_output=True,
+                   env={"LLVM_PROFILE_FILE": f"{spool_for_everyone}/%p.profraw", "PATH": "/usr/bin:/bin"})
+    wait_for(lambda: daemon.package("workload")["files"] == 1, 120, "a profile after the churn merged")
