@@ -46,6 +46,7 @@ benchmark: venv
 	$(AS_ROOT) $(VENV)/bin/python -m benchmarks.ingest
 	$(AS_ROOT) $(VENV)/bin/python -m benchmarks.pgo
 	$(AS_ROOT) $(VENV)/bin/python -m benchmarks.hostile
+	$(AS_ROOT) $(VENV)/bin/python -m benchmarks.fairness
 
 clean:
 	$(AS_ROOT) rm -rf $(STAMPS) demo-state build

@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         (root / "spool").mkdir(parents=True)
         os.chmod(root, 0o755)
         os.chmod(root / "spool", 0o1777)
+        (tmp / "bus").mkdir()
         bus = PrivateBus(tmp / "bus")
         daemon = Daemon(bus, write_config(root / "pgod.toml", root, {"bench": build}), root, root / "pgod.log")
         try:
