@@ -26,36 +26,14 @@ from pathlib import Path
 
 from benchmarks.hostile import PROGRAM, StatusProbe
 from benchmarks.ingest import Daemon, PrivateBus, compile_program, say, seed_profiles, write_config
+from floods import CHURN, FLOOD  # noqa: E402  (tests/floods.py, on the path benchmarks.hostile set)
 
 OTHER_UID = 4321
 TRAVERSE = ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
 AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *TRAVERSE]
 AS_OTHER = ["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups", *TRAVERSE]
 
-FLOOD = """
-import sys, time
-spool, seconds = sys.argv[1], float(sys.argv[2])
-data = sys.stdin.buffer.read()
-end, index = time.monotonic() + seconds, 0
-while time.monotonic() < end:
-    for _ in range(100):
-        with open(f"{spool}/flood-{index}.profraw", "wb") as out:
-            out.write(data)
-        index += 1
-print(index)
-"""
 
-CHURN = """
-import os, sys
-spool, count = sys.argv[1], int(sys.argv[2])
-for index in range(count):
-    path = f"{spool}/churn-{os.getpid()}-{index}.profraw"
-    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass  # pgod took it first
-"""
 
 
 def contributions(daemon: Daemon) -> dict[int, int]:

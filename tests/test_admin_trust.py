@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness import BIN
-from test_config import run_pgod
+from test_config import refused
 
 NOBODY = 65534
 
@@ -42,17 +42,6 @@ def make_tool(path: Path, mode: int = 0o755) -> Path:
     path.write_text("#!/bin/sh\nexit 0\n")
     path.chmod(mode)
     return path
-
-
-def refused(tmp_path: Path, text: str) -> str:
-    config = tmp_path / "pgod.toml"
-    config.write_text(text)
-    result = run_pgod(config, tmp_path)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert not (tmp_path / "state").exists(), "nothing may be started for a refused configuration"
-    return lines[0]
 
 
 def test_a_build_program_in_a_folder_another_user_owns_is_refused(tmp_path):

@@ -65,8 +65,9 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("label,text,key", BAD, ids=[b[0] for b in BAD])
-def test_bad_config_exits_2_naming_file_and_key(label, text, key, tmp_path):
+def refused(tmp_path: Path, text: str) -> str:
+    """Start pgod with ``text`` as its config: it must exit 2 with one line on stderr, naming the
+    file, having started nothing. Returns that line."""
     config = tmp_path / "pgod.toml"
     config.write_text(text)
     result = run_pgod(config, tmp_path)
@@ -74,9 +75,15 @@ def test_bad_config_exits_2_naming_file_and_key(label, text, key, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert str(config) in lines[0]
+    assert not (tmp_path / "state").exists(), "nothing may be started for a refused configuration"
+    return lines[0]
+
+
+@pytest.mark.parametrize("label,text,key", BAD, ids=[b[0] for b in BAD])
+def test_bad_config_exits_2_naming_file_and_key(label, text, key, tmp_path):
+    line = refused(tmp_path, text)
     if key:
-        assert f"{config}: {key}:" in lines[0]
-    assert not (tmp_path / "state").exists()
+        assert f"{tmp_path / 'pgod.toml'}: {key}:" in line
 
 
 def test_missing_and_unreadable_files(tmp_path):

@@ -7,12 +7,12 @@ What is checked is order and memory, not time (the latency figures are benchmark
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from conftest import workload_inputs
+from floods import CHURN, FLOOD
 from harness import AS_NOBODY, wait_for
 from test_dbus_bounds import rss_mb
 from test_merge_isolation import sample_profile, spool_for_everyone  # noqa: F401 (fixtures)
@@ -21,26 +21,7 @@ OTHER_UID = 4321
 AS_OTHER = ["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups",
             "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
 
-FLOOD = """
-import sys
-spool, count = sys.argv[1], int(sys.argv[2])
-data = sys.stdin.buffer.read()
-for index in range(count):
-    with open(f"{spool}/flood-{index}.profraw", "wb") as out:
-        out.write(data)
-"""
 
-CHURN = """
-import os, sys
-spool, count = sys.argv[1], int(sys.argv[2])
-for index in range(count):
-    path = f"{spool}/churn-{os.getpid()}-{index}.profraw"
-    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass  # pgod took it first
-"""
 
 
 def shares(daemon) -> dict[int, int]:
@@ -54,7 +35,7 @@ def flooded(spool: Path) -> int:
 
 def test_another_users_profiles_are_counted_ahead_of_a_flood(pgod, spool_for_everyone, workload, llvm_profdata_14, sample_profile):
     pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
-    flood = int(os.environ.get("PGOD_TEST_FLOOD", "30000"))
+    flood = 30_000
     subprocess.run([*AS_NOBODY, sys.executable, "-c", FLOOD, str(spool_for_everyone), str(flood)],
                    input=sample_profile, check=True, timeout=300)
     daemon = pgod.daemon()
