@@ -1,8 +1,8 @@
 """Fairness benchmark: another user's latency and the daemon's memory during one user's flood.
 
 One run, the real daemon on a private bus, as the issue measured it: uid nobody floods the spool
-with valid small raw profiles as fast as it can (and, in a second phase, churns names: creates
-and deletes them) while another user (uid 4321) runs an instrumented program every 2 s. Printed:
+with valid small raw profiles at 3,000 files/s (`--rate`; 0: as fast as it can) and, in a
+second phase, churns names (creates and deletes them) while another user (uid 4321) runs an instrumented program every 2 s. Printed:
 the time from each of that user's program exits until its profile is counted (the package's
 contributions for its uid grow), GetStatus latency from a third connection, the daemon's peak
 RSS, and how many files the flood wrote and pgod took in. Targets (from issue 11): counted within
@@ -90,6 +90,7 @@ def phase(daemon: Daemon, exe: Path, spool: Path, writer: list[str], stdin: byte
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fairness", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="how long the flood lasts")
+    parser.add_argument("--rate", type=float, default=3000.0, help="flood files a second (0: as fast as it can)")
     parser.add_argument("--churn", type=int, default=1_000_000, help="names created and deleted in the second phase")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="pgod-fairness-") as scratch:
@@ -108,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         daemon = Daemon(bus, write_config(root / "pgod.toml", root, {"bench": build}), root, root / "pgod.log")
         try:
             daemon.wait_on_bus()
-            say(f"phase 1: uid nobody floods the spool for {args.seconds:g} s; uid {OTHER_UID} runs its program every 2 s")
+            rate = f"{args.rate:g} files/s" if args.rate else "as fast as it can"
+            say(f"phase 1: uid nobody floods the spool for {args.seconds:g} s at {rate}; uid {OTHER_UID} runs its program every 2 s")
             flood = phase(daemon, exe, root / "spool",
-                          [*AS_NOBODY, sys.executable, "-c", FLOOD, str(root / "spool"), str(args.seconds)], sample)
+                          [*AS_NOBODY, sys.executable, "-c", FLOOD, str(root / "spool"), str(args.seconds), str(args.rate)], sample)
             say(f"phase 2: uid nobody creates and deletes {args.churn:,} names")
             churn = phase(daemon, exe, root / "spool",
                           [*AS_NOBODY, sys.executable, "-c", CHURN, str(root / "spool"), str(args.churn)], None)

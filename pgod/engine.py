@@ -353,7 +353,8 @@ class Engine:
         self._intake.offer(names)
         self._scan_step()
         self._ingest_names(self._intake.take(CLAIM_BATCH))
-        self.merger.merge_when_due(quiet=self._spool_quiet())
+        # Another user's few files beside a flood are merged without waiting to gather more.
+        self.merger.merge_when_due(quiet=self._spool_quiet() or self._intake.light_user_waiting())
         self.optimizer.maybe_start_build()
         self._history.prune_if_due()
         self._intake_report = self._intake.report()

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 NAMES_PER_UID = 20_000
 PENDING_FILES_PER_UID = 4_000  # below profiles.MERGE_BATCH
 PENDING_BYTES_PER_UID = 48 << 20  # below profiles.MERGE_BATCH_BYTES
+LIGHT_USER_FILES = 100  # a uid with fewer pending files than this, beside one with more, is merged at once
 UNKNOWN_UID = -1  # the entry vanished before it was looked at: nobody's, and gone anyway
 
 
@@ -100,6 +101,13 @@ class FairIntake:
             del self._queues[uid]
             self._turn.remove(uid)
         return taken
+
+    def light_user_waiting(self) -> bool:
+        """Do a few files of one uid wait to be merged beside the many of another (a flood)?
+        Then the merge should not wait to gather more: that would hold the few up behind the
+        flood. Never on a single-user machine."""
+        counts = [files for uid, (files, _size) in self.pending.items() if files and uid != UNKNOWN_UID]
+        return len(counts) >= 2 and min(counts) < LIGHT_USER_FILES <= max(counts)
 
     def waiting(self) -> bool:
         """Are there names that could be taken now?"""

@@ -2,15 +2,21 @@
 benchmarks/fairness.py: ``python -c SCRIPT SPOOL N``."""
 
 # N copies of the raw profile read from stdin, as fast as they can be written; with a float N,
-# for N seconds instead. Prints how many it wrote.
+# for N seconds instead, at RATE files a second if a third argument gives one (0: at once).
+# Prints how many it wrote.
 FLOOD = """
 import sys, time
 spool, amount = sys.argv[1], sys.argv[2]
+rate = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
 data = sys.stdin.buffer.read()
 seconds = float(amount) if "." in amount else None
 count = None if seconds is not None else int(amount)
-end, index = time.monotonic() + (seconds or 0), 0
-while (index < count) if count is not None else (time.monotonic() < end):
+began = time.monotonic()
+index = 0
+while (index < count) if count is not None else (time.monotonic() - began < seconds):
+    if rate and index >= (time.monotonic() - began) * rate:
+        time.sleep(0.001)
+        continue
     with open(f"{spool}/flood-{index}.profraw", "wb") as out:
         out.write(data)
     index += 1
