@@ -6,7 +6,8 @@ a folder on the way to them, could be changed by another user, that user would r
 or steer attribution. So at start every such path must be owned by root (or the daemon's own
 uid) and writable by nobody else, and so must every folder above it, except that a sticky folder
 (/tmp, /nix/store) may be writable by others: there nobody can replace an entry they do not own.
-Symlinks on the way are followed, and their targets checked too.
+Symlinks on the way are followed one by one, and each must be root's too (its owner could point
+it elsewhere).
 """
 
 from __future__ import annotations
@@ -38,25 +39,40 @@ def _check_entry(path: Path, info: os.stat_result) -> None:
         raise Untrusted(f"{path} is writable by {who} (mode {stat.S_IMODE(info.st_mode):o})")
 
 
-def check_path(path: Path, _depth: int = 0) -> None:
-    """Raise Untrusted unless ``path`` and every folder above it are root's alone. Only the
-    path itself: a profiling build's tree below its top folder is not walked (in the Nix store
-    it is read-only anyway)."""
-    if _depth > 40:
-        raise Untrusted(f"{path}: too many levels of symbolic links")
-    path = Path(os.path.abspath(path))
+def check_path(path: Path) -> None:
+    """Raise Untrusted unless ``path``, every folder it is reached through and every symlink met
+    on the way (each of which its owner could point elsewhere) are root's alone. Resolved one
+    component at a time, as the kernel does. Only the path itself: a profiling build's tree
+    below its top folder is not walked (in the Nix store it is read-only anyway)."""
+    pending = list(Path(os.path.abspath(path)).parts[1:])
     current = Path("/")
-    for part in path.parts[1:]:
-        _check_entry(current, os.lstat(current))
-        current = current / part
-    try:
-        info = os.lstat(current)
-    except FileNotFoundError:
-        raise Untrusted(f"{current} does not exist") from None
-    _check_entry(current, info)
-    if stat.S_ISLNK(info.st_mode):
-        target = os.readlink(current)
-        check_path(current.parent / target, _depth + 1)
+    _check_entry(current, os.lstat(current))
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            current = current.parent
+            continue
+        candidate = current / part
+        try:
+            info = os.lstat(candidate)
+        except FileNotFoundError:
+            raise Untrusted(f"{candidate} does not exist") from None
+        _check_entry(candidate, info)
+        if not stat.S_ISLNK(info.st_mode):
+            current = candidate
+            continue
+        hops += 1
+        if hops > 40:
+            raise Untrusted(f"{path}: too many levels of symbolic links")
+        target = Path(os.readlink(candidate))
+        if target.is_absolute():
+            current = Path("/")
+            pending = list(target.parts[1:]) + pending
+        else:
+            pending = list(target.parts) + pending
 
 
 def _executable(argv0: str) -> Path | None:

@@ -106,3 +106,15 @@ def test_programs_found_on_path_are_checked_where_they_are(tmp_path, argv0):
     config.write_text(config_text(tmp_path, build0=argv0))
     result = subprocess.run([str(BIN / "pgod"), "--config", str(config), "--check-config"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_symlink_another_user_owns_on_the_way_is_refused(tmp_path):
+    """The folder is reached through a root-owned link to a link nobody owns: nobody could point
+    theirs at a folder of their own at any time."""
+    make_tool(tmp_path / "real" / "build")
+    theirs = tmp_path / "theirs-link"
+    theirs.symlink_to(tmp_path / "real")
+    os.chown(theirs, NOBODY, NOBODY, follow_symlinks=False)
+    (tmp_path / "bin").symlink_to(theirs)
+    line = refused(tmp_path, config_text(tmp_path, build0=str(tmp_path / "bin" / "build")))
+    assert f"packages.lua.build[0]: {theirs} is owned by uid {NOBODY}" in line
