@@ -38,7 +38,12 @@ let
     PATH = "/usr/bin:/bin";
     args = [
       "-c"
-      "mkdir -p $out/bin $out/lib && cp /usr/lib/llvm-14/bin/llvm-profdata $out/bin/ && cp /usr/lib/llvm-14/lib/libLLVM-14.so.1 $out/lib/"
+      # libLLVM wherever the loader finds it (Debian's libllvm14 puts it in the multiarch folder).
+      ''
+        mkdir -p $out/bin $out/lib
+        cp /usr/lib/llvm-14/bin/llvm-profdata $out/bin/
+        cp "$(ldd /usr/lib/llvm-14/bin/llvm-profdata | sed -n 's/^[[:space:]]*libLLVM[^ ]* => \([^ ]*\) .*/\1/p')" $out/lib/
+      ''
     ];
   };
 in
