@@ -51,20 +51,21 @@ _pgoJsonString() {
 }
 
 # A store path as a JSON string that Nix's reference scanner does not see: the
-# first character of its hash is written as a \u escape, which every JSON
-# reader decodes back. pgo.json names the llvm-profdata matching the compiler,
-# but a package must not keep all of LLVM in its runtime closure for that: the
-# daemon's side (the NixOS module's config.toml) holds the real reference.
+# last character of its 32-character hash is written as a \u escape, which every
+# JSON reader decodes back. (The last: the scanner needs the whole hash in one
+# run of base-32 characters, and after the escape's "\u" comes "00XY-", which
+# cannot finish one; an escaped first digit would, "\u0032" ending in "2".)
+# pgo.json names the llvm-profdata matching the compiler, but a package must not
+# keep all of LLVM in its runtime closure for that: the daemon's side (the NixOS
+# module's config.toml) holds the real reference.
 _pgoJsonUnreferencedPath() {
-    local path="$1" store="${NIX_STORE:-/nix/store}/" rest first
-    if [[ "$path" != "$store"?* ]]; then
+    local path="$1" store="${NIX_STORE:-/nix/store}/" rest
+    rest="${path#"$store"}"
+    if [[ "$path" != "$store"* ]] || ((${#rest} < 33)) || [[ "${rest:32:1}" != "-" ]]; then
         _pgoJsonString "$path"
         return
     fi
-    rest="${path#"$store"}"
-    first="${rest:0:1}"
-    rest="${rest:1}"
-    printf '"%s\\u%04x%s"' "$store" "'$first" "$rest"
+    printf '"%s%s\\u%04x%s"' "$store" "${rest:0:31}" "'${rest:31:1}" "${rest:32}"
 }
 
 # Write the same JSON document to nix-support/$1 of every output.

@@ -245,3 +245,14 @@ def test_adapters_throw_a_reason_for_what_they_cannot_handle(case, message):
     )
     assert result.returncode != 0
     assert message in result.stderr
+
+
+@pytest.mark.parametrize("digest", ["2bgwiavx8r746v6rlz0hyqq5ng5fcpgp", "mns3ab131xdw6jngnqj5v0x52wdc2n77", "00000000000000000000000000000000"])
+def test_the_unreferenced_path_never_spells_the_hash_yet_decodes_to_the_path(digest):
+    """Whatever the hash's first and last characters (an escaped digit ends in that digit)."""
+    hook = REPO / "stdenv-adapters" / "pgo-setup-hook.sh"
+    path = f"/nix/store/{digest}-llvm-14/bin/llvm-profdata"
+    script = f'source <(sed -n "/^_pgoJsonString()/,/^}}/p;/^_pgoJsonUnreferencedPath()/,/^}}/p" {hook}); _pgoJsonUnreferencedPath "$1"'
+    written = subprocess.run(["bash", "-c", script, "bash", path], check=True, capture_output=True, text=True).stdout
+    assert digest not in written
+    assert json.loads(written) == path
