@@ -67,6 +67,8 @@ _FOREIGN_MAGICS = {
 _U64 = struct.Struct("<Q")
 _VALUE_PROF_DATA = struct.Struct("<II")  # TotalSize, NumValueKinds
 _BYTE_COVERAGE = 1 << 60  # VARIANT_MASK_BYTE_COVERAGE, in the whole version field
+_IR_PROF = 1 << 56  # VARIANT_MASK_IR_PROF: IR instrumentation (-fprofile-generate)
+_CSIR_PROF = 1 << 57  # VARIANT_MASK_CSIR_PROF: the context-sensitive stage (-fcs-profile-generate)
 _VTABLE_RECORD_SIZE = 24  # u64 name hash, u64 address, u32 size, padded to 8
 
 _V8_FIELDS = (
@@ -158,6 +160,15 @@ class RawProfile:
     vnames_size: int  # v10 and later
     value_data_size: int  # bytes of value-profile records at the end of the part
     counters_start: int  # where the counters section starts, in bytes from the part's start
+
+    @property
+    def instrumentation(self) -> str:
+        """"fe", "ir" or "cs-ir", as pgo.json names them: profiles of different kinds never
+        merge into one working profile (llvm-profdata refuses FE with IR)."""
+        flags = self.variant_flags << 32
+        if flags & _CSIR_PROF:
+            return "cs-ir"
+        return "ir" if flags & _IR_PROF else "fe"
 
     @property
     def counter_size(self) -> int:

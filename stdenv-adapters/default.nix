@@ -29,6 +29,7 @@ let
 
   # clang's warnings about how well a profile matches the code being compiled.
   # They are worth counting, never worth failing a build for (-Werror packages).
+  # (IR profiles' mismatches come as -Wbackend-plugin, on by default.)
   profileMatchWarnings = [
     "profile-instr-unprofiled"
     "profile-instr-out-of-date"
@@ -128,19 +129,41 @@ let
       throw ''withPgoOptimize: the profile "${profile}" is a plain string, so Nix would not make it an input of the build (and a sandboxed build could not read it). Pass a path (./app.profdata) or `builtins.storePath "/nix/store/…-app.profdata"`.''
     else
       throw "withPgoOptimize: the profile must be a path or a store path string, not a ${builtins.typeOf profile}.";
+
+  # A profile argument: a path or store path string, or a set with `profile`
+  # and options.
+  profileOptions =
+    profileArg:
+    if builtins.isAttrs profileArg && !(profileArg ? outPath) then profileArg else { profile = profileArg; };
 in
 rec {
   /*
-    Instrument every package built with this stdenv for clang's front-end
-    profile-guided optimization. Compile and link get
-    `-fprofile-instr-generate=<spoolDir>/%p.profraw`, so the profile path is
-    baked into the binaries: programs started by system services, cron jobs or
-    sudo, which drop the environment, still write to the spool. LLVM_PROFILE_FILE
-    overrides it where set. Links also get `-Wl,--build-id`: pgod attributes a
-    raw profile to the ELF file whose GNU build-id it names.
+    Instrument every package built with this stdenv for clang's profile-guided
+    optimization, writing raw profiles into the spool.
 
-    Every output gets `nix-support/pgo.json` listing the build-ids of all ELF
-    files of all outputs and the llvm-profdata that can merge their profiles.
+    `instrumentation` chooses clang's kind:
+      "ir" (default)  IR instrumentation (-fprofile-generate): counters placed
+                      after the first optimizations, which measured 1.17× on
+                      Lua against front-end PGO's 1.145× (LLVM-NOTES.md);
+      "fe"            front-end instrumentation (-fprofile-instr-generate),
+                      counters on the source's own constructs.
+    Either way the profile path is baked into the binaries
+    (`<spoolDir>/%p.profraw`), so programs started by system services, cron
+    jobs or sudo, which drop the environment, still write to the spool;
+    LLVM_PROFILE_FILE overrides it where set. For IR instrumentation the path
+    goes to clang's -cc1 directly (-fprofile-instrument-path): the driver's
+    `-fprofile-generate=DIR` names files `default_%m.profraw`, and `%m` turns on
+    the runtime's online merging, which the spool must never allow.
+
+    Counters are updated atomically (-fprofile-update=atomic, LLVM's answer
+    for threads): a multi-threaded program's counts are then exact instead of
+    losing increments, at a cost measured in benchmarks/pgo.py.
+    `atomicCounters = false` trades that exactness for speed.
+
+    Links also get `-Wl,--build-id`: pgod attributes a raw profile to the ELF
+    file whose GNU build-id it names. Every output gets `nix-support/pgo.json`
+    listing the build-ids of all ELF files of all outputs, the instrumentation
+    kind and the llvm-profdata that can merge their profiles.
 
     `llvmProfdata` defaults to the one of the stdenv's clang
     (`stdenv.cc.cc.libllvm`). The stdenv must use clang and target ELF.
@@ -154,45 +177,107 @@ rec {
     {
       spoolDir ? defaultSpoolDir,
       llvmProfdata ? null,
+      instrumentation ? "ir",
+      atomicCounters ? true,
+    }:
+    instrumentWith "withPgoProfile" {
+      inherit spoolDir llvmProfdata atomicCounters;
+      kind = instrumentation;
+      variant = "profile";
+      profile = null;
+    };
+
+  /*
+    The context-sensitive stage: build every package optimized with an IR
+    profile (`profile`, as withPgoOptimize takes it) and instrumented again
+    after inlining (-fcs-profile-generate). Its programs are already faster
+    than the first profiling build's and write "CS" raw profiles to the
+    spool; merged together with `profile` they make the final profile, which
+    withPgoOptimize builds from (LLVM-NOTES.md: 1.197× on Lua against IR
+    PGO's 1.172×). pgod puts this variant in use in place of the first
+    profiling build while it collects the second stage.
+  */
+  withPgoCsProfile =
+    profileArg: stdenv:
+    let
+      options = profileOptions profileArg;
+    in
+    instrumentWith "withPgoCsProfile" {
+      spoolDir = options.spoolDir or defaultSpoolDir;
+      llvmProfdata = options.llvmProfdata or null;
+      atomicCounters = options.atomicCounters or true;
+      kind = "cs-ir";
+      variant = "cs-profile";
+      profile = profileInput options.profile;
+    } stdenv;
+
+  # The instrumenting adapters' common part: flags for `kind` ("fe", "ir" or
+  # "cs-ir", the last on top of `profile`), the setup hook writing pgo.json.
+  instrumentWith =
+    who:
+    {
+      spoolDir,
+      llvmProfdata,
+      atomicCounters,
+      kind,
+      variant,
+      profile,
     }:
     stdenv:
     let
-      stdenv' = checkStdenv "withPgoProfile" stdenv;
+      stdenv' = checkStdenv who stdenv;
       profdata =
         if llvmProfdata != null then
           builtins.toString llvmProfdata
         else
-          matchingLlvmProfdata "withPgoProfile" stdenv';
-      instrument = "-fprofile-instr-generate=${spoolDir}/%p.profraw";
+          matchingLlvmProfdata who stdenv';
+      path = "${spoolDir}/%p.profraw";
+      bakedPath = [ "-Xclang" "-fprofile-instrument-path=${path}" ];
+      instrument =
+        {
+          fe = [ "-fprofile-instr-generate=${path}" ];
+          ir = [ "-fprofile-generate" ] ++ bakedPath;
+          cs-ir = [ "-fprofile-use=${profile}" "-fcs-profile-generate" ] ++ bakedPath;
+        }
+        .${kind}
+          or (throw ''${who}: instrumentation must be "ir" or "fe", got "${kind}".'');
+      update = if atomicCounters then [ "-fprofile-update=atomic" ] else [ ];
+      # The link needs only the driver flag that pulls in the profile runtime.
+      linkInstrument = if kind == "fe" then instrument else [ (builtins.head instrument) ];
     in
     if builtins.substring 0 1 spoolDir != "/" || hasWhitespace spoolDir then
-      throw ''withPgoProfile: spoolDir must be an absolute path without white space (it becomes part of a compiler flag), got "${spoolDir}".''
+      throw ''${who}: spoolDir must be an absolute path without white space (it becomes part of a compiler flag), got "${spoolDir}".''
     else
-      extendMkDerivationArgs stdenv' (
-        prevAttrs:
-        let
-          flagged = appendFlags "NIX_CFLAGS_LINK" [ instrument "-Wl,--build-id" ] (
-            appendFlags "NIX_CFLAGS_COMPILE" [ instrument ] prevAttrs
-          );
-        in
-        flagged
-        // {
-          nativeBuildInputs = (prevAttrs.nativeBuildInputs or [ ]) ++ [ setupHook ];
-          pgoVariant = "profile";
-          pgoLlvmProfdata = profdata;
-          passthru = (prevAttrs.passthru or { }) // {
-            pgo = {
-              variant = "profile";
-              llvmProfdata = profdata;
-              inherit spoolDir;
+      builtins.seq instrument (
+        extendMkDerivationArgs stdenv' (
+          prevAttrs:
+          let
+            flagged = appendFlags "NIX_CFLAGS_LINK" (linkInstrument ++ update ++ [ "-Wl,--build-id" ]) (
+              appendFlags "NIX_CFLAGS_COMPILE" (instrument ++ update) prevAttrs
+            );
+          in
+          flagged
+          // {
+            nativeBuildInputs = (prevAttrs.nativeBuildInputs or [ ]) ++ [ setupHook ];
+            pgoVariant = variant;
+            pgoInstrumentation = kind;
+            pgoLlvmProfdata = profdata;
+            passthru = (prevAttrs.passthru or { }) // {
+              pgo = {
+                inherit variant spoolDir;
+                instrumentation = kind;
+                llvmProfdata = profdata;
+              } // (if profile == null then { } else { inherit profile; });
             };
-          };
-        }
+          }
+        )
       );
 
   /*
     Build every package with this stdenv optimized by a merged, indexed profile
-    (`llvm-profdata merge` output): `-fprofile-instr-use=<profile>`.
+    (`llvm-profdata merge` output): `-fprofile-use=<profile>`, which reads
+    front-end, IR and context-sensitive profiles alike (clang tells them by the
+    file's header).
 
     clang's profile mismatch warnings (-Wprofile-instr-unprofiled,
     -Wprofile-instr-out-of-date, -Wprofile-instr-missing) are enabled, never
@@ -212,11 +297,7 @@ rec {
   withPgoOptimize =
     profileArg: stdenv:
     let
-      options =
-        if builtins.isAttrs profileArg && !(profileArg ? outPath) then
-          profileArg
-        else
-          { profile = profileArg; };
+      options = profileOptions profileArg;
       stdenv' = checkStdenv "withPgoOptimize" stdenv;
       profile = profileInput options.profile;
       profdata =
@@ -227,9 +308,9 @@ rec {
         else
           "";
       flags =
-        [ "-fprofile-instr-use=${profile}" ]
+        [ "-fprofile-use=${profile}" ]
         ++ map (w: "-W${w}") profileMatchWarnings
-        ++ map (w: "-Wno-error=${w}") profileMatchWarnings;
+        ++ map (w: "-Wno-error=${w}") (profileMatchWarnings ++ [ "backend-plugin" ]);
     in
     # Check the profile argument now, not when a build first needs its flags.
     builtins.seq profile (
@@ -255,8 +336,10 @@ rec {
     The two variants of any package for pgod, given the clang stdenv to move
     gcc-built packages to (packages already built with clang keep their own).
 
-      profile  : package -> its instrumented variant
-      optimize : profile -> package -> its variant optimized with `profile`
+      profile     : package -> its instrumented variant (`instrumentation`)
+      profileWith : withPgoProfile options -> package -> the same, per package
+      csProfile   : IR profile -> package -> its context-sensitive stage
+      optimize    : profile -> package -> its variant optimized with `profile`
 
     A package qualifies when it comes from callPackage (has `override`) and
     takes a `stdenv` argument; anything else ends in a `throw` saying so.
@@ -270,6 +353,7 @@ rec {
     {
       clangStdenv,
       spoolDir ? defaultSpoolDir,
+      instrumentation ? "ir",
     }:
     let
       clangStdenvFor =
@@ -291,8 +375,19 @@ rec {
         else
           pkg.override { inherit stdenv; };
     in
-    {
-      profile = pkg: withStdenv "profile" pkg (withPgoProfile { inherit spoolDir; } (clangStdenvFor pkg));
+    rec {
+      profile = profileWith { };
+
+      # `options`: withPgoProfile's (instrumentation = "fe" for front-end PGO).
+      profileWith =
+        options: pkg:
+        withStdenv "profile" pkg (withPgoProfile ({ inherit spoolDir instrumentation; } // options) (clangStdenvFor pkg));
+
+      csProfile =
+        profile: pkg:
+        withStdenv "csProfile" pkg (
+          withPgoCsProfile ({ inherit spoolDir; } // profileOptions profile) (clangStdenvFor pkg)
+        );
 
       optimize =
         profile: pkg: withStdenv "optimize" pkg (withPgoOptimize profile (clangStdenvFor pkg));

@@ -3,9 +3,10 @@
 # (stdenv-adapters/default.nix) add this file to nativeBuildInputs and set
 # `pgoVariant`:
 #
-#   profile   every output gets nix-support/pgo.json: the GNU build-ids of all
-#             ELF files of all outputs, and the llvm-profdata ($pgoLlvmProfdata)
-#             that can merge the raw profiles they write.
+#   profile,  every output gets nix-support/pgo.json: the GNU build-ids of all
+#   cs-profile  ELF files of all outputs, the instrumentation kind
+#             ($pgoInstrumentation: fe, ir or cs-ir) and the llvm-profdata
+#             ($pgoLlvmProfdata) that can merge the raw profiles they write.
 #   optimize  clang's profile-match warnings are logged while building
 #             (CC_LOG_DIAGNOSTICS) and counted into nix-support/pgo-warnings.json
 #             of every output.
@@ -89,7 +90,7 @@ pgoWriteProfileManifest() {
     for id in ${ids[@]+"${ids[@]}"}; do
         idList+="${idList:+, }\"$id\""
     done
-    _pgoWriteToOutputs pgo.json "{\"version\": 1, \"name\": $(_pgoJsonString "${pname:-$name}"), \"variant\": \"profile\", \"llvm_profdata\": $(_pgoJsonUnreferencedPath "${pgoLlvmProfdata:-}"), \"build_ids\": [$idList]}"
+    _pgoWriteToOutputs pgo.json "{\"version\": 1, \"name\": $(_pgoJsonString "${pname:-$name}"), \"variant\": $(_pgoJsonString "${pgoVariant:-profile}"), \"instrumentation\": $(_pgoJsonString "${pgoInstrumentation:-fe}"), \"llvm_profdata\": $(_pgoJsonUnreferencedPath "${pgoLlvmProfdata:-}"), \"build_ids\": [$idList]}"
     if ((${#ids[@]} == 0)); then
         echo "pgo: warning: no ELF file with a GNU build-id in any output of ${pname:-$name}; pgod cannot attribute its profiles" >&2
     else
@@ -106,9 +107,12 @@ pgoStartDiagnosticsLog() {
 
 # Prints "units functions mismatched missing unprofiled" counted from a clang
 # diagnostics log: translation units with a profile warning, the functions in
-# those units (as clang reports them), functions whose profile no longer
-# matches their code (-Wprofile-instr-out-of-date), functions without profile
-# data (-Wprofile-instr-missing), files without any (-Wprofile-instr-unprofiled).
+# those units (as clang reports them for front-end profiles; IR profiles'
+# warnings carry no such total), functions whose profile no longer matches
+# their code (-Wprofile-instr-out-of-date; for IR profiles "hash mismatch"
+# under -Wbackend-plugin), functions without profile data
+# (-Wprofile-instr-missing; IR: "No profile data available"), files without
+# any (-Wprofile-instr-unprofiled).
 _pgoCountWarnings() {
     awk '
         function value(line) {
@@ -135,6 +139,9 @@ _pgoCountWarnings() {
                 if (v == "profile-instr-out-of-date") mismatched += counted(message)
                 else if (v == "profile-instr-missing") missing += counted(message)
                 else if (v == "profile-instr-unprofiled") { unprofiled++; warned[unit] = 1 }
+                # IR profiles: LLVM reports each function on its own, with no per-unit total.
+                else if (v == "backend-plugin" && message ~ /hash mismatch/) { mismatched++; warned[unit] = 1 }
+                else if (v == "backend-plugin" && message ~ /[Nn]o profile data available/) { missing++; warned[unit] = 1 }
             }
             want = ""
         }
@@ -160,7 +167,7 @@ pgoWriteWarningsReport() {
 }
 
 case "${pgoVariant:-}" in
-    profile)
+    profile | cs-profile)
         # Instrumented programs run by the build itself (test suites) write
         # here, not to the baked-in spool of whatever machine builds them.
         export LLVM_PROFILE_FILE="$_pgoBuildTop/pgo-build-%p.profraw"

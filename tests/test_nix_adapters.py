@@ -133,10 +133,17 @@ def profile_functions(merged_profile) -> int:
 def test_flags_are_appended_to_what_the_package_sets():
     flags = nix_eval("flags")
     assert flags["env"].startswith("-DHELLO_PGO_GREETING_ID=42 ")
-    assert "-fprofile-instr-generate=/var/spool/pgod/%p.profraw" in flags["env"].split()
-    assert flags["link"].split() == ["-fprofile-instr-generate=/var/spool/pgod/%p.profraw", "-Wl,--build-id"]
+    # IR instrumentation by default, the spool's per-process name baked in past the driver (whose
+    # own `-fprofile-generate=DIR` would name files default_%m.profraw: online merging).
+    assert flags["env"].split()[1:] == [
+        "-fprofile-generate", "-Xclang", "-fprofile-instrument-path=/var/spool/pgod/%p.profraw",
+        "-fprofile-update=atomic",
+    ]
+    assert flags["link"].split() == ["-fprofile-generate", "-fprofile-update=atomic", "-Wl,--build-id"]
     # An older package's top-level NIX_CFLAGS_COMPILE is extended in place, not shadowed by `env`.
-    assert flags["topLevel"].startswith("-DTOP_LEVEL=1 -fprofile-instr-generate=")
+    assert flags["topLevel"].startswith("-DTOP_LEVEL=1 -fprofile-generate ")
+    # Front-end instrumentation, per package.
+    assert "-fprofile-instr-generate=/var/spool/pgod/%p.profraw" in flags["feEnv"].split()
 
 
 def test_pgo_json_lists_the_build_id_of_every_elf_file_in_every_output(profiling, manifest):
@@ -147,6 +154,7 @@ def test_pgo_json_lists_the_build_id_of_every_elf_file_in_every_output(profiling
         "version": 1,
         "name": "hello-pgo",
         "variant": "profile",
+        "instrumentation": "ir",
         "llvm_profdata": FIXTURE_LLVM_PROFDATA,
         "build_ids": sorted(elf_build_id(p) for p in elves),
     }
@@ -201,13 +209,14 @@ def test_optimized_variant_is_built_with_the_merged_profile(work, profiling, mer
     report = json.loads((optimized["out"] / "nix-support" / "pgo-warnings.json").read_text())
     assert report["variant"] == "optimize"
     assert report["profile"] == str(merged_profile)
-    assert report["profile_functions"] == profile_functions == 5
+    # IR instrumentation counts functions after the early inliner: 3 of the 5 in the source.
+    assert report["profile_functions"] == profile_functions == 3
     # The same source as profiled: every function's profile matched.
     assert report["mismatched_functions"] + report["missing_functions"] < profile_functions
     assert report["mismatched_functions"] == 0 and report["unprofiled_files"] == 0
     assert not (optimized["out"] / "nix-support" / "pgo.json").exists()
 
-    # Built with -fprofile-instr-use, not instrumented: it writes no profile.
+    # Built with -fprofile-use, not instrumented: it writes no profile.
     spool = work / "optimized-spool"
     spool.mkdir()
     ran = run_program(optimized["out"] / "bin" / "hello-pgo", profile_file=f"{spool}/%p.profraw")
@@ -222,9 +231,53 @@ def test_optimized_variant_counts_the_function_whose_code_changed(work, merged_p
     report = json.loads((optimized["out"] / "nix-support" / "pgo-warnings.json").read_text())
     assert report["mismatched_functions"] == 1
     assert report["translation_units_warned"] == 1
-    # main.c has three of the profile's five functions; the other two are the library's.
-    assert report["functions_in_warned_units"] == 3
     assert report["mismatched_functions"] < report["profile_functions"] == profile_functions
+
+
+def test_front_end_instrumentation_stays_a_choice_and_its_mismatches_are_counted_per_unit(work):
+    """The same loop with instrumentation = "fe": front-end raw profiles, and clang's per-unit
+    mismatch report, which names how many functions the warned unit has."""
+    profiled = nix_build("profileFe", work / "result-profile-fe")
+    manifest = json.loads((profiled["out"] / "nix-support" / "pgo.json").read_text())
+    assert manifest["instrumentation"] == "fe"
+    spool = work / "fe-spool"
+    spool.mkdir()
+    run_program(profiled["out"] / "bin" / "hello-pgo", profile_file=f"{spool}/%p.profraw")
+    (raw,) = spool.iterdir()
+    assert {part.instrumentation for part in parse_profraw(raw.read_bytes())} == {"fe"}
+    merged = work / "hello-pgo-fe.profdata"
+    subprocess.run([str(LLVM_PROFDATA), "merge", "-o", str(merged), str(raw)], check=True)
+    stored = subprocess.run(["nix-store", "--add", str(merged)], check=True, capture_output=True, text=True).stdout.strip()
+    optimized = nix_build("optimizeTweaked", work / "result-tweaked-fe", "--argstr", "profile", stored)
+    report = json.loads((optimized["out"] / "nix-support" / "pgo-warnings.json").read_text())
+    assert report["mismatched_functions"] == 1
+    # main.c has three of the profile's five functions; the other two are the library's.
+    assert report["functions_in_warned_units"] == 3 and report["profile_functions"] == 5
+
+
+def test_the_context_sensitive_stage_writes_cs_profiles_that_complete_the_ir_profile(work, merged_profile, raw_profiles):
+    """csProfile: built with the IR profile and instrumented again after inlining; its raw
+    profiles merged with the IR profile give one profile with both levels, which the optimized
+    variant builds from with every function matched."""
+    staged = nix_build("csProfile", work / "result-cs-profile", "--argstr", "profile", str(merged_profile))
+    manifest = json.loads((staged["out"] / "nix-support" / "pgo.json").read_text())
+    assert (manifest["variant"], manifest["instrumentation"]) == ("cs-profile", "cs-ir")
+    spool = work / "cs-spool"
+    spool.mkdir()
+    ran = run_program(staged["out"] / "bin" / "hello-pgo", profile_file=f"{spool}/%p.profraw")
+    assert ran.stdout.startswith("hello-pgo greeting 42:")
+    (raw,) = spool.iterdir()
+    parts = parse_profraw(raw.read_bytes())
+    assert {part.instrumentation for part in parts} == {"cs-ir"}
+    assert {build_id for part in parts for build_id in part.binary_ids} <= set(manifest["build_ids"])
+    final = work / "hello-pgo-cs.profdata"
+    subprocess.run([str(LLVM_PROFDATA), "merge", "-o", str(final), str(merged_profile), str(raw)], check=True)
+    shown = subprocess.run([str(LLVM_PROFDATA), "show", "--showcs", str(final)], check=True, capture_output=True, text=True).stdout
+    assert shown.splitlines()[0].startswith("Instrumentation level: IR") and "Total functions: 0" not in shown, shown
+    stored = subprocess.run(["nix-store", "--add", str(final)], check=True, capture_output=True, text=True).stdout.strip()
+    optimized = nix_build("optimize", work / "result-optimize-cs", "--argstr", "profile", stored)
+    report = json.loads((optimized["out"] / "nix-support" / "pgo-warnings.json").read_text())
+    assert report["mismatched_functions"] == 0 and report["missing_functions"] == 0
 
 
 @pytest.mark.parametrize(
@@ -237,6 +290,7 @@ def test_optimized_variant_counts_the_function_whose_code_changed(work, merged_p
         ("noOverride", "has no `override`"),
         ("noStdenvArgument", "does not take a `stdenv` argument (it takes: clangStdenv)"),
         ("plainStringProfile", "is a plain string"),
+        ("unknownInstrumentation", 'instrumentation must be "ir" or "fe", got "sampling"'),
     ],
 )
 def test_adapters_throw_a_reason_for_what_they_cannot_handle(case, message):

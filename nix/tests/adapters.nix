@@ -57,6 +57,8 @@ in
     } pkgs.clangStdenv;
   };
   profile = pgo.profile pkgs.hello;
+  profileFe = pgo.profileWith { instrumentation = "fe"; } pkgs.hello;
+  csProfile = pgo.csProfile mergedProfile pkgs.hello;
   optimize = pgo.optimize mergedProfile pkgs.hello;
   optimizeTweaked = pgo.optimize mergedProfile (pkgs.hello.override { tweak = true; });
 
@@ -64,6 +66,7 @@ in
     env = (pgo.profile pkgs.hello).NIX_CFLAGS_COMPILE;
     link = (pgo.profile pkgs.hello).NIX_CFLAGS_LINK;
     topLevel = (pgo.profile topLevelFlags).NIX_CFLAGS_COMPILE;
+    feEnv = (pgo.profileWith { instrumentation = "fe"; } pkgs.hello).NIX_CFLAGS_COMPILE;
   };
 
   # Each of these must end in a `throw` that says what is wrong.
@@ -91,5 +94,6 @@ in
       pkgs.callPackage ({ clangStdenv }: clangStdenv.mkDerivation { name = "no-stdenv-argument"; }) { }
     );
     plainStringProfile = pgo.optimize "/tmp/app.profdata" pkgs.hello;
+    unknownInstrumentation = (pgo.profileWith { instrumentation = "sampling"; } pkgs.hello).NIX_CFLAGS_COMPILE;
   };
 }
