@@ -34,6 +34,8 @@ class PackageBuild:
     name: str
     build_ids: set[str] = field(default_factory=set)
     manifest_profdata: Path | None = None
+    # pgo.json's "instrumentation" ("fe", "ir", "cs-ir"); manifests before it were all "fe".
+    instrumentation: str | None = None
     problems: list[str] = field(default_factory=list)
 
 
@@ -105,6 +107,9 @@ def _read_manifest(path: Path, build: PackageBuild) -> None:
     build.build_ids.update(str(i).lower() for i in manifest.get("build_ids", []) if isinstance(i, str))
     if isinstance(manifest.get("llvm_profdata"), str):
         build.manifest_profdata = Path(manifest["llvm_profdata"])
+    kind = manifest.get("instrumentation", "fe")
+    if kind in ("fe", "ir", "cs-ir") and build.instrumentation is None:
+        build.instrumentation = kind
 
 
 def _regular_files(root: Path):
@@ -141,6 +146,18 @@ class Attributor:
             log.info("attribution.indexed", package=name, build_ids=len(build.build_ids))
             builds[name] = build
         return cls(builds)
+
+    def add_outputs(self, name: str, outputs: list[str]) -> None:
+        """Attribute the profiles of another build to `name` too: the context-sensitive stage's
+        build, which is in use in the profiling build's place (stages.py)."""
+        extra = scan_package(PackageConfig(name, tuple(Path(o) for o in outputs), ("true",), 0))
+        for problem in extra.problems:
+            log.warning("attribution.problem", package=name, problem=problem)
+        for build_id in extra.build_ids:
+            other = self._owner.setdefault(build_id, name)
+            if other != name:
+                log.warning("attribution.shared_build_id", build_id=build_id, packages=[other, name])
+        log.info("attribution.indexed", package=name, build_ids=len(extra.build_ids), stage_build=outputs)
 
     def package_for(self, binary_ids: tuple[str, ...]) -> str | None:
         """The package owning the first known binary id of a raw profile, else None."""

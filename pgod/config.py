@@ -38,6 +38,18 @@ class PackageConfig:
     build: tuple[str, ...]
     threshold_bytes: int
     llvm_profdata: Path | None = None
+    # The context-sensitive stage (stages.py): the argv that builds the IR-optimized variant
+    # instrumented again (`{profile}` as in `build`), and the data it collects before the final
+    # build. None: one stage, `build` straight from the first profile.
+    cs_build: tuple[str, ...] | None = None
+    cs_threshold_bytes: int | None = None
+    # The benchmark gate (gate.py): an argv run on baseline and candidate (`{bin}` is the store
+    # path of either), the baseline's store path, and the speedup a build must reach.
+    benchmark: tuple[str, ...] | None = None
+    baseline_build: Path | None = None
+    min_speedup: float = 1.0
+    benchmark_rounds: int = 5
+    benchmark_timeout_seconds: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -164,7 +176,11 @@ _TOP_KEYS = {
 # Package names become file names under state_dir (profiles/<name>/, logs): no "/" and no "..".
 # Dots stay: NixOS attribute paths such as "xorg.xeyes" are package names.
 _PACKAGE_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,99}")
-_PACKAGE_KEYS = {"profile_build", "build", "threshold_mb", "llvm_profdata"}
+_PACKAGE_KEYS = {
+    "profile_build", "build", "threshold_mb", "llvm_profdata", "cs_build", "cs_threshold_mb", "benchmark",
+    "baseline_build", "min_speedup", "benchmark_rounds", "benchmark_timeout_s",
+}
+MIN_BENCHMARK_ROUNDS = 5  # fewer gives no median worth a decision
 
 
 def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> Config:
@@ -248,11 +264,36 @@ def _parse_package(path: Path, name: str, table: dict[str, Any], default_thresho
     for index, item in enumerate(profile_build):
         if not item.startswith("/"):
             raise ConfigError(path, f"packages.{name}.profile_build[{index}]", f"must be an absolute path, got {item!r}")
+    benchmark = reader.string_list("benchmark", allow_empty_items=True) if "benchmark" in table else None
+    baseline_build = reader.absolute_path("baseline_build", None)
+    if benchmark is not None and baseline_build is None:
+        raise reader.error("benchmark", "needs baseline_build, the store path of the package as built without PGO"
+                           " (the NixOS module fills it in)")
+    min_speedup = reader.get("min_speedup", (int, float), 1.0, what="a ratio such as 1.0")
+    if not 0 < min_speedup < 100:
+        raise reader.error("min_speedup", f"must be a ratio above 0 (1.0: never slower than the baseline), got {min_speedup}")
+    rounds = reader.get("benchmark_rounds", int, MIN_BENCHMARK_ROUNDS)
+    if not MIN_BENCHMARK_ROUNDS <= rounds <= 1000:
+        raise reader.error("benchmark_rounds", f"must be from {MIN_BENCHMARK_ROUNDS} to 1000, got {rounds}")
+    timeout = reader.get("benchmark_timeout_s", (int, float), 600, what="a number of seconds")
+    if timeout <= 0:
+        raise reader.error("benchmark_timeout_s", f"must be positive, got {timeout}")
+    cs_build = reader.string_list("cs_build", allow_empty_items=True) if "cs_build" in table else None
+    if cs_build is None and "cs_threshold_mb" in table:
+        raise reader.error("cs_threshold_mb", "only means something with cs_build (the context-sensitive stage)")
+    threshold_bytes = reader.megabytes("threshold_mb", default_threshold / MB)
     return PackageConfig(
         name=name,
+        cs_build=cs_build,
+        cs_threshold_bytes=reader.megabytes("cs_threshold_mb", threshold_bytes / MB) if cs_build else None,
+        benchmark=benchmark,
+        baseline_build=baseline_build,
+        min_speedup=float(min_speedup),
+        benchmark_rounds=rounds,
+        benchmark_timeout_seconds=float(timeout),
         profile_build=tuple(Path(p) for p in profile_build),
         # An argv: empty arguments are legitimate (`--option substituters ""`), an empty program is not.
         build=reader.string_list("build", allow_empty_items=True),
-        threshold_bytes=reader.megabytes("threshold_mb", default_threshold / MB),
+        threshold_bytes=threshold_bytes,
         llvm_profdata=reader.absolute_path("llvm_profdata", None),
     )

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class Base(DeclarativeBase):
@@ -69,6 +69,13 @@ class Package(Base):
     profile_build_key: Mapped[str] = mapped_column(Text, default="")
     build_failures: Mapped[int] = mapped_column(Integer, default=0)
     next_build_at: Mapped[float] = mapped_column(Float, default=0.0)  # backoff after a failure
+    # The instrumentation kind of the working profile ("fe", "ir"; null: recorded before schema
+    # 4, when every profile was front-end): profiles of two kinds are never mixed.
+    profile_kind: Mapped[str | None] = mapped_column(String, nullable=True)
+    # "first": profiles come from profile_build; "cs": from the context-sensitive build
+    # `stage_build`, in use in its place (stages.py).
+    stage: Mapped[str] = mapped_column(String, default="first")
+    stage_build: Mapped[str | None] = mapped_column(String, nullable=True)
 
 
 class Build(Base):
@@ -82,9 +89,16 @@ class Build(Base):
     log_path: Mapped[str] = mapped_column(String)
     started_at: Mapped[float] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    status: Mapped[str] = mapped_column(String, default="running")  # running, succeeded, failed
+    # running, benchmarking, succeeded, failed, rejected (slower than min_speedup on the benchmark)
+    status: Mapped[str] = mapped_column(String, default="running")
     out_path: Mapped[str | None] = mapped_column(String, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # "optimize": the final variant; "cs-profile": the context-sensitive stage's instrumented one.
+    stage: Mapped[str] = mapped_column(String, default="optimize")
+    # The benchmark gate's figures (gate.GateResult.figures(), JSON) and the speedup they gave;
+    # null: no benchmark ran ("unmeasured").
+    benchmark: Mapped[str | None] = mapped_column(Text, nullable=True)
+    speedup: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class SpoolFile(Base):
@@ -212,6 +226,14 @@ _MIGRATIONS = {
         "INSERT INTO tallies (name, value) SELECT 'unattributed_files', COUNT(*) FROM parts WHERE status = 'unattributed'",
         "INSERT INTO tallies (name, value) SELECT 'unattributed_bytes', COALESCE(SUM(size), 0) FROM parts"
         " WHERE status = 'unattributed'",
+    ],
+    3: [
+        "ALTER TABLE packages ADD COLUMN profile_kind VARCHAR",
+        "ALTER TABLE packages ADD COLUMN stage VARCHAR NOT NULL DEFAULT 'first'",
+        "ALTER TABLE packages ADD COLUMN stage_build VARCHAR",
+        "ALTER TABLE builds ADD COLUMN stage VARCHAR NOT NULL DEFAULT 'optimize'",
+        "ALTER TABLE builds ADD COLUMN benchmark TEXT",
+        "ALTER TABLE builds ADD COLUMN speedup FLOAT",
     ],
 }
 

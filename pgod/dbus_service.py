@@ -112,7 +112,7 @@ class DaemonService:
         if self._status_cache is None or now - self._status_cache[0] > STATUS_CACHE_SECONDS:
             document = status_document(
                 self._config, self._sessions, self._engine.spool_backlog, self._running(), self._engine.disk,
-                self._engine.layout, self._engine.intake,
+                self._engine.layout, self._engine.intake, gating=self._engine.optimizer.gating,
             )
             self._status_cache = (now, json.dumps(document))
         return self._status_cache[1]
@@ -120,7 +120,8 @@ class DaemonService:
     @dbus_errors
     def GetPackage(self, name: str) -> str:
         self._known(name)
-        return json.dumps(package_document(self._config, self._sessions, name, running=self._running()))
+        return json.dumps(package_document(self._config, self._sessions, name, running=self._running(),
+                                           gating=self._engine.optimizer.gating))
 
     @dbus_errors
     def GetBuildLog(self, name: str) -> str:
@@ -195,7 +196,8 @@ class DaemonService:
         if kind == "counters":
             name = data["package"]
             try:
-                summary = package_summary(self._config, self._sessions, name, self._running())
+                summary = package_summary(self._config, self._sessions, name, self._running(),
+                                          gating=self._engine.optimizer.gating)
             except UnknownPackage:
                 return False
             self.PackageChanged(name, json.dumps(summary))

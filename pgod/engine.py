@@ -37,6 +37,7 @@ from .claim import Claimer
 from .config import MB, Config
 from .db import Package, SpoolFile
 from .failpoints import failpoint
+from .gate import GateResult
 from .history import History
 from .ingest import Ingestor
 from .intake import NAMES_PER_UID, UNKNOWN_UID, FairIntake
@@ -103,7 +104,7 @@ class Engine:
         self.sessions = sessions
         self.attributor = attributor
         self.listeners: list[Listener] = []
-        self._queue: queue.SimpleQueue[list[str] | Rescan | BuildResult | MergeDone | Command | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[str] | Rescan | BuildResult | GateResult | MergeDone | Command | None] = queue.SimpleQueue()
         self._names_queued = 0  # spool names in the queue, for spool_backlog
         self._names_lock = threading.Lock()
         self._names_dropped = False  # the watcher dropped names: a Rescan is queued
@@ -128,7 +129,10 @@ class Engine:
         self._names_at = float("-inf")  # monotonic time spool names last came
         self._thread: threading.Thread | None = None
         self._disk: tuple[str, str] | None = None  # ("full" or "low", why) while intake waits for room
-        self.optimizer = Optimizer(config, layout, sessions, self._emit, self._queue.put, merging=self.merger.busy)
+        self.optimizer = Optimizer(
+            config, layout, sessions, self._emit, self._queue.put, merging=self.merger.busy,
+            attributor=attributor, bench_identity=sandbox.identity,
+        )
         self._history = History(layout, sessions)
 
     # ---- called from other threads -------------------------------------------------------
@@ -207,7 +211,7 @@ class Engine:
         self.merger.merge_when_due(force=True)
         self.optimizer.request_build(name)
 
-    def _handle(self, event: Rescan | BuildResult | MergeDone | Command) -> None:
+    def _handle(self, event: Rescan | BuildResult | GateResult | MergeDone | Command) -> None:
         if isinstance(event, Rescan):
             with self._names_lock:
                 self._names_dropped = False
@@ -215,6 +219,9 @@ class Engine:
             return
         if isinstance(event, BuildResult):
             self.optimizer.on_build_done(event)
+            return
+        if isinstance(event, GateResult):
+            self.optimizer.on_gate_done(event)
             return
         if isinstance(event, MergeDone):
             self.merger.on_merge_done(event)
@@ -526,8 +533,7 @@ class Engine:
                     row = Package(name=name, state="profiling", raw_bytes=0, files=0, total_raw_bytes=0,
                                   total_files=0, quarantined=0, build_due=False, profile_generation=0, active=False)
                     session.add(row)
-                row.threshold_bytes = package.threshold_bytes
-                self.optimizer.adopt(session, row)
+                self.optimizer.adopt(session, row)  # sets the threshold of the package's stage
                 if not row.build_due and row.raw_bytes >= row.threshold_bytes and row.files > 0:
                     row.build_due = True
 

@@ -5,7 +5,10 @@ happens in one place. Builds themselves run in a BuildRun thread that reports ba
 the engine's queue.
 
 States (CONTRACT.md): profiling → building → ready ⇄ active; building → failed → (backoff)
-building; a changed `profile_build` makes a package stale until its next build.
+building; building → rejected (slower than min_speedup on the package's benchmark, gate.py) →
+profiling goes on; a changed `profile_build` makes a package stale until its next build. With a
+context-sensitive stage (stages.py) the first build makes the stage's instrumented variant and
+puts it in use: profiling → building → profiling (stage "cs") → building → ready.
 """
 
 from __future__ import annotations
@@ -18,10 +21,15 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import nixstore, substitution
+import json
+
+from . import nixstore, stages, substitution
+from .attribution import Attributor
 from .builds import BuildResult, BuildRun, expand_argv
 from .config import Config
+from .confine import Identity
 from .db import Build, Package
+from .gate import GateResult, GateRun
 from .staging import Layout
 
 log = structlog.get_logger(__name__)
@@ -46,6 +54,8 @@ class Optimizer:
         emit: Callable[..., None],
         report_build: Callable[[BuildResult], None],
         merging: Callable[[str], bool] = lambda _name: False,
+        attributor: Attributor | None = None,
+        bench_identity: Identity | None = None,
     ) -> None:
         self.config = config
         self.layout = layout
@@ -53,7 +63,10 @@ class Optimizer:
         self._emit = emit
         self._report_build = report_build
         self._merging = merging  # a merge of this package runs or is owed: its build waits
+        self.attributor = attributor  # learns the CS build's ids; knows each build's kind
+        self._bench_identity = bench_identity  # whom benchmarks run as (the merge user)
         self.running: BuildRun | None = None
+        self.gating: GateRun | None = None
         self._pending_profile_sync = False  # an upgrade took an active package out at start
 
     @property
@@ -73,17 +86,52 @@ class Optimizer:
         if row.profile_build_key and row.profile_build_key != key:
             self._upgrade(row)
         row.profile_build_key = key
+        self._check_kind(row)
+        package = self.config.packages[row.name]
+        if row.stage == stages.CONTEXT_SENSITIVE and package.cs_build is None:
+            # The stage was switched off: its build leaves the system path, the profile stays.
+            stages.back_to_first(row, package)
+            self._pending_profile_sync = True
+        row.threshold_bytes = stages.threshold_for(package, row)
+        if row.stage_build:
+            self._index_stage_build(row.name, row.stage_build)
         # A restart is how a changed configuration arrives (a fixed build command, say), so a
         # failed build is retried now rather than after the rest of its backoff.
         row.next_build_at = 0.0
+
+    def _index_stage_build(self, name: str, out_path: str) -> None:
+        if self.attributor is not None:
+            try:
+                self.attributor.add_outputs(name, nixstore.outputs_of(out_path))
+            except nixstore.NixError as err:
+                log.error("attribution.stage_build_unreadable", package=name, build=out_path, error=str(err))
+
+    def _check_kind(self, row: Package) -> None:
+        """Profiles of two instrumentation kinds are never mixed (llvm-profdata refuses to merge
+        front-end with IR ones, and a build would get half a profile): a working profile of
+        another kind than the profiling build's is set aside, and collection starts again."""
+        build = self.attributor.builds.get(row.name) if self.attributor else None
+        kind = build.instrumentation if build else None
+        if kind is None:
+            return
+        kind = "ir" if kind == "cs-ir" else kind
+        was = row.profile_kind or "fe"  # rows before schema 4: every profile was front-end
+        if row.profile_path is not None and was != kind:
+            log.warning("profile.kind_changed", package=row.name, was=was, now=kind, set_aside=row.profile_path,
+                        hint="the profile is not carried forward: the next build waits for profiles of the new kind")
+            row.profile_path = None
+            row.raw_bytes = row.files = 0
+            row.build_due = False
+        row.profile_kind = kind
 
     def _upgrade(self, row: Package) -> None:
         """The system now has a new version: the old optimized build must stop shadowing it."""
         log.info("package.upgraded", package=row.name, was_active=row.active)
         row.state = "stale"
-        if row.active:
+        if row.active or row.stage_build:
             row.active = False
             self._pending_profile_sync = True
+        stages.back_to_first(row, self.config.packages[row.name])
         # The merged profile is carried forward: it is the starting profile of the new version,
         # and clang reports how much of it still matches. Build as soon as there is one.
         row.build_due = row.profile_path is not None
@@ -106,11 +154,7 @@ class Optimizer:
         if self.config.substitute_dir is None:
             return
         with self.sessions() as session:
-            active = {
-                row.name: row.optimized
-                for row in session.scalars(select(Package).where(Package.active.is_(True)))
-                if row.optimized and row.name in self.config.packages
-            }
+            active = self._in_use(session)
         try:
             substitution.publish(
                 self.config,
@@ -128,7 +172,7 @@ class Optimizer:
     # ---- builds ----------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
         """Wall-clock time of the next build retry, if one is waiting."""
-        if self.running is not None:
+        if self.running is not None or self.gating is not None:
             return None
         with self.sessions() as session:
             return session.scalar(
@@ -139,7 +183,7 @@ class Optimizer:
 
     def maybe_start_build(self) -> None:
         """Start the first due package's build, if none is running (one build at a time)."""
-        if self.running is not None:
+        if self.running is not None or self.gating is not None:
             return
         now = time.time()
         with self.sessions() as session:
@@ -162,6 +206,8 @@ class Optimizer:
                 raise OperationError(f"{name} has no merged profile yet: run the profiling build first")
             if row.state == "building":
                 raise OperationError(f"{name} is already building")
+            if self.gating is not None and self.gating.package.name == name:
+                raise OperationError(f"{name} is being benchmarked")
             row.build_due = True
             row.next_build_at = 0.0
         self.maybe_start_build()
@@ -171,13 +217,14 @@ class Optimizer:
         with self.sessions() as session:
             row = session.get(Package, name)
             profile_path, generation = Path(row.profile_path), row.profile_generation
+            stage, command = stages.next_build(package, row)
         try:
             snapshot = nixstore.add_file(profile_path, f"pgo-{name}-{generation}.profdata")
             nixstore.add_root(snapshot, self.gcroots / f"{name}-profile")
         except (nixstore.NixError, OSError) as err:
             self._build_failed_to_start(name, f"profile snapshot: {err}")
             return
-        argv = expand_argv(package.build, snapshot)
+        argv = expand_argv(command, snapshot)
         started = time.time()
         with self.sessions.begin() as session:
             row = session.get(Package, name)
@@ -187,6 +234,7 @@ class Optimizer:
                 profile_generation=generation,
                 log_path="",
                 started_at=started,
+                stage=stage,
             )
             session.add(build)
             session.flush()
@@ -198,7 +246,7 @@ class Optimizer:
             build_id, log_path = build.id, Path(build.log_path)
         self.running = BuildRun(name, build_id, argv, log_path, self._report_build)
         self.running.start()
-        log.info("build.started", package=name, build=build_id, profile=snapshot, argv=argv)
+        log.info("build.started", package=name, build=build_id, stage=stage, profile=snapshot, argv=argv)
         self._emit("counters", package=name)
         self._emit("package", package=name, event="building", detail=snapshot)
 
@@ -221,42 +269,133 @@ class Optimizer:
     def on_build_done(self, result: BuildResult) -> None:
         self.running = None
         name = result.package
+        with self.sessions() as session:
+            stage = session.get(Build, result.build_id).stage
+        root = "cs-profile" if stage == stages.CS_PROFILE else "candidate"
         if result.ok:
             try:
-                # Every output, not only the one nix-build printed: a substituted `lib` or `man`
-                # output must outlive garbage collection as long as `out` does.
-                for output in nixstore.outputs_of(result.out_path):
-                    suffix = "" if output == result.out_path else f"-{substitution.store_name(output)}"
-                    nixstore.add_root(output, self.gcroots / f"{name}-optimized{suffix}")
+                self._add_roots(name, result.out_path, root)
             except nixstore.NixError as err:
                 result = BuildResult(name, result.build_id, False, None, f"GC root: {err}", result.seconds)
+        if not result.ok:
+            with self.sessions.begin() as session:
+                build = session.get(Build, result.build_id)
+                build.finished_at, build.status, build.error = time.time(), "failed", result.error
+                self._record_failure(session.get(Package, name), result.error)
+            self._emit("package", package=name, event="failed", detail=result.error)
+            self._emit("counters", package=name)
+            return
+        if stage == stages.CS_PROFILE:
+            self._enter_context_sensitive(name, result)
+            return
+        package = self.config.packages[name]
+        if package.benchmark is None:
+            self._accept(name, result.build_id, result.out_path, None)
+            return
+        with self.sessions.begin() as session:
+            session.get(Build, result.build_id).status = "benchmarking"
+        self.gating = GateRun(package, result.build_id, result.out_path, self._bench_identity, self._report_build)
+        self.gating.start()
+        log.info("gate.started", package=name, build=result.build_id, candidate=result.out_path,
+                 baseline=str(package.baseline_build), rounds=package.benchmark_rounds)
+        self._emit("package", package=name, event="benchmarking", detail=result.out_path)
+        self._emit("counters", package=name)
+
+    def on_gate_done(self, gate: GateResult) -> None:
+        self.gating = None
+        name = gate.package
+        figures = gate.figures()
+        with self.sessions() as session:
+            candidate = session.get(Build, gate.build_id).out_path
+        if gate.accepted:
+            log.info("gate.accepted", package=name, speedup=figures["speedup"], seconds=figures["seconds"])
+            self._accept(name, gate.build_id, candidate, figures)
+            return
+        if gate.error is not None:
+            why = f"benchmark failed: {gate.error}"
+        else:
+            why = (f"rejected: {gate.speedup:.3f}× on the benchmark, below min_speedup {gate.min_speedup:g}"
+                   f" (baseline {figures['baseline_median_seconds']:.3f} s, candidate"
+                   f" {figures['candidate_median_seconds']:.3f} s, median of {figures['rounds']})")
+        with self.sessions.begin() as session:
+            build = session.get(Build, gate.build_id)
+            build.finished_at, build.status, build.error = time.time(), "rejected", why
+            build.benchmark, build.speedup = json.dumps(figures), figures.get("speedup")
+            row = session.get(Package, name)
+            # Not a failure to retry: the profile goes on growing, and the next threshold builds.
+            row.state = "rejected"
+            row.last_error = why
+            row.build_due = False
+        (self.gcroots / f"{name}-candidate").unlink(missing_ok=True)
+        log.warning("gate.rejected", package=name, reason=why, seconds=figures["seconds"])
+        self._emit("package", package=name, event="rejected", detail=why)
+        self._emit("counters", package=name)
+
+    def _add_roots(self, name: str, out_path: str, kind: str) -> None:
+        """Every output, not only the one nix-build printed: a substituted `lib` or `man`
+        output must outlive garbage collection as long as `out` does."""
+        for output in nixstore.outputs_of(out_path):
+            suffix = "" if output == out_path else f"-{substitution.store_name(output)}"
+            nixstore.add_root(output, self.gcroots / f"{name}-{kind}{suffix}")
+
+    def _enter_context_sensitive(self, name: str, result: BuildResult) -> None:
+        """The IR-optimized, CS-instrumented build replaces the profiling build in use."""
+        package = self.config.packages[name]
         with self.sessions.begin() as session:
             build = session.get(Build, result.build_id)
+            build.finished_at, build.status, build.out_path = time.time(), "succeeded", result.out_path
+            row = session.get(Package, name)
+            stages.enter_context_sensitive(row, package, result.out_path)
+            row.last_error = None
+            row.build_failures = 0
+            row.next_build_at = 0.0
+            row.build_due = row.raw_bytes >= row.threshold_bytes
+        self._index_stage_build(name, result.out_path)
+        log.info("stage.context_sensitive", package=name, build=result.out_path, seconds=round(result.seconds, 1))
+        try:
+            self._sync_profile()
+        except nixstore.NixError as err:
+            self._set_error(name, f"putting the context-sensitive build in use: {err}")
+        self._emit("package", package=name, event="stage", detail=result.out_path)
+        self._emit("counters", package=name)
+
+    def _accept(self, name: str, build_id: int, out_path: str, figures: dict | None) -> None:
+        """A final build that passed (or had no) benchmark: it is the package's optimized build."""
+        try:
+            self._add_roots(name, out_path, "optimized")
+        except nixstore.NixError as err:
+            figures = None
+            with self.sessions.begin() as session:
+                build = session.get(Build, build_id)
+                build.finished_at, build.status, build.error = time.time(), "failed", f"GC root: {err}"
+                self._record_failure(session.get(Package, name), build.error)
+            self._emit("package", package=name, event="failed", detail=f"GC root: {err}")
+            return
+        (self.gcroots / f"{name}-candidate").unlink(missing_ok=True)
+        with self.sessions.begin() as session:
+            build = session.get(Build, build_id)
             row = session.get(Package, name)
             build.finished_at = time.time()
-            build.status = "succeeded" if result.ok else "failed"
-            build.out_path, build.error = result.out_path, result.error
-            if result.ok:
-                row.optimized = result.out_path
-                row.state = "active" if row.active else "ready"
-                row.last_error = None
-                row.build_failures = 0
-                row.next_build_at = 0.0
-                # Data that arrived during the build may already justify the next one.
-                row.build_due = row.raw_bytes >= row.threshold_bytes
-            else:
-                self._record_failure(row, result.error)
+            build.status, build.out_path = "succeeded", out_path
+            if figures is not None:
+                build.benchmark, build.speedup = json.dumps(figures), figures.get("speedup")
+            row.optimized = out_path
+            row.state = "active" if row.active else "ready"
+            row.last_error = None
+            row.build_failures = 0
+            row.next_build_at = 0.0
+            # Data that arrived during the build may already justify the next one.
+            row.build_due = row.raw_bytes >= row.threshold_bytes
             was_active = row.active
-        if result.ok:
-            log.info("build.succeeded", package=name, out=result.out_path, seconds=round(result.seconds, 1))
-            self._emit("package", package=name, event="ready", detail=result.out_path)
-            if self.config.activation == "auto" or was_active:
-                try:
-                    self.activate(name)
-                except (OperationError, nixstore.NixError) as err:
-                    self._set_error(name, f"activation: {err}")
-        else:
-            self._emit("package", package=name, event="failed", detail=result.error)
+            seconds = build.finished_at - build.started_at
+        log.info("build.succeeded", package=name, out=out_path, seconds=round(seconds, 1),
+                 speedup=figures.get("speedup") if figures else None)
+        self._emit("package", package=name, event="ready", detail=out_path)
+        if self.config.activation == "auto" or was_active:
+            try:
+                self.activate(name)
+            except (OperationError, nixstore.NixError) as err:
+                self._set_error(name, f"activation: {err}")
         self._emit("counters", package=name)
 
     # ---- activation ------------------------------------------------------------------------
@@ -276,16 +415,20 @@ class Optimizer:
         with self.sessions() as session:
             return session.get(Package, name).optimized or ""
 
+    def _in_use(self, session: Session) -> dict[str, str]:
+        """Package → the store path in its place (stages.in_use), for the configured packages."""
+        return {
+            row.name: path
+            for row in session.scalars(select(Package))
+            if row.name in self.config.packages and (path := stages.in_use(row))
+        }
+
     def _change_active(self, name: str, active: bool) -> None:
         with self.sessions() as session:
-            wanted = {
-                row.name: row.optimized
-                for row in session.scalars(select(Package).where(Package.active.is_(True)))
-                if row.name in self.config.packages
-            }
-            target = session.get(Package, name)
-            if active:
-                wanted[name] = target.optimized
+            wanted = self._in_use(session)
+            in_place = stages.in_use(session.get(Package, name), active=active)
+            if in_place:
+                wanted[name] = in_place
             else:
                 wanted.pop(name, None)
         nixstore.profile_set(self.config.profile_link, sorted(wanted.values()))
@@ -300,9 +443,7 @@ class Optimizer:
 
     def _sync_profile(self) -> None:
         with self.sessions() as session:
-            wanted = sorted(
-                row.optimized for row in session.scalars(select(Package).where(Package.active.is_(True))) if row.optimized
-            )
+            wanted = sorted(self._in_use(session).values())
         nixstore.profile_set(self.config.profile_link, wanted)
         self._publish_substitution()
 

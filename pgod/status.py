@@ -5,6 +5,7 @@ Pure reads: safe from any thread, since SQLite in WAL mode lets readers run besi
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -13,15 +14,34 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import __version__
-from .config import Config
+from . import stages
+from .config import Config, PackageConfig
 from .db import Build, Contribution, Merge, Package, Quarantine
 from .history import REJECTED_BYTES, REJECTED_FILES, UNATTRIBUTED_BYTES, UNATTRIBUTED_FILES, tallies
 from .staging import Layout
 
-STATES = ("profiling", "building", "ready", "active", "failed", "stale")
+STATES = ("profiling", "building", "ready", "active", "failed", "stale", "rejected")
 
 
-def _package_summary(row: Package, running=None) -> dict:
+def _gate_figures(build: Build | None) -> dict | None:
+    """The benchmark gate's record of a build, or None when none ran (unmeasured)."""
+    if build is None or not build.benchmark:
+        return None
+    try:
+        return json.loads(build.benchmark)
+    except ValueError:
+        return None
+
+
+def _latest_final_build(session: Session, name: str) -> Build | None:
+    return session.scalar(
+        select(Build).where(Build.package == name, Build.stage == stages.OPTIMIZE,
+                            Build.status.in_(("succeeded", "rejected"))).order_by(Build.id.desc()).limit(1)
+    )
+
+
+def _package_summary(row: Package, running=None, package: PackageConfig | None = None,
+                     session: Session | None = None, gating=None) -> dict:
     summary = {
         "name": row.name,
         "state": row.state,
@@ -39,8 +59,24 @@ def _package_summary(row: Package, running=None) -> dict:
         "total_files": row.total_files,
         "profile_generation": row.profile_generation,
         "last_activity": row.last_activity,
+        "instrumentation": row.profile_kind or "fe",
         "build": None,
+        "benchmark": None,
+        "speedup": None,
     }
+    if package is not None:
+        summary.update(stages.describe(package, row))
+    if session is not None:
+        # The latest final build's measurement: what the optimized build (or the refused
+        # candidate, when the state is "rejected") gave on the package's benchmark.
+        figures = _gate_figures(_latest_final_build(session, row.name))
+        summary["benchmark"] = figures
+        summary["speedup"] = figures.get("speedup") if figures else None
+    if gating is not None and gating.package.name == row.name:
+        summary["benchmark_running"] = {
+            "started_at": gating.started, "rounds_done": gating.rounds_done,
+            "rounds": gating.package.benchmark_rounds, "candidate": gating.candidate,
+        }
     if running is not None and running.package == row.name:
         summary["build"] = {
             "started_at": running.started,
@@ -100,13 +136,16 @@ def _database(config: Config) -> dict:
 
 def status_document(
     config: Config, sessions: sessionmaker[Session], spool_backlog: int, running=None, disk: dict | None = None,
-    layout: Layout | None = None, intake: list[dict] | None = None,
+    layout: Layout | None = None, intake: list[dict] | None = None, gating=None,
 ) -> dict:
     """The whole-daemon status: every configured package, in configuration order. ``disk``:
     whether intake waits for room ({"state": "ok"} or {"state": "full", "detail": …})."""
     with sessions() as session:
         rows = {row.name: row for row in session.scalars(select(Package))}
-        packages = [_package_summary(rows[name], running) for name in config.packages if name in rows]
+        packages = [
+            _package_summary(rows[name], running, config.packages[name], session, gating)
+            for name in config.packages if name in rows
+        ]
         counts = _counts(session, layout)
     return {
         "daemon": {
@@ -127,7 +166,7 @@ class UnknownPackage(KeyError):
     """A name that is not among the configured packages."""
 
 
-def package_summary(config: Config, sessions: sessionmaker[Session], name: str, running=None) -> dict:
+def package_summary(config: Config, sessions: sessionmaker[Session], name: str, running=None, gating=None) -> dict:
     """One package's entry of the status document's "packages" list (the PackageChanged payload)."""
     if name not in config.packages:
         raise UnknownPackage(name)
@@ -135,11 +174,11 @@ def package_summary(config: Config, sessions: sessionmaker[Session], name: str, 
         row = session.get(Package, name)
         if row is None:
             raise UnknownPackage(name)
-        return _package_summary(row, running)
+        return _package_summary(row, running, config.packages[name], session, gating)
 
 
 def package_document(
-    config: Config, sessions: sessionmaker[Session], name: str, history: int = 20, running=None
+    config: Config, sessions: sessionmaker[Session], name: str, history: int = 20, running=None, gating=None
 ) -> dict:
     """One package in detail: the summary plus its merge history and recent rejections."""
     if name not in config.packages:
@@ -149,9 +188,13 @@ def package_document(
         row = session.get(Package, name)
         if row is None:
             raise UnknownPackage(name)
-        document = _package_summary(row, running)
+        document = _package_summary(row, running, package, session, gating)
         document["profile_build"] = [str(p) for p in package.profile_build]
         document["build_command"] = list(package.build)
+        document["cs_build_command"] = list(package.cs_build) if package.cs_build else None
+        document["benchmark_command"] = list(package.benchmark) if package.benchmark else None
+        document["baseline_build"] = str(package.baseline_build) if package.baseline_build else None
+        document["min_speedup"] = package.min_speedup
         document["merges"] = [
             {"generation": m.generation, "files": m.files, "bytes": m.bytes, "seconds": m.seconds, "at": m.at}
             for m in session.scalars(
@@ -172,6 +215,10 @@ def package_document(
                 "profile_generation": b.profile_generation,
                 "out_path": b.out_path,
                 "error": b.error,
+                "stage": b.stage,
+                # None: no benchmark ran for it (unmeasured).
+                "speedup": b.speedup,
+                "benchmark": _gate_figures(b),
             }
             for b in builds[:history]
         ]

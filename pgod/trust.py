@@ -95,9 +95,13 @@ def check_config(config: Config, builds: dict[str, PackageBuild]) -> None:
 
     for name, package in config.packages.items():
         prefix = f"packages.{name}"
-        program = _executable(package.build[0])
-        if program is not None:  # not found: the build fails later with its own clear error
-            check(f"{prefix}.build[0]", program)
+        for key, argv in (("build", package.build), ("cs_build", package.cs_build), ("benchmark", package.benchmark)):
+            # A benchmark's program may sit in the candidate itself ({bin}/bin/lua): Nix made it.
+            program = _executable(argv[0]) if argv and "{" not in argv[0] else None
+            if program is not None:  # not found: the command fails later with its own clear error
+                check(f"{prefix}.{key}[0]", program)
+        if package.baseline_build is not None and os.path.lexists(package.baseline_build):
+            check(f"{prefix}.baseline_build", package.baseline_build)
         for index, output in enumerate(package.profile_build):
             if os.path.lexists(output):
                 check(f"{prefix}.profile_build[{index}]", output)

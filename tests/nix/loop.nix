@@ -4,6 +4,7 @@
 
     nix-build loop.nix -A profiling --argstr spoolDir /tmp/…/spool
     nix-build loop.nix -A optimized.out --argstr spoolDir … --argstr profile /nix/store/…profdata
+    nix-build loop.nix -A csProfiling.out --argstr spoolDir … --argstr profile /nix/store/…profdata
 
   `tweak = true` stands for an upgrade: the same package, one function changed.
   `standIn` is what a NixOS system path holds for the profiling variant
@@ -29,6 +30,9 @@ let
 in
 {
   profiling = pgo.profile hello;
+  profilingFe = pgo.profileWith { instrumentation = "fe"; } hello;
+  # The context-sensitive stage's build, from the first stage's IR profile.
+  csProfiling = pgo.csProfile (builtins.storePath profile) hello;
   standIn = substitute "hello" (pgo.profile hello);
   optimized = pgo.optimize (builtins.storePath profile) hello;
   plain = pkgs.hello.override { inherit tweak; stdenv = pkgs.clangStdenv; };

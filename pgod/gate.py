@@ -1,0 +1,212 @@
+"""The benchmark gate: is the optimized candidate faster than the baseline on the user's benchmark?
+
+A profile from an unrepresentative workload, or a compiler regression, gives a build that is
+slower than the package as nixpkgs builds it; without a measurement pgod would put it in use all
+the same. The gate runs the package's `benchmark` argv (`{bin}` is the store path of the build
+under test) on the baseline and on the candidate, interleaved round by round with the order
+alternating (so drift on a busy machine falls on both alike), at low CPU priority, each run with
+a timeout, and compares medians. The first round's standard outputs must be equal: a candidate
+that computes something else is not faster, it is wrong.
+
+The gate runs in a thread of its own, as a build does, and reports back through a callback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .confine import Identity, helpers
+from .osthread import name_os_thread
+
+BIN_PLACEHOLDER = "{bin}"
+OUTPUT_DIGEST_BYTES = 64 << 20  # the stdout hashed per run; the rest is drained unread
+STDERR_TAIL = 2000
+NICENESS = 10  # as merges: the user's own work comes first
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """What the benchmark measured, recorded with the build. `speedup` is baseline median /
+    candidate median (1.18: the candidate takes 1/1.18 of the time); None when it failed."""
+
+    package: str
+    build_id: int
+    speedup: float | None
+    baseline_seconds: list[float]
+    candidate_seconds: list[float]
+    min_speedup: float
+    seconds: float  # what the gate itself took
+    error: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.error is None and self.speedup is not None and self.speedup >= self.min_speedup
+
+    @property
+    def verdict(self) -> str:
+        if self.error is not None:
+            return "failed"
+        return "accepted" if self.accepted else "rejected"
+
+    def figures(self) -> dict:
+        """The record kept with the build and shown in status: medians, spread, rounds."""
+        document = asdict(self)
+        del document["package"], document["build_id"]
+        for side in ("baseline", "candidate"):
+            runs = getattr(self, f"{side}_seconds")
+            document[f"{side}_median_seconds"] = round(statistics.median(runs), 6) if runs else None
+            # The spread, relative to the median: how far apart the slowest and fastest run were.
+            document[f"{side}_spread"] = (
+                round((max(runs) - min(runs)) / statistics.median(runs), 4) if runs and statistics.median(runs) > 0 else None
+            )
+        document["rounds"] = min(len(self.baseline_seconds), len(self.candidate_seconds))
+        document["verdict"] = self.verdict
+        document["seconds"] = round(self.seconds, 2)
+        if self.speedup is not None:
+            document["speedup"] = round(self.speedup, 4)
+        return document
+
+
+class BenchmarkFailed(Exception):
+    """One run did not finish well; the message says which and why."""
+
+
+def expand_benchmark(argv: Sequence[str], store_path: str) -> list[str]:
+    return [arg.replace(BIN_PLACEHOLDER, store_path) for arg in argv]
+
+
+def run_once(argv: Sequence[str], timeout: float, identity: Identity | None) -> tuple[float, str]:
+    """Run the benchmark once: its wall-clock seconds and the SHA-256 of its stdout."""
+    command = list(argv)
+    if identity is not None:
+        _prlimit, setpriv = helpers()
+        command = [setpriv, f"--reuid={identity.uid}", f"--regid={identity.gid}", "--clear-groups",
+                   "--inh-caps=-all", "--no-new-privs", "--", *command]
+    digest = hashlib.sha256()
+    begun = time.perf_counter()
+    try:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            process_group=0, close_fds=True,
+            # Nothing the candidate runs may write profiles into the spool, or be counted.
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "LLVM_PROFILE_FILE": "/dev/null"},
+        )
+    except OSError as err:
+        raise BenchmarkFailed(f"cannot run {argv[0]}: {err.strerror}") from None
+    try:
+        os.setpriority(os.PRIO_PROCESS, process.pid, NICENESS)
+    except OSError:
+        pass  # it may already have ended
+    stderr_tail = bytearray()
+    drain = threading.Thread(target=_keep_tail, args=(process.stderr, stderr_tail), daemon=True)
+    drain.start()
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        _kill_group(process.pid)
+
+    timer = threading.Timer(timeout, expire)
+    timer.start()
+    try:
+        read = 0
+        while chunk := process.stdout.read(1 << 16):
+            if read < OUTPUT_DIGEST_BYTES:
+                digest.update(chunk[: OUTPUT_DIGEST_BYTES - read])
+            read += len(chunk)
+        returncode = process.wait()
+    finally:
+        timer.cancel()
+        drain.join(5)
+    seconds = time.perf_counter() - begun
+    if expired.is_set():
+        raise BenchmarkFailed(f"{' '.join(argv)} did not finish within {timeout:g} s")
+    if returncode != 0:
+        tail = stderr_tail.decode("utf-8", "replace").strip().splitlines()
+        raise BenchmarkFailed(f"{' '.join(argv)} exited {returncode}" + (f": {tail[-1][:300]}" if tail else ""))
+    return seconds, digest.hexdigest()
+
+
+def _keep_tail(stream, tail: bytearray) -> None:
+    while chunk := stream.read(1 << 16):
+        tail.extend(chunk)
+        del tail[:-STDERR_TAIL]
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, 9)
+    except ProcessLookupError:
+        pass
+
+
+def measure(
+    argv: Sequence[str], baseline: str, candidate: str, rounds: int, timeout: float, identity: Identity | None,
+    on_round: Callable[[int], None] = lambda _round: None,
+) -> tuple[list[float], list[float]]:
+    """Interleaved rounds: baseline then candidate, then candidate then baseline, and so on.
+    Raises BenchmarkFailed for a failed run or outputs that differ."""
+    times: dict[str, list[float]] = {"baseline": [], "candidate": []}
+    paths = {"baseline": baseline, "candidate": candidate}
+    outputs: dict[str, str] = {}
+    for round_index in range(rounds):
+        order = ("baseline", "candidate") if round_index % 2 == 0 else ("candidate", "baseline")
+        for side in order:
+            seconds, digest = run_once(expand_benchmark(argv, paths[side]), timeout, identity)
+            times[side].append(seconds)
+            outputs.setdefault(side, digest)
+        if round_index == 0 and outputs["baseline"] != outputs["candidate"]:
+            raise BenchmarkFailed(
+                "the candidate's output differs from the baseline's on the benchmark: it computes something else"
+            )
+        on_round(round_index + 1)
+    return times["baseline"], times["candidate"]
+
+
+class GateRun:
+    """One benchmark gate in its own thread; `rounds_done` feeds the status while it runs."""
+
+    def __init__(self, package, build_id: int, candidate: str, identity: Identity | None,
+                 on_done: Callable[[GateResult], None]) -> None:
+        self.package = package  # PackageConfig
+        self.build_id = build_id
+        self.candidate = candidate
+        self.identity = identity
+        self.started = time.time()
+        self.rounds_done = 0
+        self._on_done = on_done
+        self._thread = threading.Thread(target=self._run, name=f"pgod-gate-{package.name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        name_os_thread()
+        package = self.package
+        begun = time.monotonic()
+        baseline: list[float] = []
+        candidate: list[float] = []
+        error = None
+        try:
+            if not Path(package.baseline_build).exists():
+                raise BenchmarkFailed(f"baseline_build {package.baseline_build} does not exist")
+            baseline, candidate = measure(
+                package.benchmark, str(package.baseline_build), self.candidate, package.benchmark_rounds,
+                package.benchmark_timeout_seconds, self.identity, on_round=self._round_done,
+            )
+        except BenchmarkFailed as err:
+            error = str(err)
+        speedup = statistics.median(baseline) / statistics.median(candidate) if error is None and min(candidate) > 0 else None
+        self._on_done(GateResult(package.name, self.build_id, speedup, baseline, candidate, package.min_speedup,
+                                 time.monotonic() - begun, error))
+
+    def _round_done(self, rounds: int) -> None:
+        self.rounds_done = rounds

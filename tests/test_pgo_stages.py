@@ -1,0 +1,128 @@
+"""IR PGO, the context-sensitive stage and the benchmark gate, with real clang, llvm-profdata and
+Nix builds of the fixture's hello-pgo (tests/nix/loop.nix)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness import wait_for
+from test_closed_loop import LOOP_NIX, THRESHOLD_MB, build_argv, nix_build, run_hello
+
+pytestmark = pytest.mark.skipif(not Path("/usr/bin/nix-build").exists(), reason="nix-build not installed (apt-get install nix-bin)")
+
+LLVM_PROFDATA = "/usr/bin/llvm-profdata-14"
+
+
+def show(profdata: str, *options: str) -> str:
+    return subprocess.run([LLVM_PROFDATA, "show", *options, profdata], check=True, capture_output=True, text=True).stdout
+
+
+def functions(shown: str) -> int:
+    return int(next(line.split(":")[1] for line in shown.splitlines() if line.startswith("Total functions:")))
+
+
+def cs_build_argv(spool: Path) -> list[str]:
+    return ["nix-build", str(LOOP_NIX), "-A", "csProfiling.out", "--argstr", "spoolDir", str(spool),
+            "--argstr", "profile", "{profile}", "--no-out-link"]
+
+
+def test_the_ir_loop_merges_ir_profiles_and_builds_from_them_a_binary_that_writes_none(pgod, tmp_path):
+    profiling = nix_build("profiling", pgod.spool)
+    assert json.loads((Path(profiling) / "nix-support" / "pgo.json").read_text())["instrumentation"] == "ir"
+    pgod.write_config({"hello": {"profile_build": [profiling], "build": build_argv(pgod.spool),
+                                 "threshold_mb": THRESHOLD_MB}}, activation="auto")
+    daemon = pgod.daemon()
+    run_hello(Path(profiling) / "bin" / "hello-pgo", 20)
+    package = wait_for(lambda: (p := daemon.package("hello"))["state"] == "active" and p, 180, "optimized build active")
+    assert package["instrumentation"] == "ir" and package["stages"] == 1
+    detail = json.loads(daemon.pgoctl("show", "hello", "--json").stdout)
+    used = detail["builds"][0]["profile"]
+    assert show(used).startswith("Instrumentation level: IR")
+    # clang read the profile: every function it names was found, none out of date.
+    report = json.loads((Path(package["optimized"]) / "nix-support" / "pgo-warnings.json").read_text())
+    assert report["profile"] == used and report["profile_functions"] == functions(show(used)) > 0
+    assert report["mismatched_functions"] == 0 and report["missing_functions"] == 0
+    assert detail["builds"][0]["speedup"] is None and package["speedup"] is None  # no benchmark: unmeasured
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    run_hello(pgod.root / "profile" / "bin" / "hello-pgo", 3, {"LLVM_PROFILE_FILE": f"{probe}/%p.profraw"})
+    assert os.listdir(probe) == []
+
+
+def test_the_two_stage_loop_puts_the_cs_build_in_use_and_builds_the_final_from_both_profiles(pgod):
+    profiling = nix_build("profiling", pgod.spool)
+    pgod.write_config({"hello": {
+        "profile_build": [profiling], "build": build_argv(pgod.spool), "cs_build": cs_build_argv(pgod.spool),
+        "threshold_mb": THRESHOLD_MB, "cs_threshold_mb": THRESHOLD_MB,
+    }}, activation="auto")
+    daemon = pgod.daemon()
+    assert daemon.package("hello")["stage"] == "first"
+    run_hello(Path(profiling) / "bin" / "hello-pgo", 20)
+    staged = wait_for(lambda: (p := daemon.package("hello"))["stage"] == "context-sensitive" and p, 180,
+                      "the context-sensitive build in use")
+    assert staged["state"] == "profiling" and staged["stages"] == 2 and staged["optimized"] is None
+    in_use = pgod.root / "profile" / "bin" / "hello-pgo"
+    assert os.path.realpath(in_use).startswith(staged["stage_build"]) and staged["in_use"] == staged["stage_build"]
+    manifest = json.loads((Path(staged["stage_build"]) / "nix-support" / "pgo.json").read_text())
+    assert (manifest["variant"], manifest["instrumentation"]) == ("cs-profile", "cs-ir")
+
+    # The programs users now run are the stage's: their profiles are attributed and counted.
+    run_hello(in_use, 20)
+    final = wait_for(lambda: (p := daemon.package("hello"))["state"] == "active" and p, 180, "the final build active")
+    assert final["stage"] == "context-sensitive" and os.path.realpath(in_use).startswith(final["optimized"])
+    builds = json.loads(daemon.pgoctl("show", "hello", "--json").stdout)["builds"]
+    assert [(b["stage"], b["status"]) for b in reversed(builds)] == [("cs-profile", "succeeded"), ("optimize", "succeeded")]
+    # The final profile holds both levels: the first stage's IR counts and the CS stage's.
+    used = builds[0]["profile"]
+    assert functions(show(used)) > 0 and functions(show(used, "--showcs")) > 0
+    report = json.loads((Path(final["optimized"]) / "nix-support" / "pgo-warnings.json").read_text())
+    assert report["mismatched_functions"] == 0
+
+
+def slow_and_fast_builds(tmp_path: Path) -> tuple[str, str]:
+    """Two store paths whose bin/work prints the same, one of them ten times slower."""
+    made = []
+    for name, loops in (("fast", 20_000), ("slow", 200_000)):
+        folder = tmp_path / f"work-{name}" / "bin"
+        folder.mkdir(parents=True)
+        script = folder / "work"
+        script.write_text(f"#!/bin/sh\ni=0\nwhile [ $i -lt {loops} ]; do i=$((i+1)); done\necho done\n")
+        script.chmod(0o755)
+        made.append(subprocess.run(["nix-store", "--add", str(folder.parent)], check=True, capture_output=True,
+                                   text=True).stdout.strip())
+    return made[0], made[1]
+
+
+@pytest.mark.parametrize("candidate_is", ["slow", "fast"])
+def test_the_gate_activates_a_faster_build_and_refuses_a_slower_one(pgod, tmp_path, workload, candidate_is):
+    fast, slow = slow_and_fast_builds(tmp_path)
+    candidate, baseline = (slow, fast) if candidate_is == "slow" else (fast, slow)
+    pgod.write_config({"workload": {
+        "profile_build": [str(workload)], "build": ["echo", candidate], "threshold_mb": 0.0001,
+        "benchmark": ["{bin}/bin/work"], "baseline_build": baseline, "benchmark_rounds": 5,
+    }}, activation="auto")
+    daemon = pgod.daemon()
+    subprocess.run([str(workload / "bin" / "workload"), "3", "x"], check=True, capture_output=True,
+                   env={"LLVM_PROFILE_FILE": f"{pgod.spool}/%p.profraw"})
+    expected = "rejected" if candidate_is == "slow" else "active"
+    package = wait_for(lambda: (p := daemon.package("workload"))["state"] == expected and p, 120, f"the build {expected}")
+    figures = package["benchmark"]
+    assert figures["rounds"] == 5 and len(figures["baseline_seconds"]) == len(figures["candidate_seconds"]) == 5
+    assert figures["baseline_median_seconds"] > 0 and figures["candidate_median_seconds"] > 0
+    assert package["speedup"] == figures["speedup"]
+    build = json.loads(daemon.pgoctl("show", "workload", "--json").stdout)["builds"][0]
+    assert build["speedup"] == pytest.approx(figures["speedup"])
+    if candidate_is == "slow":
+        assert figures["verdict"] == "rejected" and package["speedup"] < 1.0
+        assert package["active"] is False and package["optimized"] is None
+        assert build["status"] == "rejected" and "below min_speedup 1" in build["error"]
+        assert not (pgod.root / "profile").exists() or not (pgod.root / "profile" / "bin" / "work").exists()
+    else:
+        assert figures["verdict"] == "accepted" and package["speedup"] > 1.0
+        assert package["active"] is True and package["optimized"] == candidate
+        assert os.path.realpath(pgod.root / "profile" / "bin" / "work").startswith(candidate)
