@@ -67,7 +67,8 @@ def test_the_two_stage_loop_puts_the_cs_build_in_use_and_builds_the_final_from_b
                       "the context-sensitive build in use")
     assert staged["state"] == "profiling" and staged["stages"] == 2 and staged["optimized"] is None
     in_use = pgod.root / "profile" / "bin" / "hello-pgo"
-    assert os.path.realpath(in_use).startswith(staged["stage_build"]) and staged["in_use"] == staged["stage_build"]
+    assert staged["in_use"] == staged["stage_build"]
+    wait_for(lambda: os.path.realpath(in_use).startswith(staged["stage_build"]), 30, "the stage's build linked in place")
     manifest = json.loads((Path(staged["stage_build"]) / "nix-support" / "pgo.json").read_text())
     assert (manifest["variant"], manifest["instrumentation"]) == ("cs-profile", "cs-ir")
 
