@@ -135,6 +135,68 @@ let
   profileOptions =
     profileArg:
     if builtins.isAttrs profileArg && !(profileArg ? outPath) then profileArg else { profile = profileArg; };
+  # The instrumenting adapters' common part: flags for `kind` ("fe", "ir" or
+  # "cs-ir", the last on top of `profile`), the setup hook writing pgo.json.
+  instrumentWith =
+    who:
+    {
+      spoolDir,
+      llvmProfdata,
+      atomicCounters,
+      kind,
+      variant,
+      profile,
+    }:
+    stdenv:
+    let
+      stdenv' = checkStdenv who stdenv;
+      profdata =
+        if llvmProfdata != null then
+          builtins.toString llvmProfdata
+        else
+          matchingLlvmProfdata who stdenv';
+      path = "${spoolDir}/%p.profraw";
+      bakedPath = [ "-Xclang" "-fprofile-instrument-path=${path}" ];
+      instrument =
+        {
+          fe = [ "-fprofile-instr-generate=${path}" ];
+          ir = [ "-fprofile-generate" ] ++ bakedPath;
+          cs-ir = [ "-fprofile-use=${profile}" "-fcs-profile-generate" ] ++ bakedPath;
+        }
+        .${kind}
+          or (throw ''${who}: instrumentation must be "ir" or "fe", got "${kind}".'');
+      update = if atomicCounters then [ "-fprofile-update=atomic" ] else [ ];
+      # The link needs only the driver flag that pulls in the profile runtime.
+      linkInstrument = if kind == "fe" then instrument else [ (builtins.head instrument) ];
+    in
+    if builtins.substring 0 1 spoolDir != "/" || hasWhitespace spoolDir then
+      throw ''${who}: spoolDir must be an absolute path without white space (it becomes part of a compiler flag), got "${spoolDir}".''
+    else
+      builtins.seq instrument (
+        extendMkDerivationArgs stdenv' (
+          prevAttrs:
+          let
+            flagged = appendFlags "NIX_CFLAGS_LINK" (linkInstrument ++ update ++ [ "-Wl,--build-id" ]) (
+              appendFlags "NIX_CFLAGS_COMPILE" (instrument ++ update) prevAttrs
+            );
+          in
+          flagged
+          // {
+            nativeBuildInputs = (prevAttrs.nativeBuildInputs or [ ]) ++ [ setupHook ];
+            pgoVariant = variant;
+            pgoInstrumentation = kind;
+            pgoLlvmProfdata = profdata;
+            passthru = (prevAttrs.passthru or { }) // {
+              pgo = {
+                inherit variant spoolDir;
+                instrumentation = kind;
+                llvmProfdata = profdata;
+              } // (if profile == null then { } else { inherit profile; });
+            };
+          }
+        )
+      );
+
 in
 rec {
   /*
@@ -210,68 +272,6 @@ rec {
       variant = "cs-profile";
       profile = profileInput options.profile;
     } stdenv;
-
-  # The instrumenting adapters' common part: flags for `kind` ("fe", "ir" or
-  # "cs-ir", the last on top of `profile`), the setup hook writing pgo.json.
-  instrumentWith =
-    who:
-    {
-      spoolDir,
-      llvmProfdata,
-      atomicCounters,
-      kind,
-      variant,
-      profile,
-    }:
-    stdenv:
-    let
-      stdenv' = checkStdenv who stdenv;
-      profdata =
-        if llvmProfdata != null then
-          builtins.toString llvmProfdata
-        else
-          matchingLlvmProfdata who stdenv';
-      path = "${spoolDir}/%p.profraw";
-      bakedPath = [ "-Xclang" "-fprofile-instrument-path=${path}" ];
-      instrument =
-        {
-          fe = [ "-fprofile-instr-generate=${path}" ];
-          ir = [ "-fprofile-generate" ] ++ bakedPath;
-          cs-ir = [ "-fprofile-use=${profile}" "-fcs-profile-generate" ] ++ bakedPath;
-        }
-        .${kind}
-          or (throw ''${who}: instrumentation must be "ir" or "fe", got "${kind}".'');
-      update = if atomicCounters then [ "-fprofile-update=atomic" ] else [ ];
-      # The link needs only the driver flag that pulls in the profile runtime.
-      linkInstrument = if kind == "fe" then instrument else [ (builtins.head instrument) ];
-    in
-    if builtins.substring 0 1 spoolDir != "/" || hasWhitespace spoolDir then
-      throw ''${who}: spoolDir must be an absolute path without white space (it becomes part of a compiler flag), got "${spoolDir}".''
-    else
-      builtins.seq instrument (
-        extendMkDerivationArgs stdenv' (
-          prevAttrs:
-          let
-            flagged = appendFlags "NIX_CFLAGS_LINK" (linkInstrument ++ update ++ [ "-Wl,--build-id" ]) (
-              appendFlags "NIX_CFLAGS_COMPILE" (instrument ++ update) prevAttrs
-            );
-          in
-          flagged
-          // {
-            nativeBuildInputs = (prevAttrs.nativeBuildInputs or [ ]) ++ [ setupHook ];
-            pgoVariant = variant;
-            pgoInstrumentation = kind;
-            pgoLlvmProfdata = profdata;
-            passthru = (prevAttrs.passthru or { }) // {
-              pgo = {
-                inherit variant spoolDir;
-                instrumentation = kind;
-                llvmProfdata = profdata;
-              } // (if profile == null then { } else { inherit profile; });
-            };
-          }
-        )
-      );
 
   /*
     Build every package with this stdenv optimized by a merged, indexed profile

@@ -229,13 +229,15 @@ def test_generated_toml_is_a_valid_pgod_configuration(config_file, system, tmp):
     assert document["admin_group"] == "wheel"
     assert document["merge_user"] == "pgod-merge"
     hello = document["packages"]["hello"]
-    assert set(hello) == {"profile_build", "build", "llvm_profdata"}
+    # The list form takes every default: IR instrumentation and the context-sensitive stage.
+    assert set(hello) == {"profile_build", "build", "cs_build", "llvm_profdata"}
     assert hello["llvm_profdata"] == "/usr/lib/llvm-14/bin/llvm-profdata"
     # Both outputs of the profiling variant, each with the manifest pgod attributes profiles by.
     assert len(hello["profile_build"]) == 2
     for output in hello["profile_build"]:
         manifest = json.loads((Path(output) / "nix-support" / "pgo.json").read_text())
         assert manifest["variant"] == "profile" and len(manifest["build_ids"]) == 2
+        assert manifest["instrumentation"] == "ir"
     build_nix = system.eval("summary.etc")["pgod/build.nix"]
     assert hello["build"] == [
         "nix-build",
@@ -248,9 +250,12 @@ def test_generated_toml_is_a_valid_pgod_configuration(config_file, system, tmp):
         "--out-link",
         f"{tmp / 'state'}/result-hello",
     ]
+    assert hello["cs_build"] == [*hello["build"][:7], "--argstr", "stage", "cs-profile", "--out-link",
+                                 f"{tmp / 'state'}/result-hello-cs"]
     # pgod's own loader accepts it.
     config = load_config(config_file)
     assert config.packages["hello"].build == tuple(hello["build"])
+    assert config.packages["hello"].cs_build == tuple(hello["cs_build"])
     assert config.spool_dir == tmp / "spool"
     assert config.substitute_dir == Path("/run/pgod/packages")
     assert config.profile_link == Path("/nix/var/nix/profiles/pgod/optimized")
@@ -288,8 +293,41 @@ def test_build_argv_rebuilds_the_package_with_a_merged_profile(config_file, tmp)
     optimized = Path(built.stdout.strip().splitlines()[-1])
     report = json.loads((optimized / "nix-support" / "pgo-warnings.json").read_text())
     assert report["profile"] == profile_path
-    assert report["mismatched_functions"] == 0 and report["profile_functions"] == 5
+    # IR instrumentation counts functions after the early inliner: 3 of the 5 in the source.
+    assert report["mismatched_functions"] == 0 and report["profile_functions"] == 3
     assert (tmp / "state" / "result-hello").resolve() == optimized
+
+    # The context-sensitive stage's build from the same profile: instrumented again, its
+    # profiles written to the module's spool.
+    staged_argv = [arg.replace("{profile}", profile_path) for arg in hello["cs_build"]]
+    staged = subprocess.run(staged_argv, capture_output=True, text=True)
+    assert staged.returncode == 0, staged.stderr[-4000:]
+    staged_out = Path(staged.stdout.strip().splitlines()[-1])
+    manifest = json.loads((staged_out / "nix-support" / "pgo.json").read_text())
+    assert (manifest["variant"], manifest["instrumentation"]) == ("cs-profile", "cs-ir")
+    before = set(spool.glob("*.profraw"))
+    subprocess.run([str(staged_out / "bin" / "hello-pgo"), "four"], env={"PATH": "/usr/bin:/bin"}, check=True,
+                   capture_output=True)
+    assert len(set(spool.glob("*.profraw")) - before) == 1
+
+
+def test_per_package_settings_choose_instrumentation_stages_and_a_benchmark_gate(tmp):
+    configuration = pgod_configuration(tmp, packages={
+        "hello": {"benchmark": ["{bin}/bin/hello-pgo", "bench"], "minSpeedup": 1.05},
+        "testPackages.hello": {"instrumentation": "fe"},
+    })
+    system = System(configuration)
+    settings = system.eval("summary.settings")["packages"]
+    hello, other = settings["hello"], settings["testPackages.hello"]
+    assert hello["benchmark"] == ["{bin}/bin/hello-pgo", "bench"] and hello["min_speedup"] == 1.05
+    # The baseline is the package as the system's nixpkgs builds it, not a profiling variant.
+    assert hello["baseline_build"].startswith("/nix/store/") and hello["baseline_build"] not in hello["profile_build"]
+    assert "cs_build" in hello
+    # Front-end instrumentation has no context-sensitive stage, and no benchmark was asked for.
+    assert "cs_build" not in other and "benchmark" not in other and "baseline_build" not in other
+    flags = system.eval("config.services.pgod.settings.packages")
+    assert set(flags) == {"hello", "testPackages.hello"}
+    assert system.eval("summary.warnings") == []
 
 
 def test_dotted_attribute_paths_name_packages_in_package_sets(tmp):
@@ -375,6 +413,7 @@ def test_flake_outputs_offer_lib_overlay_and_module():
     assert result.returncode == 0, result.stderr
     flake = json.loads(result.stdout)
     assert set(flake["outputs"]) >= {"packages", "overlays", "nixosModules", "lib", "checks", "devShells"}
-    assert set(flake["lib"]) == {"withPgoProfile", "withPgoOptimize", "makePgo"}
-    assert set(flake["overlay"]) == {"withPgoProfile", "withPgoOptimize", "profile", "optimize"}
+    assert set(flake["lib"]) == {"withPgoProfile", "withPgoCsProfile", "withPgoOptimize", "makePgo"}
+    assert set(flake["overlay"]) == {"withPgoProfile", "withPgoCsProfile", "withPgoOptimize", "profile", "profileWith",
+                                     "csProfile", "optimize"}
     assert flake["profiled"] == "profile" and flake["module"] is True
