@@ -116,7 +116,7 @@ class BuildProgress:
         self._tail_lines = tail_lines
         self._types: OrderedDict[int, int] = OrderedDict()  # activity id → type (bounded)
         self._running: OrderedDict[int, _Build] = OrderedDict()  # actBuild id → its build, in start order
-        self._tail: deque[str] = deque(maxlen=tail_lines)  # the last lines, whatever said them
+        self._tail: deque[str] = deque(maxlen=tail_lines)  # the log's last lines, whatever wrote them
         self._counts: list[int] | None = None  # the latest actBuilds progress [done, expected, running, failed]
         self.nix = False  # has Nix's machine-readable log been seen
         self.last_line = ""  # the last non-empty line written to the log
@@ -128,19 +128,20 @@ class BuildProgress:
         if line.startswith(NIX_PREFIX):
             try:
                 event = json.loads(line[len(NIX_PREFIX):])
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested past Python's limit
                 event = None
             if isinstance(event, dict):
                 self.nix = True
                 text = self._nix_event(event)
                 return None if text is None else self._written(text)
-        if line.strip():
-            self._tail.append(printable(line))
         return self._written(line)
 
     def _written(self, text: str) -> str:
-        if text.strip():
-            self.last_line = printable(text.strip())
+        """Text going to the log: its lines are also the last lines of the build as a whole."""
+        for line in text.splitlines()[-self._tail_lines:]:
+            if line.strip():
+                self.last_line = printable(line.strip())
+                self._tail.append(printable(line))
         return text
 
     def _nix_event(self, event: dict) -> str | None:
@@ -176,11 +177,8 @@ class BuildProgress:
     def _result(self, ident: int, kind: int, fields: list) -> str | None:
         if kind in (RES_BUILD_LOG_LINE, RES_POST_BUILD_LOG_LINE):
             line = str(fields[0]) if fields else ""
-            if line.strip():
-                shown = printable(line)
-                self._tail.append(shown)
-                if ident in self._running:
-                    self._running[ident].tail.append(shown)
+            if line.strip() and ident in self._running:
+                self._running[ident].tail.append(printable(line))
             return line
         if kind == RES_SET_PHASE and ident in self._running and fields:
             self._running[ident].phase = printable(str(fields[0]))
