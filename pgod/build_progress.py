@@ -164,7 +164,7 @@ class BuildProgress:
                     self._running.popitem(last=False)
             text = str(event.get("text") or "")
             if text and (kind == ACT_BUILD or _int(event.get("level"), 0) <= self._log_level):
-                return strip_ansi(text)
+                return strip_ansi(text) + "..."  # as Nix's plain log prints an activity's start
             return None
         if action == "stop" and isinstance(ident, int):
             self._types.pop(ident, None)

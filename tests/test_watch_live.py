@@ -28,6 +28,7 @@ from pgod.render import build_line, render_status
 
 DATA = Path(__file__).parent / "data"
 WATCH_NIX = Path(__file__).parent / "nix" / "watch.nix"
+OPTIMIZED_DRV = "/nix/store/n5gx4vw30xx6rsfg15qs4jl2viji7cjp-watch-optimized-rec1.drv"  # in the recording
 
 
 def recorded(name: str) -> list[str]:
@@ -69,6 +70,7 @@ def test_the_log_written_from_nix_json_is_the_plain_text_nix_build_prints():
     assert not any("@nix" in line or line.startswith("{") for line in written)
     assert written[0] == "these 3 derivations will be built:"
     building = [line for line in written if line.startswith("building '/nix/store/")]
+    assert building[-1] == f"building '{OPTIMIZED_DRV}'..."  # as plain nix-build says it
     assert [line.rsplit("-", 1)[0].split("-", 1)[1] for line in building] == [
         "watch-step1", "watch-step2", "watch-optimized"
     ]
