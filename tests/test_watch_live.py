@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -232,6 +233,10 @@ def test_watch_screen_shows_phase_and_progress_of_a_running_nix_build(pgod, work
         assert f"watched  building  [2/3] {derivation}: buildPhase  " in screen
         assert "    compiling part 3 of 3" in screen
         assert "@nix" not in screen
+        # The build says nothing while it waits: the elapsed time still moves on the screen.
+        elapsed = re.compile(re.escape(f"{derivation}: buildPhase  ") + r"(\S+)")
+        first = elapsed.search(screen).group(1)
+        wait_for(lambda: (m := elapsed.search(tmux.screen())) and m.group(1) != first, 10, "the elapsed time redrawn")
 
         shown = json.loads(daemon.pgoctl("show", "watched", "--json").stdout)["build"]
         assert (shown["derivation"], shown["phase"], shown["done"], shown["total"]) == (derivation, "buildPhase", 2, 3)
@@ -252,5 +257,5 @@ def test_watch_screen_shows_phase_and_progress_of_a_running_nix_build(pgod, work
     wait_for(lambda: "ready" in (s := tmux.screen()) and "building  [" not in s, 30,
              f"the watch screen shows the build done (last screen: {tmux.screen()!r})")
     log = daemon.pgoctl("logs", "watched").stdout
-    assert f"building '/nix/store/" in log and "gate opened: go" in log and ready["optimized"] in log
+    assert "building '/nix/store/" in log and "gate opened: go" in log and ready["optimized"] in log
     assert "@nix" not in log and '"action"' not in log
