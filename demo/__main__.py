@@ -481,7 +481,10 @@ def wait_active(daemon: Daemon, timeout: float = BUILD_TIMEOUT, poll_every: floa
                 return package
             if state == "failed" or (state == "ready" and package["last_error"]):
                 raise DemoError(f"optimized build not activated: {package['last_error']}")
-            line = (package.get("build") or {}).get("last_line") or ""
+            build = package.get("build") or {}
+            line = build.get("last_line") or ""
+            if build.get("total") and build.get("derivation"):  # as Nix reports it (pgod/build_progress.py)
+                state += f" [{build.get('done') or 0}/{build['total']}] {build['derivation']}: {build.get('phase') or '…'}"
             say(f"    [{now - begun:5.1f} s] {state}" + (f": {line[:150]}" if line and line != last_line else " …"))
             last_line = line or last_line
         if now - begun > timeout:

@@ -193,7 +193,7 @@ class DaemonService:
 
     def _emit(self, kind: str, data: dict) -> bool:
         self._status_cache = None  # something changed: the next GetStatus reads it afresh
-        if kind == "counters":
+        if kind in ("counters", "build-progress"):
             name = data["package"]
             try:
                 summary = package_summary(self._config, self._sessions, name, self._running(),

@@ -32,7 +32,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .attribution import Attributor, resolve_profdata
-from .builds import BuildResult
+from .builds import BuildProgressed, BuildResult
 from .claim import Claimer
 from .config import MB, Config
 from .db import Package, SpoolFile
@@ -104,7 +104,9 @@ class Engine:
         self.sessions = sessions
         self.attributor = attributor
         self.listeners: list[Listener] = []
-        self._queue: queue.SimpleQueue[list[str] | Rescan | BuildResult | GateResult | MergeDone | Command | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[
+            list[str] | Rescan | BuildResult | BuildProgressed | GateResult | MergeDone | Command | None
+        ] = queue.SimpleQueue()
         self._names_queued = 0  # spool names in the queue, for spool_backlog
         self._names_lock = threading.Lock()
         self._names_dropped = False  # the watcher dropped names: a Rescan is queued
@@ -211,7 +213,7 @@ class Engine:
         self.merger.merge_when_due(force=True)
         self.optimizer.request_build(name)
 
-    def _handle(self, event: Rescan | BuildResult | GateResult | MergeDone | Command) -> None:
+    def _handle(self, event: Rescan | BuildResult | BuildProgressed | GateResult | MergeDone | Command) -> None:
         if isinstance(event, Rescan):
             with self._names_lock:
                 self._names_dropped = False
@@ -222,6 +224,9 @@ class Engine:
             return
         if isinstance(event, GateResult):
             self.optimizer.on_gate_done(event)
+            return
+        if isinstance(event, BuildProgressed):
+            self.optimizer.on_build_progress(event)
             return
         if isinstance(event, MergeDone):
             self.merger.on_merge_done(event)
@@ -305,7 +310,8 @@ class Engine:
                         names[str(name)] = name  # a close event outranks an Arrival
             else:
                 events.append(item)
-                gather_until = None  # a command or build result: answer it now
+                if not isinstance(item, BuildProgressed):  # progress can wait for the burst's end
+                    gather_until = None  # a command or build result: answer it now
             if len(names) >= CLAIM_BATCH:
                 break
             try:

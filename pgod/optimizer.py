@@ -13,6 +13,7 @@ puts it in use: profiling → building → profiling (stage "cs") → building �
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,11 +22,9 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-import json
-
 from . import nixstore, stages, substitution
 from .attribution import Attributor
-from .builds import BuildResult, BuildRun, expand_argv
+from .builds import BuildProgressed, BuildResult, BuildRun, expand_argv
 from .config import Config
 from .confine import Identity
 from .db import Build, Package
@@ -52,7 +51,7 @@ class Optimizer:
         layout: Layout,
         sessions: sessionmaker[Session],
         emit: Callable[..., None],
-        report_build: Callable[[BuildResult], None],
+        report_build: Callable[[BuildResult | BuildProgressed], None],
         merging: Callable[[str], bool] = lambda _name: False,
         attributor: Attributor | None = None,
         bench_identity: Identity | None = None,
@@ -244,7 +243,7 @@ class Optimizer:
             row.raw_bytes = 0  # counters restart: they measure data since this build started
             row.files = 0
             build_id, log_path = build.id, Path(build.log_path)
-        self.running = BuildRun(name, build_id, argv, log_path, self._report_build)
+        self.running = BuildRun(name, build_id, argv, log_path, self._report_build, on_progress=self._report_build)
         self.running.start()
         log.info("build.started", package=name, build=build_id, stage=stage, profile=snapshot, argv=argv)
         self._emit("counters", package=name)
@@ -265,6 +264,12 @@ class Optimizer:
         row.next_build_at = time.time() + delay
         row.build_due = True
         log.error("build.failed", package=row.name, error=error, retry_in=delay, failures=row.build_failures)
+
+    def on_build_progress(self, event: BuildProgressed) -> None:
+        """The running build said something new: tell the watchers (at most 4 times a second,
+        builds.PROGRESS_INTERVAL_SECONDS), so `pgoctl watch` redraws its progress."""
+        if self.running is not None and self.running.build_id == event.build_id:
+            self._emit("build-progress", package=event.package)
 
     def on_build_done(self, result: BuildResult) -> None:
         self.running = None

@@ -35,13 +35,49 @@ def human_age(timestamp: float | None, now: float | None = None) -> str:
     return f"{seconds}s ago"
 
 
+def human_duration(seconds: float) -> str:
+    """72 → '1m12s'; 3720 → '1h02m'."""
+    seconds = max(0, int(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def build_line(build: dict, now: float | None = None) -> str:
+    """A running build as Nix reports it: '[2/3] lua-5.4.7-pgo-optimized: buildPhase  1m12s'.
+
+    Parts Nix has not reported (yet, or at all: a build command other than Nix) are left out."""
+    parts = []
+    if build.get("total"):
+        parts.append(f"[{build.get('done') or 0}/{build['total']}]")
+    if build.get("derivation"):
+        parts.append(f"{build['derivation']}: {build.get('phase') or 'starting'}")
+    elif build.get("format") == "nix" and not build.get("total"):
+        parts.append("evaluating")
+    started = build.get("started_at")
+    elapsed = (now or time.time()) - started if started else build.get("elapsed_seconds", 0)
+    return "  ".join([" ".join(parts), human_duration(elapsed)] if parts else [human_duration(elapsed)])
+
+
+def build_tail(build: dict, lines: int, width: int | None = None, indent: str = "    ") -> list[str]:
+    """The build's last log lines, indented, each cut to fit ``width`` columns."""
+    tail = build.get("log_tail") or ([build["last_line"]] if build.get("last_line") else [])
+    shown = [indent + line for line in tail[-lines:]] if lines > 0 else []
+    if width:
+        shown = [line if len(line) <= width else line[: max(1, width - 1)] + "…" for line in shown]
+    return shown
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
     return "\n".join(lines)
 
 
-def render_status(document: dict) -> str:
+def render_status(document: dict, now: float | None = None, log_lines: int = 3, width: int | None = None) -> str:
+    """The status table; below it, each running build's progress and last ``log_lines`` lines."""
     daemon = document["daemon"]
     rows = []
     for package in document["packages"]:
@@ -62,6 +98,11 @@ def render_status(document: dict) -> str:
         lines.append(_table(["PACKAGE", "STATE", "PROGRESS", "RAW DATA", "FILES", "REJECTED", "LAST ACTIVITY"], rows))
     else:
         lines.append("no packages configured")
+    for package in document["packages"]:
+        if package.get("build"):
+            lines.append("")
+            lines.append(f"{package['name']}  building  {build_line(package['build'], now)}")
+            lines += build_tail(package["build"], log_lines, width)
     for package in document["packages"]:
         if package.get("last_error"):
             lines.append(f"{package['name']}: last error: {package['last_error']}")
@@ -97,6 +138,10 @@ def render_package(document: dict) -> str:
         f"  last error: {document['last_error'] or '-'}",
         "  profile build: " + ", ".join(document.get("profile_build", [])),
     ]
+    build = document.get("build")
+    if build:
+        lines.append(f"  building:   {build_line(build)}  (log: {build.get('log', '-')})")
+        lines += build_tail(build, 10, indent="    | ")
     merges = document.get("merges", [])
     if merges:
         lines.append("  recent merges:")

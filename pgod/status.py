@@ -83,6 +83,10 @@ def _package_summary(row: Package, running=None, package: PackageConfig | None =
             "elapsed_seconds": round(time.time() - running.started, 1),
             "last_line": running.last_line,
             "log": str(running.log_path),
+            # As Nix reports it (build_progress.py): "format" ("nix", or "plain" for other
+            # build commands), "derivation", "phase", "done", "total", "running", "failed",
+            # "building" and "log_tail"; None where the build has not said.
+            **running.progress(),
         }
     return summary
 
