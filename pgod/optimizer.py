@@ -80,7 +80,7 @@ class Optimizer:
             # The daemon stopped mid-build: that build's result is lost, so build again.
             row.state = "stale" if row.profile_build_key and row.profile_build_key != key else "profiling"
             row.build_due = True
-            for build in session.scalars(select(Build).where(Build.package == row.name, Build.status == "running")):
+            for build in session.scalars(select(Build).where(Build.package == row.name, Build.status.in_(("running", "benchmarking")))):
                 build.status, build.error, build.finished_at = "failed", "interrupted by a daemon stop", time.time()
         if row.profile_build_key and row.profile_build_key != key:
             self._upgrade(row)
@@ -298,7 +298,8 @@ class Optimizer:
             self._accept(name, result.build_id, result.out_path, None)
             return
         with self.sessions.begin() as session:
-            session.get(Build, result.build_id).status = "benchmarking"
+            build = session.get(Build, result.build_id)
+            build.status, build.out_path = "benchmarking", result.out_path  # the candidate
         self.gating = GateRun(package, result.build_id, result.out_path, self._bench_identity, self._report_build)
         self.gating.start()
         log.info("gate.started", package=name, build=result.build_id, candidate=result.out_path,
