@@ -1,0 +1,239 @@
+"""The notify agent with the real daemon and a real notification server (dunst under Xvfb):
+started before the daemon it waits, it survives daemon restarts, and it tells each finished
+build once, live or after the fact, and not again at the next start."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from clangs import run_instrumented
+from conftest import workload_inputs
+from harness import BIN, NotificationServer, wait_for
+
+pytestmark = pytest.mark.skipif(not Path("/usr/bin/nix-store").exists(), reason="nix-store not installed (apt-get install nix-bin)")
+
+RUNNING = "pgoctl: notify-agent running"
+WAITING = "pgoctl: notify-agent waiting for the pgod daemon on the session bus"
+
+# A build command that costs a second: the merged profile snapshot, copied into a folder that
+# is added to the Nix store, as a build's output. Each profile generation gives another path.
+BUILD_SCRIPT = """set -e
+work=$(mktemp -d)
+mkdir "$work/workload-optimized"
+cp "$1" "$work/workload-optimized/profile.profdata"
+nix-store --add "$work/workload-optimized"
+rm -rf "$work"
+"""
+BUILD = ["/bin/sh", "-c", BUILD_SCRIPT, "build", "{profile}"]
+
+
+class Agent:
+    """`pgoctl notify-agent` as a process, its stdout lines (its state) and stderr lines (its
+    log, one JSON event a line) gathered as they come."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.lines: list[str] = []
+        self.log: list[str] = []
+        self.process = subprocess.Popen(
+            [str(BIN / "pgoctl"), "--bus", "session", "notify-agent"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream, lines), daemon=True)
+            for stream, lines in ((self.process.stdout, self.lines), (self.process.stderr, self.log))
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream, lines: list[str]) -> None:
+        for line in stream:
+            lines.append(line.rstrip("\n"))
+
+    def _alive(self) -> None:
+        if self.process.poll() is not None:
+            raise AssertionError(f"notify-agent exited {self.process.returncode}: {self.log}")
+
+    def said(self, line: str, times: int = 1, timeout: float = 30) -> None:
+        """Wait until the agent has printed ``line`` ``times`` times (it prints one per change)."""
+        wait_for(lambda: self._alive() or self.lines.count(line) >= times, timeout,
+                 f"notify-agent said {line!r} {times}× (it said {self.lines})")
+
+    def handled(self, event: str, times: int = 1, timeout: float = 30) -> None:
+        """Wait until the agent has handled ``times`` PackageEvent signals ``event``."""
+
+        def count() -> int:
+            entries = [json.loads(line) for line in self.log if line.startswith("{")]
+            return sum(e.get("event") == "notify.event_handled" and e.get("event_") == event for e in entries)
+
+        wait_for(lambda: self._alive() or count() >= times, timeout, f"notify-agent handled {event!r} {times}×")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        for reader in self._readers:
+            reader.join(timeout=10)
+
+
+@pytest.fixture
+def notifications(tmp_path, bus):
+    directory = tmp_path / "dunst"
+    directory.mkdir()
+    server = NotificationServer(directory, bus.env())
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def agents(bus, tmp_path):
+    """Starts agents for the test, all with the test's own $XDG_STATE_HOME; stops them after."""
+    started: list[Agent] = []
+    state_home = tmp_path / "xdg-state"
+
+    def start() -> Agent:
+        agent = Agent({**os.environ, **bus.env(), "XDG_STATE_HOME": str(state_home)})
+        started.append(agent)
+        return agent
+
+    start.state_home = state_home
+    yield start
+    for agent in started:
+        if agent.process.poll() is None:
+            agent.stop()
+
+
+def configure(pgod, workload, profdata, build=BUILD, **top) -> None:
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": build, "llvm_profdata": profdata}}, **top)
+
+
+def profile_runs(pgod, workload, daemon, count: int) -> None:
+    """``count`` runs of the instrumented program, waited for until all are merged."""
+    before = daemon.package("workload")["total_files"]
+    for args in workload_inputs(count):
+        run_instrumented(workload / "bin" / "workload", args, pgod.spool / "%p.profraw")
+    wait_for(lambda: daemon.package("workload")["total_files"] == before + count, 60, f"{count} runs merged")
+
+
+def build_now(daemon, state: str = "ready") -> dict:
+    """`pgoctl rebuild`, then the package once its build has finished."""
+    builds = len(json.loads(daemon.pgoctl("show", "workload", "--json").stdout)["builds"])
+    daemon.pgoctl("rebuild", "workload")
+
+    def finished() -> dict | None:
+        document = json.loads(daemon.pgoctl("show", "workload", "--json").stdout)
+        done = len(document["builds"]) > builds and document["builds"][0]["status"] != "running"
+        return document if done and document["state"] == state else None
+
+    return wait_for(finished, 60, f"the build finished, package {state}")
+
+
+def ready_notices(server: NotificationServer) -> list[str]:
+    return [entry for entry in server.received() if entry.startswith("pgod|workload: optimized build ready")]
+
+
+def test_agent_started_before_the_daemon_waits_then_tells_the_ready_build(pgod, workload, llvm_profdata_14, notifications, agents):
+    configure(pgod, workload, llvm_profdata_14)
+    agent = agents()
+    agent.said(WAITING)
+    assert agent.process.poll() is None, "the agent must wait for the daemon, not exit"
+
+    daemon = pgod.daemon()
+    agent.said(RUNNING)
+    profile_runs(pgod, workload, daemon, 5)
+    package = build_now(daemon)
+
+    [notice] = wait_for(lambda: ready_notices(notifications), 30, "dunst received the ready notification")
+    summary, body = notice.split("|", 2)[1:]
+    assert summary == "workload: optimized build ready", notice
+    assert "pgoctl activate workload" in body and "Activate button" in body
+    assert "Speed-up: not measured" in body
+    assert package["optimized"] in body
+    assert "while the notification agent was not running" not in body, "told live, not after the fact"
+
+
+def test_daemon_restarted_between_two_builds_each_build_is_told_once(pgod, workload, llvm_profdata_14, notifications, agents):
+    configure(pgod, workload, llvm_profdata_14)
+    daemon = pgod.daemon()
+    agent = agents()
+    agent.said(RUNNING)
+    profile_runs(pgod, workload, daemon, 5)
+    first = build_now(daemon)
+    wait_for(lambda: len(ready_notices(notifications)) == 1, 30, "first build told")
+
+    assert daemon.stop() == 0
+    agent.said(WAITING)
+    daemon = pgod.daemon()
+    agent.said(RUNNING, times=2)  # caught up: the first build is not told again
+    assert len(ready_notices(notifications)) == 1, notifications.received()
+
+    profile_runs(pgod, workload, daemon, 5)
+    second = build_now(daemon)
+    assert second["optimized"] != first["optimized"]
+    notices = wait_for(lambda: (n := ready_notices(notifications)) and len(n) == 2 and n, 30, "second build told")
+    assert first["optimized"] in notices[0] and second["optimized"] in notices[1]
+    assert agent.process.poll() is None
+
+
+def test_a_build_finished_while_no_agent_ran_is_told_at_its_start_and_not_at_the_next(
+    pgod, workload, llvm_profdata_14, notifications, agents
+):
+    configure(pgod, workload, llvm_profdata_14)
+    daemon = pgod.daemon()
+    profile_runs(pgod, workload, daemon, 5)
+    package = build_now(daemon)
+
+    agent = agents()
+    agent.said(RUNNING)  # printed once the catch-up is done
+    [notice] = wait_for(lambda: ready_notices(notifications), 30, "the finished build told at the agent's start")
+    assert package["optimized"] in notice and "pgoctl activate workload" in notice
+    assert "while the notification agent was not running" in notice
+    record = json.loads((agents.state_home / "pgod" / "notified.json").read_text())
+    assert record["packages"]["workload"]["ready"] == f"{package['builds'][0]['id']}@{package['builds'][0]['finished_at']!r}"
+    agent.stop()
+
+    again = agents()
+    again.said(RUNNING)
+    assert len(ready_notices(notifications)) == 1, notifications.received()
+    assert notifications.received() == [notice]
+
+
+def test_a_failed_build_is_told_once_after_the_fact(pgod, workload, llvm_profdata_14, notifications, agents):
+    configure(pgod, workload, llvm_profdata_14, build=["false"])
+    daemon = pgod.daemon()
+    profile_runs(pgod, workload, daemon, 5)
+    build_now(daemon, state="failed")
+
+    agents().said(RUNNING)
+    [notice] = wait_for(notifications.received, 30, "the failed build told at the agent's start")
+    assert notice.startswith("pgod|workload: optimized build failed|build exited 1"), notice
+    assert "pgoctl logs workload" in notice
+    agents().said(RUNNING)
+    assert notifications.received() == [notice]
+
+
+def test_auto_mode_says_the_build_is_in_use_and_how_to_go_back_once(pgod, workload, llvm_profdata_14, notifications, agents):
+    configure(pgod, workload, llvm_profdata_14, activation="auto")
+    daemon = pgod.daemon()
+    agent = agents()
+    agent.said(RUNNING)
+    profile_runs(pgod, workload, daemon, 5)
+    package = build_now(daemon, state="active")
+
+    # A later activation by hand is told; the automatic one just before it was told as the
+    # build itself ("in use"), so the two notifications are these, in this order.
+    daemon.pgoctl("deactivate", "workload")
+    daemon.pgoctl("activate", "workload")
+    agent.handled("activated", times=2)
+    received = wait_for(lambda: (r := notifications.received()) and len(r) >= 2 and r, 30, "two notifications")
+    summary, body = received[0].split("|", 2)[1:]
+    assert summary == "workload: optimized build in use", received
+    assert "pgoctl deactivate workload" in body and package["optimized"] in body
+    assert "pgoctl activate" not in body
+    assert received[1].startswith("pgod|workload: optimized build in use|workload now runs from"), received
+    assert len(received) == 2, received
