@@ -166,7 +166,7 @@ def test_daemon_restarted_between_two_builds_each_build_is_told_once(pgod, workl
     first = build_now(daemon)
     wait_for(lambda: len(ready_notices(notifications)) == 1, 30, "first build told")
 
-    assert daemon.stop() == 0
+    daemon.kill()  # SIGKILL: no goodbye, only the bus seeing its name lose its owner
     agent.said(WAITING)
     daemon = pgod.daemon()
     agent.said(RUNNING, times=2)  # caught up: the first build is not told again
@@ -237,3 +237,69 @@ def test_auto_mode_says_the_build_is_in_use_and_how_to_go_back_once(pgod, worklo
     assert "pgoctl activate" not in body
     assert received[1].startswith("pgod|workload: optimized build in use|workload now runs from"), received
     assert len(received) == 2, received
+
+
+class GoneMidCall:
+    """A stand-in for pgod's client whose daemon vanishes at will: every call raises
+    DaemonUnreachable while ``gone``, as the real client does when the daemon dies mid-call."""
+
+    bus_kind = "session"
+    OUT = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-lua-5.4.7"
+
+    def __init__(self) -> None:
+        self.gone = False
+        self.on_owner = self.on_event = None
+
+    def subscribe(self, _signal: str, handler) -> None:
+        self.on_event = handler
+
+    def watch_owner(self, on_owner) -> None:
+        self.on_owner = on_owner
+
+    def _answer(self, document: dict) -> dict:
+        from pgod.client import DaemonUnreachable
+
+        if self.gone:
+            raise DaemonUnreachable("org.freedesktop.DBus.Error.NoReply")
+        return document
+
+    def status(self) -> dict:
+        return self._answer({"daemon": {"activation": "notify"}, "packages": [{"name": "lua", "optimized": self.OUT}]})
+
+    def package(self, name: str) -> dict:
+        build = {"id": 1, "status": "succeeded", "finished_at": 1764600000.5, "out_path": self.OUT}
+        return self._answer({"name": name, "state": "ready", "optimized": self.OUT, "active": False, "builds": [build]})
+
+
+class RecordingServer:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def get(self, _name: str) -> "RecordingServer":
+        return self
+
+    def Notify(self, _app, _replaces, _icon, summary, _body, _actions, _hints, _timeout) -> int:  # noqa: N802 (D-Bus name)
+        self.sent.append(summary)
+        return len(self.sent)
+
+
+def test_a_daemon_gone_mid_call_sends_the_agent_back_to_waiting_and_nothing_is_lost(tmp_path):
+    from pgod.notify_agent import NotifyAgent
+    from pgod.notify_record import NotifiedRecord
+
+    client, server, said = GoneMidCall(), RecordingServer(), []
+    agent = NotifyAgent(client, server, NotifiedRecord(tmp_path / "notified.json"), said.append)
+    agent.start()
+    client.gone = True
+    client.on_owner(":1.5")  # it appears, and dies before the catch-up's first answer
+    assert said == [WAITING] and server.sent == []
+    client.on_event("lua", "ready", client.OUT)  # a signal already on its way: not told, not raised
+    client.on_owner("")
+    assert said == [WAITING]
+
+    client.gone = False
+    client.on_owner(":1.9")
+    assert said == [WAITING, RUNNING]
+    assert server.sent == ["lua: optimized build ready"], "the build is told once the daemon is back"
+    client.on_event("lua", "ready", client.OUT)
+    assert server.sent == ["lua: optimized build ready"]
