@@ -137,7 +137,7 @@ def test_notify_mode_stops_at_ready_notifies_and_activates_on_request(pgod, noti
     daemon = pgod.daemon()
     agent = subprocess.Popen(
         [str(Path(os.sys.executable).parent / "pgoctl"), "--bus", "session", "notify-agent"],
-        env=daemon.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=daemon.env(), stdout=subprocess.PIPE, text=True,  # stdout: its state lines; stderr: its log
     )
     try:
         assert agent.stdout.readline().strip() == "pgoctl: notify-agent running"
