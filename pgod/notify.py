@@ -85,6 +85,21 @@ def build_failed(name: str, error: str, build: dict | None = None, late: bool = 
     return Message(f"{name}: optimized build failed", body)
 
 
+# How the daemon words a failed activation in a "failed" event (optimizer.Optimizer.on_build_done).
+ACTIVATION_FAILED = "activation: "
+
+
+def step_failed(name: str, error: str) -> Message:
+    """A "failed" event that is no build's own outcome: the profile snapshot before a build, or
+    the activation after one (activation "auto")."""
+    if error.startswith(ACTIVATION_FAILED):
+        return Message(
+            f"{name}: could not put the optimized build in use",
+            f"{error[len(ACTIVATION_FAILED):]}\nTo try again: pgoctl activate {name}",
+        )
+    return build_failed(name, error)
+
+
 def activated(name: str, optimized: str) -> Message:
     """An optimized build put in use by hand (`pgoctl activate`, the Activate action)."""
     return Message(

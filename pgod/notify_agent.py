@@ -169,6 +169,7 @@ class NotifyAgent:
         log.info("notify.event_handled", package=name, event_=event)
 
     def _on_failed(self, name: str, error: str) -> None:
+        self._auto_in_use.pop(name, None)  # an activation that failed is not followed by "activated"
         document = self.client.package(name)
         if self._tell_news(document, late=False):
             return
@@ -176,7 +177,7 @@ class NotifyAgent:
         if last is None or last.get("error") != error:
             # Not a build's own outcome (the snapshot before it, or the activation after it
             # failed): nothing to remember it by, and nothing a later start would repeat.
-            self.notifier.send(notify.build_failed(name, error))
+            self.notifier.send(notify.step_failed(name, error))
 
     def _activate(self, name: str) -> None:
         """The Activate action of a "ready" notification."""

@@ -55,3 +55,10 @@ def test_news_told_late_says_when_it_happened():
     assert failed.summary == "lua: optimized build failed"
     assert failed.body.startswith("build exited 1: boom\nThe log: pgoctl logs lua")
     assert "while the notification agent was not running" in failed.body
+
+
+def test_a_failed_activation_is_not_called_a_failed_build():
+    message = notify.step_failed("lua", "activation: nix-env exited 1: disk full")
+    assert message.summary == "lua: could not put the optimized build in use"
+    assert message.body == "nix-env exited 1: disk full\nTo try again: pgoctl activate lua"
+    assert notify.step_failed("lua", "profile snapshot: no room").summary == "lua: optimized build failed"
