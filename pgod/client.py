@@ -98,12 +98,13 @@ class Client:
         from gi.repository import GLib
 
         self.bus.subscribe(
-            sender=BUS_DRIVER, iface=BUS_DRIVER, signal="NameOwnerChanged", object="/org/freedesktop/DBus", arg0=BUS_NAME,
+            sender=BUS_DRIVER, iface=BUS_DRIVER, signal="NameOwnerChanged", object="/org/freedesktop/DBus",
+            arg0=BUS_NAME,  # the daemon's name only: the bus's other names never wake this client
             signal_fired=lambda _sender, _path, _iface, _signal, args: self._owner_changed(args[2], on_owner),
         )
         try:
             owner = self.bus.dbus.GetNameOwner(BUS_NAME)
-        except GLib.Error:  # NameHasOwner: nobody serves it now
+        except GLib.Error:  # NameHasNoOwner: nobody serves it now
             owner = ""
         self._owner_changed(owner, on_owner)
 

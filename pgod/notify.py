@@ -32,7 +32,7 @@ class Message:
 
 
 def speedup_of(build: dict, package: dict | None = None) -> float | None:
-    """The build's measured speed-up (profiling-build time / optimized-build time), if any.
+    """How many times faster the build ran on the package's benchmark, if that was measured.
 
     Read from the build record's `speedup` (the benchmark gate writes it), else from the
     package's own `speedup` when the build is the package's current optimized build."""
@@ -51,7 +51,7 @@ def _speed(speedup: float) -> str:
 
 
 def _finished(build: dict) -> str:
-    """"finished at 14:03 …", for news that waited while the agent was not running."""
+    """When the build finished, for news told after the fact (the agent was not running)."""
     finished = build.get("finished_at")
     if not isinstance(finished, (int, float)):
         return ""
@@ -73,12 +73,12 @@ def build_ready(name: str, build: dict, package: dict, in_use: bool, late: bool 
     else:
         what = f"To put it in use: pgoctl activate {name} (or the Activate button)"
     measured = "" if speedup is not None else "\nSpeed-up: not measured."
-    body = f"{what}{measured}\nBuild: {build.get('out_path') or package.get('optimized') or ''}{_finished(build) if late else ''}"
+    body = f"{what}{measured}\nBuild: {build.get('out_path')}{_finished(build) if late else ''}"
     return Message(summary, body, activate=None if in_use else name)
 
 
 def build_failed(name: str, error: str, build: dict | None = None, late: bool = False) -> Message:
-    """A build that failed (or a step after it: its activation). pgod retries builds itself."""
+    """A build that failed; pgod retries it itself, later. ``build``: its record, if it has one."""
     body = f"{error}\nThe log: pgoctl logs {name}"
     if late and build is not None:
         body += _finished(build)

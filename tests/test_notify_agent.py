@@ -16,7 +16,7 @@ from clangs import run_instrumented
 from conftest import workload_inputs
 from harness import BIN, NotificationServer, wait_for
 
-pytestmark = pytest.mark.skipif(not Path("/usr/bin/nix-store").exists(), reason="nix-store not installed (apt-get install nix-bin)")
+needs_nix = pytest.mark.skipif(not Path("/usr/bin/nix-store").exists(), reason="nix-store not installed (apt-get install nix-bin)")
 
 RUNNING = "pgoctl: notify-agent running"
 WAITING = "pgoctl: notify-agent waiting for the pgod daemon on the session bus"
@@ -137,6 +137,7 @@ def ready_notices(server: NotificationServer) -> list[str]:
     return [entry for entry in server.received() if entry.startswith("pgod|workload: optimized build ready")]
 
 
+@needs_nix
 def test_agent_started_before_the_daemon_waits_then_tells_the_ready_build(pgod, workload, llvm_profdata_14, notifications, agents):
     configure(pgod, workload, llvm_profdata_14)
     agent = agents()
@@ -157,6 +158,7 @@ def test_agent_started_before_the_daemon_waits_then_tells_the_ready_build(pgod, 
     assert "while the notification agent was not running" not in body, "told live, not after the fact"
 
 
+@needs_nix
 def test_daemon_restarted_between_two_builds_each_build_is_told_once(pgod, workload, llvm_profdata_14, notifications, agents):
     configure(pgod, workload, llvm_profdata_14)
     daemon = pgod.daemon()
@@ -180,6 +182,7 @@ def test_daemon_restarted_between_two_builds_each_build_is_told_once(pgod, workl
     assert agent.process.poll() is None
 
 
+@needs_nix
 def test_a_build_finished_while_no_agent_ran_is_told_at_its_start_and_not_at_the_next(
     pgod, workload, llvm_profdata_14, notifications, agents
 ):
@@ -203,6 +206,7 @@ def test_a_build_finished_while_no_agent_ran_is_told_at_its_start_and_not_at_the
     assert notifications.received() == [notice]
 
 
+@needs_nix
 def test_a_failed_build_is_told_once_after_the_fact(pgod, workload, llvm_profdata_14, notifications, agents):
     configure(pgod, workload, llvm_profdata_14, build=["false"])
     daemon = pgod.daemon()
@@ -217,6 +221,7 @@ def test_a_failed_build_is_told_once_after_the_fact(pgod, workload, llvm_profdat
     assert notifications.received() == [notice]
 
 
+@needs_nix
 def test_auto_mode_says_the_build_is_in_use_and_how_to_go_back_once(pgod, workload, llvm_profdata_14, notifications, agents):
     configure(pgod, workload, llvm_profdata_14, activation="auto")
     daemon = pgod.daemon()
