@@ -82,15 +82,6 @@ class Agent:
 
 
 @pytest.fixture
-def notifications(tmp_path, bus):
-    directory = tmp_path / "dunst"
-    directory.mkdir()
-    server = NotificationServer(directory, bus.env())
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def agents(bus, tmp_path):
     """Starts agents for the test, all with the test's own $XDG_STATE_HOME; stops them after."""
     started: list[Agent] = []
@@ -138,7 +129,7 @@ def ready_notices(server: NotificationServer) -> list[str]:
 
 
 @needs_nix
-def test_agent_started_before_the_daemon_waits_then_tells_the_ready_build(pgod, workload, llvm_profdata_14, notifications, agents):
+def test_agent_started_before_the_daemon_waits_then_tells_the_ready_build(pgod, workload, llvm_profdata_14, notification_server, agents):
     configure(pgod, workload, llvm_profdata_14)
     agent = agents()
     agent.said(WAITING)
@@ -149,7 +140,7 @@ def test_agent_started_before_the_daemon_waits_then_tells_the_ready_build(pgod, 
     profile_runs(pgod, workload, daemon, 5)
     package = build_now(daemon)
 
-    [notice] = wait_for(lambda: ready_notices(notifications), 30, "dunst received the ready notification")
+    [notice] = wait_for(lambda: ready_notices(notification_server), 30, "dunst received the ready notification")
     summary, body = notice.split("|", 2)[1:]
     assert summary == "workload: optimized build ready", notice
     assert "pgoctl activate workload" in body and "Activate button" in body
@@ -159,32 +150,32 @@ def test_agent_started_before_the_daemon_waits_then_tells_the_ready_build(pgod, 
 
 
 @needs_nix
-def test_daemon_restarted_between_two_builds_each_build_is_told_once(pgod, workload, llvm_profdata_14, notifications, agents):
+def test_daemon_restarted_between_two_builds_each_build_is_told_once(pgod, workload, llvm_profdata_14, notification_server, agents):
     configure(pgod, workload, llvm_profdata_14)
     daemon = pgod.daemon()
     agent = agents()
     agent.said(RUNNING)
     profile_runs(pgod, workload, daemon, 5)
     first = build_now(daemon)
-    wait_for(lambda: len(ready_notices(notifications)) == 1, 30, "first build told")
+    wait_for(lambda: len(ready_notices(notification_server)) == 1, 30, "first build told")
 
     daemon.kill()  # SIGKILL: no goodbye, only the bus seeing its name lose its owner
     agent.said(WAITING)
     daemon = pgod.daemon()
     agent.said(RUNNING, times=2)  # caught up: the first build is not told again
-    assert len(ready_notices(notifications)) == 1, notifications.received()
+    assert len(ready_notices(notification_server)) == 1, notification_server.received()
 
     profile_runs(pgod, workload, daemon, 5)
     second = build_now(daemon)
     assert second["optimized"] != first["optimized"]
-    notices = wait_for(lambda: (n := ready_notices(notifications)) and len(n) == 2 and n, 30, "second build told")
+    notices = wait_for(lambda: (n := ready_notices(notification_server)) and len(n) == 2 and n, 30, "second build told")
     assert first["optimized"] in notices[0] and second["optimized"] in notices[1]
     assert agent.process.poll() is None
 
 
 @needs_nix
 def test_a_build_finished_while_no_agent_ran_is_told_at_its_start_and_not_at_the_next(
-    pgod, workload, llvm_profdata_14, notifications, agents
+    pgod, workload, llvm_profdata_14, notification_server, agents
 ):
     configure(pgod, workload, llvm_profdata_14)
     daemon = pgod.daemon()
@@ -193,7 +184,7 @@ def test_a_build_finished_while_no_agent_ran_is_told_at_its_start_and_not_at_the
 
     agent = agents()
     agent.said(RUNNING)  # printed once the catch-up is done
-    [notice] = wait_for(lambda: ready_notices(notifications), 30, "the finished build told at the agent's start")
+    [notice] = wait_for(lambda: ready_notices(notification_server), 30, "the finished build told at the agent's start")
     assert package["optimized"] in notice and "pgoctl activate workload" in notice
     assert "while the notification agent was not running" in notice
     record = json.loads((agents.state_home / "pgod" / "notified.json").read_text())
@@ -202,27 +193,27 @@ def test_a_build_finished_while_no_agent_ran_is_told_at_its_start_and_not_at_the
 
     again = agents()
     again.said(RUNNING)
-    assert len(ready_notices(notifications)) == 1, notifications.received()
-    assert notifications.received() == [notice]
+    assert len(ready_notices(notification_server)) == 1, notification_server.received()
+    assert notification_server.received() == [notice]
 
 
 @needs_nix
-def test_a_failed_build_is_told_once_after_the_fact(pgod, workload, llvm_profdata_14, notifications, agents):
+def test_a_failed_build_is_told_once_after_the_fact(pgod, workload, llvm_profdata_14, notification_server, agents):
     configure(pgod, workload, llvm_profdata_14, build=["false"])
     daemon = pgod.daemon()
     profile_runs(pgod, workload, daemon, 5)
     build_now(daemon, state="failed")
 
     agents().said(RUNNING)
-    [notice] = wait_for(notifications.received, 30, "the failed build told at the agent's start")
+    [notice] = wait_for(notification_server.received, 30, "the failed build told at the agent's start")
     assert notice.startswith("pgod|workload: optimized build failed|build exited 1"), notice
     assert "pgoctl logs workload" in notice
     agents().said(RUNNING)
-    assert notifications.received() == [notice]
+    assert notification_server.received() == [notice]
 
 
 @needs_nix
-def test_auto_mode_says_the_build_is_in_use_and_how_to_go_back_once(pgod, workload, llvm_profdata_14, notifications, agents):
+def test_auto_mode_says_the_build_is_in_use_and_how_to_go_back_once(pgod, workload, llvm_profdata_14, notification_server, agents):
     configure(pgod, workload, llvm_profdata_14, activation="auto")
     daemon = pgod.daemon()
     agent = agents()
@@ -235,7 +226,7 @@ def test_auto_mode_says_the_build_is_in_use_and_how_to_go_back_once(pgod, worklo
     daemon.pgoctl("deactivate", "workload")
     daemon.pgoctl("activate", "workload")
     agent.handled("activated", times=2)
-    received = wait_for(lambda: (r := notifications.received()) and len(r) >= 2 and r, 30, "two notifications")
+    received = wait_for(lambda: (r := notification_server.received()) and len(r) >= 2 and r, 30, "two notifications")
     summary, body = received[0].split("|", 2)[1:]
     assert summary == "workload: optimized build in use", received
     assert "pgoctl deactivate workload" in body and package["optimized"] in body
