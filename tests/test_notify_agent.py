@@ -108,7 +108,7 @@ def profile_runs(pgod, workload, daemon, count: int) -> None:
     before = daemon.package("workload")["total_files"]
     for args in workload_inputs(count):
         run_instrumented(workload / "bin" / "workload", args, pgod.spool / "%p.profraw")
-    wait_for(lambda: daemon.package("workload")["total_files"] == before + count, 60, f"{count} runs merged")
+    wait_for(lambda: daemon.package("workload")["total_files"] == before + count, 60, f"{count} runs merged", interval=0.2)
 
 
 def build_now(daemon, state: str = "ready") -> dict:
@@ -121,7 +121,7 @@ def build_now(daemon, state: str = "ready") -> dict:
         done = len(document["builds"]) > builds and document["builds"][0]["status"] != "running"
         return document if done and document["state"] == state else None
 
-    return wait_for(finished, 60, f"the build finished, package {state}")
+    return wait_for(finished, 60, f"the build finished, package {state}", interval=0.2)
 
 
 def ready_notices(server: NotificationServer) -> list[str]:
@@ -157,19 +157,26 @@ def test_daemon_restarted_between_two_builds_each_build_is_told_once(pgod, workl
     agent.said(RUNNING)
     profile_runs(pgod, workload, daemon, 5)
     first = build_now(daemon)
-    wait_for(lambda: len(ready_notices(notification_server)) == 1, 30, "first build told")
+    wait_for(lambda: len(notification_server.received()) == 1, 30, "first build told")
 
     daemon.kill()  # SIGKILL: no goodbye, only the bus seeing its name lose its owner
     agent.said(WAITING)
+    # The restarted daemon activates builds itself: the agent asks for the mode when it needs
+    # it, so the next build is told as in use, not as waiting for `pgoctl activate`.
+    configure(pgod, workload, llvm_profdata_14, activation="auto")
     daemon = pgod.daemon()
     agent.said(RUNNING, times=2)  # caught up: the first build is not told again
-    assert len(ready_notices(notification_server)) == 1, notification_server.received()
+    assert len(notification_server.received()) == 1, notification_server.received()
 
     profile_runs(pgod, workload, daemon, 5)
-    second = build_now(daemon)
+    second = build_now(daemon, state="active")
     assert second["optimized"] != first["optimized"]
-    notices = wait_for(lambda: (n := ready_notices(notification_server)) and len(n) == 2 and n, 30, "second build told")
-    assert first["optimized"] in notices[0] and second["optimized"] in notices[1]
+    agent.handled("activated")
+    received = wait_for(lambda: (r := notification_server.received()) and len(r) >= 2 and r, 30, "second build told")
+    assert received[0].startswith("pgod|workload: optimized build ready|") and first["optimized"] in received[0]
+    assert received[1].startswith("pgod|workload: optimized build in use|It is in use now"), received
+    assert second["optimized"] in received[1] and "pgoctl deactivate workload" in received[1]
+    assert len(received) == 2, received
     assert agent.process.poll() is None
 
 
