@@ -69,14 +69,19 @@ class NotifyAgent:
         try:
             self._catch_up()
         except DaemonUnreachable as err:
-            log.warning("notify.daemon_unreachable", error=str(err))
-            self._enter("waiting")
-            self._schedule_retry()
+            self._lost(err)
             return
         except OperationFailed as err:
             log.warning("notify.catch_up_failed", error=str(err))
             self._schedule_retry()
         self._enter("running")
+
+    def _lost(self, err: DaemonUnreachable, **context) -> None:
+        """A call found no daemon (gone mid-call, or no answer): back to waiting. What was
+        being told is not remembered as told, so the next catch-up tells it."""
+        log.warning("notify.daemon_unreachable", error=str(err), **context)
+        self._enter("waiting")
+        self._schedule_retry()
 
     def _enter(self, state: str) -> None:
         """Say the agent's state on stdout, once per change: the one line a user (or a test) reads."""
@@ -85,8 +90,9 @@ class NotifyAgent:
             self._say(RUNNING_LINE if state == "running" else WAITING_LINE.format(bus=self.client.bus_kind))
 
     def _schedule_retry(self) -> None:
-        """A daemon gone mid-call announces itself by NameOwnerChanged; one that owns its name
-        but did not answer (a timeout) does not, so it is asked again once, a little later."""
+        """A daemon gone mid-call announces itself by NameOwnerChanged (which cancels this);
+        one that owns its name but did not answer (a timeout) does not, so it is asked again,
+        once, a little later."""
         from gi.repository import GLib
 
         if not self._retry:
@@ -161,9 +167,7 @@ class NotifyAgent:
                 if self._auto_in_use.pop(name, None) != detail:  # else told already, as "in use"
                     self.notifier.send(notify.activated(name, detail))
         except DaemonUnreachable as err:
-            # Gone mid-call: NameOwnerChanged follows, and this build, not yet remembered as
-            # told, is told when the daemon is back.
-            log.warning("notify.daemon_unreachable", package=name, event_=event, error=str(err))
+            self._lost(err, package=name, event_=event)
         except OperationFailed as err:
             log.warning("notify.event_not_told", package=name, event_=event, error=str(err))
         log.info("notify.event_handled", package=name, event_=event)

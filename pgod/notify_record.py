@@ -24,7 +24,6 @@ log = structlog.get_logger(__name__)
 RECORD_VERSION = 1
 MAX_PACKAGES = 256  # entries kept; past that the least recently told package is forgotten
 MAX_RECORD_BYTES = 1 << 20  # a larger file is not ours: it is ignored, not read
-OUTCOMES = ("ready", "failed")
 
 
 def default_path(environ=os.environ) -> Path:

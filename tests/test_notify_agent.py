@@ -286,18 +286,21 @@ class RecordingServer:
         return len(self.sent)
 
 
-def test_a_daemon_gone_mid_call_sends_the_agent_back_to_waiting_and_nothing_is_lost(tmp_path):
-    from pgod.notify_agent import NotifyAgent
+def test_a_daemon_gone_mid_call_sends_the_agent_back_to_waiting_and_nothing_is_lost(tmp_path, monkeypatch):
+    from gi.repository import GLib
+
+    from pgod import notify_agent
     from pgod.notify_record import NotifiedRecord
 
+    monkeypatch.setattr(notify_agent, "RETRY_SECONDS", 0)
     client, server, said = GoneMidCall(), RecordingServer(), []
-    agent = NotifyAgent(client, server, NotifiedRecord(tmp_path / "notified.json"), said.append)
+    agent = notify_agent.NotifyAgent(client, server, NotifiedRecord(tmp_path / "notified.json"), said.append)
     agent.start()
     client.gone = True
     client.on_owner(":1.5")  # it appears, and dies before the catch-up's first answer
     assert said == [WAITING] and server.sent == []
     client.on_event("lua", "ready", client.OUT)  # a signal already on its way: not told, not raised
-    client.on_owner("")
+    client.on_owner("")  # its NameOwnerChanged, which cancels the retry: now only an owner brings it back
     assert said == [WAITING]
 
     client.gone = False
@@ -306,3 +309,12 @@ def test_a_daemon_gone_mid_call_sends_the_agent_back_to_waiting_and_nothing_is_l
     assert server.sent == ["lua: optimized build ready"], "the build is told once the daemon is back"
     client.on_event("lua", "ready", client.OUT)
     assert server.sent == ["lua: optimized build ready"]
+
+    # A daemon that keeps its name but does not answer: waiting, then asked again by itself.
+    client.gone = True
+    client.on_event("lua", "failed", "build exited 1")
+    assert said == [WAITING, RUNNING, WAITING]
+    client.gone = False
+    context = GLib.MainContext.default()
+    wait_for(lambda: context.iteration(False) or said[-1] == RUNNING, 10, "asked again after no answer")
+    assert said == [WAITING, RUNNING, WAITING, RUNNING]
