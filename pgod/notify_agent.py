@@ -46,7 +46,7 @@ class NotifyAgent:
         self._owner: str | None = None  # the daemon's unique bus name; "" none; None not asked yet
         self._state = ""
         self._retry = 0  # GLib source of a pending retry, 0 for none
-        self._auto_in_use: dict[str, str] = {}  # package → build told "in use" before its activation
+        self._told_in_use: dict[str, str] = {}  # package → new build told "in use" before its activation
 
     def start(self) -> None:
         self.client.subscribe("PackageEvent", self._on_package_event)
@@ -135,9 +135,13 @@ class NotifyAgent:
             and not self.record.told(name, "ready", build_key(succeeded))
         ):
             in_use = bool(document.get("active"))
-            if not in_use and live_ready == succeeded.get("out_path") and self._activation_mode() == "auto":
-                in_use = True  # the daemon puts it in use right after this event
-                self._auto_in_use[name] = live_ready
+            if live_ready == succeeded.get("out_path"):
+                # The daemon activates a new build just after this event when activation is
+                # "auto", or when the package's build before it was in use: told as in use now,
+                # its "activated" event (which may have come already) is not told again.
+                in_use = in_use or self._activation_mode() == "auto"
+                if in_use:
+                    self._told_in_use[name] = live_ready
             told |= self._tell(name, "ready", succeeded, notify.build_ready(name, succeeded, document, in_use, late))
         if (
             failed is not None
@@ -164,7 +168,7 @@ class NotifyAgent:
             elif event == "failed":
                 self._on_failed(name, detail)
             elif event == "activated":
-                if self._auto_in_use.pop(name, None) != detail:  # else told already, as "in use"
+                if self._told_in_use.pop(name, None) != detail:  # else told already, as "in use"
                     self.notifier.send(notify.activated(name, detail))
         except DaemonUnreachable as err:
             self._lost(err, package=name, event_=event)
@@ -173,7 +177,7 @@ class NotifyAgent:
         log.info("notify.event_handled", package=name, event_=event)
 
     def _on_failed(self, name: str, error: str) -> None:
-        self._auto_in_use.pop(name, None)  # an activation that failed is not followed by "activated"
+        self._told_in_use.pop(name, None)  # an activation that failed is not followed by "activated"
         document = self.client.package(name)
         if self._tell_news(document, late=False):
             return

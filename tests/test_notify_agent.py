@@ -242,6 +242,28 @@ def test_auto_mode_says_the_build_is_in_use_and_how_to_go_back_once(pgod, worklo
     assert len(received) == 2, received
 
 
+
+@needs_nix
+def test_a_new_build_of_a_package_in_use_is_told_once_as_in_use(pgod, workload, llvm_profdata_14, notification_server, agents):
+    """In notify mode too, the daemon puts a package's new build in use when its previous one was."""
+    configure(pgod, workload, llvm_profdata_14)
+    daemon = pgod.daemon()
+    agent = agents()
+    agent.said(RUNNING)
+    profile_runs(pgod, workload, daemon, 5)
+    build_now(daemon)
+    daemon.pgoctl("activate", "workload")
+    agent.handled("activated")
+    profile_runs(pgod, workload, daemon, 5)
+    second = build_now(daemon, state="active")
+    agent.handled("activated", times=2)
+    received = wait_for(lambda: (r := notification_server.received()) and len(r) >= 3 and r, 30, "three notifications")
+    assert [entry.split("|")[1] for entry in received] == [
+        "workload: optimized build ready", "workload: optimized build in use", "workload: optimized build in use",
+    ], received
+    assert second["optimized"] in received[2] and "It is in use now" in received[2]
+
+
 class GoneMidCall:
     """A stand-in for pgod's client whose daemon vanishes at will: every call raises
     DaemonUnreachable while ``gone``, as the real client does when the daemon dies mid-call."""
