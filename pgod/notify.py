@@ -51,13 +51,14 @@ def _speed(speedup: float) -> str:
 
 
 def _finished(build: dict) -> str:
-    """When the build finished, for news told after the fact (the agent was not running)."""
+    """When the build finished, for news told after the fact (the agent was not running, the
+    daemon not reachable, or the notification server not there)."""
     finished = build.get("finished_at")
     if not isinstance(finished, (int, float)):
         return ""
     when = time.localtime(finished)
     shown = time.strftime("%H:%M" if when[:3] == time.localtime()[:3] else "%Y-%m-%d %H:%M", when)
-    return f"\nFinished at {shown}, while the notification agent was not running."
+    return f"\nFinished at {shown}, before this agent could tell you."
 
 
 def build_ready(name: str, build: dict, package: dict, in_use: bool, late: bool = False) -> Message:

@@ -50,11 +50,11 @@ def test_a_slower_build_is_not_called_faster():
 
 def test_news_told_late_says_when_it_happened():
     late = notify.build_ready("lua", build(), package(), in_use=False, late=True)
-    assert "Finished at " in late.body and "while the notification agent was not running" in late.body
+    assert "Finished at " in late.body and "before this agent could tell you" in late.body
     failed = notify.build_failed("lua", "build exited 1: boom", build(status="failed"), late=True)
     assert failed.summary == "lua: optimized build failed"
     assert failed.body.startswith("build exited 1: boom\nThe log: pgoctl logs lua")
-    assert "while the notification agent was not running" in failed.body
+    assert "before this agent could tell you" in failed.body
 
 
 def test_a_failed_activation_is_not_called_a_failed_build():

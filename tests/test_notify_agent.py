@@ -146,7 +146,7 @@ def test_agent_started_before_the_daemon_waits_then_tells_the_ready_build(pgod, 
     assert "pgoctl activate workload" in body and "Activate button" in body
     assert "Speed-up: not measured" in body
     assert package["optimized"] in body
-    assert "while the notification agent was not running" not in body, "told live, not after the fact"
+    assert "before this agent could tell you" not in body, "told live, not after the fact"
 
 
 @needs_nix
@@ -193,7 +193,7 @@ def test_a_build_finished_while_no_agent_ran_is_told_at_its_start_and_not_at_the
     agent.said(RUNNING)  # printed once the catch-up is done
     [notice] = wait_for(lambda: ready_notices(notification_server), 30, "the finished build told at the agent's start")
     assert package["optimized"] in notice and "pgoctl activate workload" in notice
-    assert "while the notification agent was not running" in notice
+    assert "before this agent could tell you" in notice
     record = json.loads((agents.state_home / "pgod" / "notified.json").read_text())
     assert record["packages"]["workload"]["ready"] == f"{package['builds'][0]['id']}@{package['builds'][0]['finished_at']!r}"
     agent.stop()
