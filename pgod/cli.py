@@ -89,7 +89,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return watch(client, as_json=args.json)
     if args.command == "notify-agent":
-        from .notify import run_agent
+        from .notify_agent import run_agent
 
         return run_agent(client)
     return EXIT_FAILED

@@ -6,6 +6,8 @@ import json
 
 from .busnames import BUS_NAME, OBJECT_PATH
 
+BUS_DRIVER = "org.freedesktop.DBus"  # the bus itself: names, their owners, NameOwnerChanged
+
 _UNREACHABLE = (
     "org.freedesktop.DBus.Error.ServiceUnknown",
     "org.freedesktop.DBus.Error.NameHasNoOwner",
@@ -84,6 +86,32 @@ class Client:
             sender=BUS_NAME, iface=BUS_NAME, signal=signal_name, object=OBJECT_PATH,
             signal_fired=lambda _sender, _path, _iface, _signal, args: handler(*args),
         )
+
+    def watch_owner(self, on_owner) -> None:
+        """Call ``on_owner(unique_name)`` each time the daemon's bus name changes hands ("" when
+        it has none), from the bus's NameOwnerChanged signal, and once now with its owner.
+
+        How a waiting client learns that pgod started or restarted, without polling. The
+        subscription comes before the question, so no change falls between the two; a change
+        seen by both is reported twice, and ``on_owner`` must take that in its stride.
+        """
+        from gi.repository import GLib
+
+        self.bus.subscribe(
+            sender=BUS_DRIVER, iface=BUS_DRIVER, signal="NameOwnerChanged", object="/org/freedesktop/DBus",
+            arg0=BUS_NAME,  # the daemon's name only: the bus's other names never wake this client
+            signal_fired=lambda _sender, _path, _iface, _signal, args: self._owner_changed(args[2], on_owner),
+        )
+        try:
+            owner = self.bus.dbus.GetNameOwner(BUS_NAME)
+        except GLib.Error:  # NameHasNoOwner: nobody serves it now
+            owner = ""
+        self._owner_changed(owner, on_owner)
+
+    def _owner_changed(self, owner: str, on_owner) -> None:
+        # A new owner may be a newer pgod: introspect it afresh rather than trust the old proxy.
+        self._proxy = None
+        on_owner(owner)
 
     def status(self) -> dict:
         return json.loads(self.call("GetStatus"))

@@ -1,77 +1,147 @@
-"""`pgoctl notify-agent`: desktop notifications for daemon events, in a user's session.
+"""Desktop notifications of pgod's events: what each says, and sending it to the session's server.
 
-Listens to the daemon's PackageEvent signals (on the daemon's bus) and sends
-org.freedesktop.Notifications notifications (on the user's session bus). In notify mode a
-"ready" notification carries an Activate action that calls the daemon's Activate method.
+The texts are built from the daemon's own documents (`pgoctl show NAME --json`: the package and
+its build records), so a notification names what the user needs: the package, how much faster
+the build measured if it was measured, and the command that acts on it. The lifecycle (when to
+tell what) is notify_agent.py's.
 """
 
 from __future__ import annotations
 
-import signal
-import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
-
-from .client import AccessDenied, OperationFailed
-from .exitcodes import EXIT_FAILED, EXIT_OK
 
 log = structlog.get_logger(__name__)
 
 NOTIFICATIONS = "org.freedesktop.Notifications"
+APP_NAME = "pgod"
 # The "default" key is the action a notification server runs when the notification itself is
 # clicked; servers that show buttons label it "Activate".
 ACTIVATE_ACTION = "default"
-
-MESSAGES = {
-    "ready": ("{name}: optimized build ready", "Profile-guided build of {name} finished: {detail}"),
-    "activated": ("{name}: optimized build in use", "{name} now runs from {detail}"),
-    "failed": ("{name}: optimized build failed", "{detail}"),
-}
+MAX_ACTIONABLE = 64  # notifications whose Activate action is remembered; the oldest go first
 
 
-class NotifyAgent:
-    def __init__(self, client, session_bus, activation_mode: str) -> None:
-        self.client = client
-        self.notifications = session_bus.get(NOTIFICATIONS)
-        self.activation_mode = activation_mode
-        self._actionable: dict[int, str] = {}  # notification id → package
-        self.notifications.onActionInvoked = self._on_action
+@dataclass(frozen=True)
+class Message:
+    summary: str
+    body: str
+    activate: str | None = None  # the package the Activate action activates, if one is offered
 
-    def on_package_event(self, name: str, event: str, detail: str) -> None:
-        if event not in MESSAGES:
-            return
-        summary, body = (text.format(name=name, detail=detail) for text in MESSAGES[event])
-        actions = [ACTIVATE_ACTION, "Activate"] if event == "ready" and self.activation_mode == "notify" else []
-        notification_id = self.notifications.Notify("pgod", 0, "", summary, body, actions, {}, -1)
-        if actions:
-            self._actionable[notification_id] = name
-        log.info("notify.sent", package=name, event_=event, id=notification_id)
+
+def speedup_of(build: dict, package: dict | None = None) -> float | None:
+    """How many times faster the build ran on the package's benchmark, if that was measured.
+
+    Read from the build record's `speedup` (the benchmark gate writes it), else from the
+    package's own `speedup` when the build is the package's current optimized build."""
+    value = build.get("speedup")
+    if value is None and package is not None and package.get("optimized") == build.get("out_path"):
+        value = package.get("speedup")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        return None
+    return float(value)
+
+
+def _speed(speedup: float) -> str:
+    if speedup >= 1:
+        return f"{speedup:.2f}× faster on your benchmark"
+    return f"{speedup:.2f}× the speed on your benchmark (slower)"
+
+
+def _finished(build: dict) -> str:
+    """When the build finished, for news told after the fact (the agent was not running, the
+    daemon not reachable, or the notification server not there)."""
+    finished = build.get("finished_at")
+    if not isinstance(finished, (int, float)):
+        return ""
+    when = time.localtime(finished)
+    shown = time.strftime("%H:%M" if when[:3] == time.localtime()[:3] else "%Y-%m-%d %H:%M", when)
+    return f"\nFinished at {shown}, before this agent could tell you."
+
+
+def build_ready(name: str, build: dict, package: dict, in_use: bool, late: bool = False) -> Message:
+    """A build that succeeded. ``in_use``: the optimized build runs now (activation "auto", or
+    it was activated since); else the message says how to put it in use. ``late``: told after
+    the fact, so the message says when it finished."""
+    speedup = speedup_of(build, package)
+    summary = f"{name}: optimized build {'in use' if in_use else 'ready'}"
+    if speedup is not None:
+        summary += f", {_speed(speedup)}"
+    if in_use:
+        what = f"It is in use now. To go back to the profiling build: pgoctl deactivate {name}"
+    else:
+        what = f"To put it in use: pgoctl activate {name} (or the Activate button)"
+    measured = "" if speedup is not None else "\nSpeed-up: not measured."
+    body = f"{what}{measured}\nBuild: {build.get('out_path')}{_finished(build) if late else ''}"
+    return Message(summary, body, activate=None if in_use else name)
+
+
+def build_failed(name: str, error: str, build: dict | None = None, late: bool = False) -> Message:
+    """A build that failed; pgod retries it itself, later. ``build``: its record, if it has one."""
+    body = f"{error}\nThe log: pgoctl logs {name}"
+    if late and build is not None:
+        body += _finished(build)
+    return Message(f"{name}: optimized build failed", body)
+
+
+# How the daemon words a failed activation in a "failed" event (optimizer.Optimizer.on_build_done).
+ACTIVATION_FAILED = "activation: "
+
+
+def step_failed(name: str, error: str) -> Message:
+    """A "failed" event that is no build's own outcome: the profile snapshot before a build, or
+    the activation after one (activation "auto")."""
+    if error.startswith(ACTIVATION_FAILED):
+        return Message(
+            f"{name}: could not put the optimized build in use",
+            f"{error[len(ACTIVATION_FAILED):]}\nTo try again: pgoctl activate {name}",
+        )
+    return build_failed(name, error)
+
+
+def activated(name: str, optimized: str) -> Message:
+    """An optimized build put in use by hand (`pgoctl activate`, the Activate action)."""
+    return Message(
+        f"{name}: optimized build in use",
+        f"{name} now runs from {optimized}\nTo go back to the profiling build: pgoctl deactivate {name}",
+    )
+
+
+def activation_refused(name: str, reason: str) -> Message:
+    return Message(f"{name}: could not activate", reason)
+
+
+class Notifier:
+    """The session's notification server (org.freedesktop.Notifications): sends Messages and
+    hands a clicked Activate action to ``on_activate(package)``."""
+
+    def __init__(self, session_bus, on_activate: Callable[[str], None]) -> None:
+        self._server = session_bus.get(NOTIFICATIONS)
+        self._on_activate = on_activate
+        self._actionable: dict[int, str] = {}  # notification id → package, oldest first
+        self._server.onActionInvoked = self._on_action
+        self._server.onNotificationClosed = lambda notification_id, _reason: self._actionable.pop(notification_id, None)
+
+    def send(self, message: Message) -> bool:
+        """Show ``message``; False (logged) when the server could not be reached."""
+        from gi.repository import GLib
+
+        actions = [ACTIVATE_ACTION, "Activate"] if message.activate else []
+        try:
+            notification_id = self._server.Notify(APP_NAME, 0, "", message.summary, message.body, actions, {}, -1)
+        except GLib.Error as err:
+            log.warning("notify.not_sent", summary=message.summary, error=err.message)
+            return False
+        if message.activate:
+            self._actionable[notification_id] = message.activate
+            while len(self._actionable) > MAX_ACTIONABLE:
+                del self._actionable[next(iter(self._actionable))]
+        log.info("notify.sent", summary=message.summary, id=notification_id)
+        return True
 
     def _on_action(self, notification_id: int, action: str) -> None:
         name = self._actionable.pop(notification_id, None)
-        if name is None or action != ACTIVATE_ACTION:
-            return
-        try:
-            self.client.call("Activate", name)
-        except (AccessDenied, OperationFailed) as err:
-            self.notifications.Notify("pgod", 0, "", f"{name}: could not activate", str(err), [], {}, -1)
-
-
-def run_agent(client) -> int:
-    from gi.repository import GLib
-    from pydbus import SessionBus
-
-    try:
-        session = SessionBus() if client.bus_kind != "session" else client.bus
-        mode = client.status().get("daemon", {}).get("activation", "notify")
-        agent = NotifyAgent(client, session, mode)
-    except GLib.Error as err:
-        print(f"pgoctl: notify-agent: no notification service on the session bus: {err.message}", file=sys.stderr)
-        return EXIT_FAILED
-    client.subscribe("PackageEvent", agent.on_package_event)
-    loop = GLib.MainLoop()
-    GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGINT, lambda: loop.quit() or False)
-    GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGTERM, lambda: loop.quit() or False)
-    print("pgoctl: notify-agent running", flush=True)
-    loop.run()
-    return EXIT_OK
+        if name is not None and action == ACTIVATE_ACTION:
+            self._on_activate(name)

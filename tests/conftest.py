@@ -10,7 +10,7 @@ import pytest
 from clangs import elf_build_id, find_clang, missing_packages_message
 from demo.nixlocal import describe as describe_local_nix
 from demo.nixlocal import use_local_nix
-from harness import Daemon, PrivateBus, write_config
+from harness import Daemon, NotificationServer, PrivateBus, write_config
 
 # Every Nix command of the run, and of the daemons it starts, gets the fixture builds' settings.
 use_local_nix()
@@ -49,6 +49,16 @@ def bus(tmp_path):
     private = PrivateBus(tmp_path)
     yield private
     private.close()
+
+
+@pytest.fixture
+def notification_server(tmp_path, bus):
+    """dunst on an Xvfb screen and the test's bus: what it received, the test can read."""
+    directory = tmp_path / "dunst"
+    directory.mkdir()
+    server = NotificationServer(directory, bus.env())
+    yield server
+    server.close()
 
 
 class PgodSetup:

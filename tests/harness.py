@@ -113,13 +113,14 @@ class SystemLikeBus(_DbusDaemon):
 class NotificationServer:
     """dunst, a real notification server, on an Xvfb screen and the given session bus.
 
-    A dunst rule runs a script for every notification from pgod, recording its summary and
-    body, so a test can see what the server itself received."""
+    A dunst rule runs a script for every notification from pgod, recording its app name, summary
+    and body as one "app|summary|body" entry (NUL-terminated, since a body may hold newlines),
+    so a test can see what the server itself received."""
 
     def __init__(self, directory: Path, bus_env: dict[str, str]) -> None:
         self.record = directory / "notifications.log"
         script = directory / "record.sh"
-        script.write_text(f'#!/bin/sh\nprintf "%s|%s|%s\\n" "$1" "$2" "$3" >> {self.record}\n')
+        script.write_text(f'#!/bin/sh\nprintf "%s|%s|%s\\0" "$1" "$2" "$3" >> {self.record}\n')
         script.chmod(0o755)
         config = directory / "dunstrc"
         config.write_text(f'[global]\n    font = Monospace 8\n[pgod]\n    appname = pgod\n    script = {script}\n')
@@ -141,7 +142,8 @@ class NotificationServer:
         subprocess.run(["dunstctl", "action", "0"], env=self.env, check=True, timeout=10)
 
     def received(self) -> list[str]:
-        return self.record.read_text().splitlines() if self.record.exists() else []
+        """Every notification received so far, oldest first, each "app|summary|body"."""
+        return self.record.read_text().split("\0")[:-1] if self.record.exists() else []
 
     def close(self) -> None:
         for process in (self.dunst, self.xvfb):

@@ -120,24 +120,13 @@ def test_upgrade_marks_stale_unshadows_and_rebuilds_from_the_carried_profile(pgo
     assert report["mismatched_functions"] >= 1, report
 
 
-@pytest.fixture
-def notification_server(tmp_path, bus):
-    from harness import NotificationServer
-
-    directory = tmp_path / "dunst"
-    directory.mkdir()
-    server = NotificationServer(directory, bus.env())
-    yield server
-    server.close()
-
-
 def test_notify_mode_stops_at_ready_notifies_and_activates_on_request(pgod, notification_server):
     profiling = nix_build("profiling", pgod.spool)
     configure(pgod, profiling, "notify")
     daemon = pgod.daemon()
     agent = subprocess.Popen(
         [str(Path(os.sys.executable).parent / "pgoctl"), "--bus", "session", "notify-agent"],
-        env=daemon.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=daemon.env(), stdout=subprocess.PIPE, text=True,  # stdout: its state lines; stderr: its log
     )
     try:
         assert agent.stdout.readline().strip() == "pgoctl: notify-agent running"
