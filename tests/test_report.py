@@ -1,0 +1,172 @@
+"""`pgoctl report`: a real report from a real profile, its figures held against llvm-profdata's own."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from clangs import run_instrumented
+from harness import wait_for
+
+PROGRAM_C = Path(__file__).parent / "programs" / "report_workload.c"
+RUNS = [["3", "alpha"], ["7", "banana"], ["5", "x"], ["40", "aeiou aeiou"], ["2", ""], ["11", "report"]]
+TOP = 5
+FUNCTIONS = 11  # in report_workload.c
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory, clang14) -> Path:
+    """An instrumented program in a folder of its own (the package's profile_build)."""
+    root = tmp_path_factory.mktemp("report-program")
+    (root / "bin").mkdir()
+    clang14.compile(PROGRAM_C, root / "bin" / "report-workload")
+    return root
+
+
+def profdata_text(profdata: str, *args: str) -> str:
+    return subprocess.run([profdata, *args], capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def functions_of(show: str) -> dict[str, list[int]]:
+    """name → every counter, from `show --all-functions --counts` (read here on its own, not
+    with pgod's parser, so the report's reading is checked, not repeated)."""
+    found, name = {}, None
+    for line in show.splitlines():
+        if re.fullmatch(r"  \S.*:", line):
+            name = line.strip()[:-1]
+        elif name and (m := re.fullmatch(r"    Function count: (\d+)", line)):
+            found[name] = [int(m.group(1))]
+        elif name and (m := re.fullmatch(r"    Block counts: \[(.*)\]", line)):
+            found[name] += [int(v) for v in m.group(1).split(",") if v.strip()]
+    return found
+
+
+def summary_figure(text: str, key: str) -> int:
+    return int(re.search(rf"^{re.escape(key)}: (\d+)", text, re.M).group(1))
+
+
+def state_listing(state: Path) -> dict[str, tuple[int, int]]:
+    """Every file under the state folder with its size and modification time."""
+    listing = {}
+    for folder, _dirs, files in os.walk(state):
+        for name in files:
+            info = os.lstat(os.path.join(folder, name))
+            listing[os.path.relpath(os.path.join(folder, name), state)] = (info.st_size, info.st_mtime_ns)
+    return listing
+
+
+def report(daemon, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return daemon.pgoctl("report", *args, check=check)
+
+
+def test_report_figures_match_llvm_profdata_with_and_without_the_daemon(pgod, program, llvm_profdata_14, tmp_path):
+    pgod.write_config({"prog": {"profile_build": [str(program)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
+    daemon = pgod.daemon()
+    exe = program / "bin" / "report-workload"
+    for args in RUNS:
+        run_instrumented(exe, args, pgod.spool / "%p.profraw")
+    wait_for(lambda: daemon.package("prog")["total_files"] == len(RUNS), 60, "every run merged")
+
+    out = tmp_path / "report"
+    done = report(daemon, "prog", "--config", str(pgod.config_path), "--output", str(out), "--top", str(TOP))
+    assert done.stdout.strip().splitlines()[-1] == f"report: {out}"
+    document = json.loads((out / "report.json").read_text())
+    package = document["packages"][0]
+    assert package["name"] == "prog" and package["llvm_profdata"] == llvm_profdata_14
+    profile = package["profile"]["path"]
+    assert profile == daemon.package("prog")["profile"]
+
+    # Every figure against llvm-profdata's own output for the same file.
+    show = profdata_text(llvm_profdata_14, "show", profile)
+    counts = functions_of(profdata_text(llvm_profdata_14, "show", "--all-functions", "--counts", profile))
+    assert len(counts) == summary_figure(show, "Total functions") == package["profile"]["total_functions"] == FUNCTIONS
+    assert package["profile"]["maximum_function_count"] == summary_figure(show, "Maximum function count")
+    assert package["profile"]["maximum_internal_block_count"] == summary_figure(show, "Maximum internal block count")
+    # `show --covered` lists the functions that ran, one name a line.
+    covered = profdata_text(llvm_profdata_14, "show", "--covered", profile).split()
+    coverage = package["coverage"]
+    assert coverage["covered_functions"] == len(covered) == sum(1 for c in counts.values() if any(c))
+    assert set(coverage["never_run"]) == set(counts) - set(covered)
+    assert coverage["instrumented_functions"] == FUNCTIONS
+    assert {n.split(":")[-1] for n in coverage["never_run"]} >= {"never_a", "never_b", "never_c", "only_for_big"}
+
+    hot = package["hot_functions"]
+    everything = sum(sum(c) for c in counts.values())
+    self_overlap = profdata_text(llvm_profdata_14, "overlap", profile, profile)
+    assert hot["total_count"] == everything == int(re.search(r"base count sum: (\d+)", self_overlap).group(1))
+    ranked = sorted(counts.items(), key=lambda item: (-sum(item[1]), item[0]))
+    assert [(f["name"], f["total_count"]) for f in hot["functions"]] == [(n, sum(c)) for n, c in ranked[:TOP]]
+    assert hot["functions"][0]["name"].endswith("hot_loop")
+    for listed, (_name, values) in zip(hot["functions"], ranked):
+        assert listed["share"] == pytest.approx(sum(values) / everything)
+        assert listed["function_count"] == values[0] and listed["max_count"] == max(values)
+    cumulative = 0
+    for needed, (_name, values) in enumerate(ranked, start=1):
+        cumulative += sum(values)
+        if cumulative >= 0.9 * everything:
+            break
+    assert hot["functions_for_share"] == needed
+    # `show --topn` ranks by the largest counter: the same functions, the same maxima.
+    topn = profdata_text(llvm_profdata_14, "show", f"--topn={len(counts)}", profile)
+    maxima = dict(re.findall(r"^  (\S+), max count = (\d+)$", topn, re.M))
+    assert {n: int(v) for n, v in maxima.items()} == {n: max(c) for n, c in counts.items()}
+
+    growth = package["growth"]
+    assert growth["total_files"] == len(RUNS) and growth["points"][-1]["total_files"] == len(RUNS)
+    assert growth["points"][-1]["generation"] == package["profile"]["generation"]
+    assert package["change_since_build"] == {"unavailable": "no optimized build yet"}
+    assert package["builds"] == [] and package["profile_match"] is None
+
+    # The folder: a person's text, a script's JSON, charts in both formats.
+    assert package["charts"] == {"growth": {"svg": "prog-growth.svg", "png": "prog-growth.png"},
+                                 "hot_functions": {"svg": "prog-hot-functions.svg", "png": "prog-hot-functions.png"}}
+    for chart in package["charts"].values():
+        assert (out / chart["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "<svg" in (out / chart["svg"]).read_text()[:2000]
+    analysis = (out / "ANALYSIS.md").read_text()
+    assert f"{hot['functions_for_share']} of {FUNCTIONS} functions hold 90 %" in analysis
+    assert f"{coverage['covered_functions']} of {FUNCTIONS} instrumented functions ran" in analysis
+    assert "prog-hot-functions.svg" in analysis and "prog-growth.svg" in analysis
+
+    # --json: report.json's content on stdout.
+    as_json = json.loads(report(daemon, "--config", str(pgod.config_path), "--output", str(tmp_path / "j"), "--json").stdout)
+    assert [p["name"] for p in as_json["packages"]] == ["prog"]
+    assert as_json == json.loads((tmp_path / "j" / "report.json").read_text())
+    assert as_json["packages"][0]["hot_functions"]["functions"][:TOP] == hot["functions"]
+
+    # The daemon stopped: the same figures, from the state folder alone, which stays untouched.
+    assert daemon.stop() == 0
+    before = state_listing(pgod.state)
+    offline = tmp_path / "offline"
+    done = report(daemon, "prog", "--state-dir", str(pgod.state), "--config", str(pgod.config_path),
+                  "--output", str(offline), "--top", str(TOP))
+    assert done.returncode == 0, done.stderr
+    after = state_listing(pgod.state)
+    # Only SQLite's shared-memory index of the WAL may see a reader's locks; nothing is created.
+    assert after.keys() == before.keys(), "the report created or removed files in the state folder"
+    assert {k: v for k, v in after.items() if not k.endswith("-shm")} == {k: v for k, v in before.items() if not k.endswith("-shm")}
+    again = json.loads((offline / "report.json").read_text())["packages"][0]
+    for key in ("profile", "hot_functions", "coverage", "growth", "builds"):
+        assert again[key] == package[key], key
+
+
+def test_report_usage_errors_exit_2_naming_the_argument(pgod, program, llvm_profdata_14, tmp_path):
+    pgod.write_config({"prog": {"profile_build": [str(program)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
+    daemon = pgod.daemon()
+    unknown = report(daemon, "nosuch", "--config", str(pgod.config_path), "--output", str(tmp_path / "r"), check=False)
+    assert unknown.returncode == 2 and "nosuch" in unknown.stderr and len(unknown.stderr.strip().splitlines()) == 1
+    missing = report(daemon, "--config", str(tmp_path / "absent.toml"), check=False)
+    assert missing.returncode == 2 and "absent.toml" in missing.stderr
+    no_state = report(daemon, "--state-dir", str(tmp_path / "nothing-here"), "--config", str(pgod.config_path), check=False)
+    assert no_state.returncode == 2 and "--state-dir" in no_state.stderr
+    zero = report(daemon, "--top", "0", "--config", str(pgod.config_path), check=False)
+    assert zero.returncode == 2
+    # A package with no profile yet still gets its report, saying so.
+    empty = report(daemon, "prog", "--config", str(pgod.config_path), "--output", str(tmp_path / "r"))
+    assert empty.returncode == 0
+    assert "No merged profile yet" in (tmp_path / "r" / "ANALYSIS.md").read_text()
