@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 
 import matplotlib.dates as mdates  # noqa: E402  (after the backend is chosen)
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter  # noqa: E402
+from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 
 from .render import human_bytes  # noqa: E402
 
@@ -35,8 +35,12 @@ def _save(figure, folder: Path, stem: str) -> dict[str, str]:
     return written
 
 
-def _bytes_axis(axis) -> None:
-    axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _pos: human_bytes(value) if value >= 0 else ""))
+def _byte_unit(largest: float) -> tuple[float, str]:
+    """The binary unit the axis counts in, so its ticks fall on round numbers of it."""
+    for size, unit in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if largest >= size:
+            return float(size), unit
+    return 1.0, "bytes"
 
 
 def _short(name: str) -> str:
@@ -51,22 +55,26 @@ def growth_chart(package: dict, folder: Path) -> dict[str, str] | None:
     if not points:
         return None
     when = [dt.datetime.fromtimestamp(p["at"], dt.timezone.utc) for p in points]
+    size, unit = _byte_unit(points[-1]["total_bytes"])
+    heights = [p["total_bytes"] / size for p in points]
+    # The lines start from what was merged before the first kept generation (0 for a young package).
+    start = [when[0], *when]
     figure, axis = plt.subplots(figsize=(9, 4.8))
-    axis.step(when, [p["total_bytes"] for p in points], where="post", color="tab:blue", label="raw bytes merged")
-    axis.plot(when, [p["total_bytes"] for p in points], "o", color="tab:blue", markersize=4, label="profile generation")
-    axis.set_ylabel("raw profile data merged (bytes)")
-    axis.set_ylim(bottom=0)
-    _bytes_axis(axis)
+    axis.step(start, [growth["earlier"]["bytes"] / size, *heights], where="post", color="tab:blue",
+              label="raw profile data merged")
+    axis.plot(when, heights, "o", color="tab:blue", markersize=4, label="a profile generation (merge)")
+    axis.set_ylabel(f"raw profile data merged ({unit})")
+    axis.set_ylim(0, max(heights) * 1.12)
     files_axis = axis.twinx()
-    files_axis.step(when, [p["total_files"] for p in points], where="post", color="tab:orange", linestyle=":",
-                    label="raw profiles merged")
+    files_axis.step(start, [growth["earlier"]["files"], *(p["total_files"] for p in points)], where="post",
+                    color="tab:orange", linestyle=":", label="raw profiles merged (files)")
     files_axis.set_ylabel("raw profiles merged (files)")
-    files_axis.set_ylim(bottom=0)
+    files_axis.set_ylim(0, max(1, points[-1]["total_files"]) * 1.12)
     files_axis.yaxis.set_major_locator(MaxNLocator(integer=True))
     label_every = max(1, len(points) // 8)
     for index, (moment, point) in enumerate(zip(when, points)):
         if index % label_every == 0 or index == len(points) - 1:
-            axis.annotate(f"gen {point['generation']}", (moment, point["total_bytes"]), textcoords="offset points",
+            axis.annotate(f"gen {point['generation']}", (moment, point["total_bytes"] / size), textcoords="offset points",
                           xytext=(0, 6), ha="center", fontsize=7, color="tab:blue")
     first, last = when[0], when[-1]
     for build in growth["builds"]:

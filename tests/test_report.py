@@ -170,3 +170,58 @@ def test_report_usage_errors_exit_2_naming_the_argument(pgod, program, llvm_prof
     empty = report(daemon, "prog", "--config", str(pgod.config_path), "--output", str(tmp_path / "r"))
     assert empty.returncode == 0
     assert "No merged profile yet" in (tmp_path / "r" / "ANALYSIS.md").read_text()
+
+
+@pytest.mark.skipif(not Path("/usr/bin/nix-build").exists(), reason="nix-build not installed (apt-get install nix-bin)")
+def test_report_after_a_real_optimized_build_shows_change_match_builds_and_generation(pgod, tmp_path):
+    from test_closed_loop import configure, nix_build, run_hello
+
+    from pgod.nixstore import profile_generation
+
+    profiling = nix_build("profiling", pgod.spool)
+    configure(pgod, profiling, "auto")
+    daemon = pgod.daemon()
+    run_hello(Path(profiling) / "bin" / "hello-pgo", 20)
+    active = wait_for(lambda: (p := daemon.package("hello"))["state"] == "active" and p, 180, "optimized build active")
+    # More runs after the build (each a program and a library part), below the next threshold.
+    run_hello(Path(profiling) / "bin" / "hello-pgo", 5)
+    wait_for(lambda: daemon.package("hello")["total_files"] == 50, 60, "all 25 runs merged")
+
+    out = tmp_path / "report"
+    document = json.loads(report(daemon, "hello", "--config", str(pgod.config_path), "--output", str(out), "--json").stdout)
+    package = document["packages"][0]
+    profdata = package["llvm_profdata"]
+    manifest = json.loads((Path(profiling) / "nix-support" / "pgo.json").read_text())
+    assert profdata == manifest["llvm_profdata"], "the llvm-profdata the profiling build's pgo.json names"
+    current = package["profile"]["path"]
+    builds = json.loads(daemon.pgoctl("show", "hello", "--json").stdout)["builds"]
+    assert len(package["builds"]) == len(builds) == 1
+    build = package["builds"][0]
+    assert (build["id"], build["status"], build["out_path"]) == (builds[0]["id"], "succeeded", active["optimized"])
+    assert build["seconds"] == pytest.approx(builds[0]["finished_at"] - builds[0]["started_at"], abs=0.1)
+    assert build["speedup"] is None and build["speedup_text"] == "unmeasured"
+
+    # The change since the build: llvm-profdata's own overlap of the build's profile and now.
+    change = package["change_since_build"]
+    assert change["base_profile"] == builds[0]["profile"] and change["build"] == build["id"]
+    overlap = profdata_text(profdata, "overlap", builds[0]["profile"], current)
+    assert change["overlap_percent"] == float(re.search(r"Edge profile overlap: ([\d.]+)%", overlap).group(1))
+    assert 0 < change["changed_percent"] < 100
+    assert change["current_count_sum"] == int(re.search(r"test count sum: (\d+)", overlap).group(1))
+
+    # How well the build matched: the adapter's own record, as written.
+    warnings = json.loads((Path(active["optimized"]) / "nix-support" / "pgo-warnings.json").read_text())
+    match = package["profile_match"]
+    for key in ("profile", "profile_functions", "mismatched_functions", "missing_functions", "unprofiled_files"):
+        assert match[key] == warnings[key], key
+
+    activation = package["activation"]
+    assert activation["in_use"] is True and activation["current"] == profile_generation(pgod.root / "profile") == 1
+    assert activation["rollback"] == "pgoctl rollback"
+    growth = package["growth"]
+    assert growth["builds"][0]["profile_generation"] == builds[0]["profile_generation"]
+    assert growth["points"][-1]["total_files"] == 50 and len(growth["points"]) >= 2
+    analysis = (out / "ANALYSIS.md").read_text()
+    assert f"**{change['changed_percent']:.3f} %** of the profile changed" in analysis
+    assert "unmeasured" in analysis and "pgoctl rollback" in analysis
+    assert (out / "hello-growth.png").exists() and (out / "hello-hot-functions.svg").exists()
