@@ -64,7 +64,10 @@ def _hot(package: dict, charts: dict) -> list[str]:
     lines += _table(["#", "function", "count", "share", "cumulative", "entry count", "max count"], rows)
     lines += ["", "### Coverage", "",
               f"{coverage['covered_functions']} of {coverage['instrumented_functions']} instrumented functions ran "
-              f"({_pct(coverage['share'])}): the others have only zero counts, and the optimized build treats them as cold.",
+              f"({_pct(coverage['share'])})" + (
+                  f"; the other {coverage['instrumented_functions'] - coverage['covered_functions']} have only zero "
+                  "counts, and the optimized build treats them as cold." if coverage["covered_functions"] < coverage[
+                      "instrumented_functions"] else "."),
               ""]
     return lines
 
@@ -157,10 +160,13 @@ def _activation(package: dict) -> list[str]:
                      f"{package['state']}): `pgoctl activate {package['name']}` puts it in use.")
     else:
         lines.append(f"The profiling build is in use (state {package['state']}).")
-    if activation["current"] is not None:
-        back = (f"generation {activation['previous']}" if activation["previous"] is not None else "the previous generation")
-        lines.append(f"To go back: {_code(activation['rollback'])} returns the profile to {back}; "
-                     f"{_code(activation['deactivate'])} puts the profiling build back for this package alone.")
+    if activation["current"] is not None and activation["previous"] is not None:
+        lines.append(f"To go back: {_code(activation['rollback'])} returns {_code(str(activation['profile_link']))} to "
+                     f"generation {activation['previous']}; {_code(activation['deactivate'])} puts the profiling build "
+                     "back for this package alone.")
+    elif activation["current"] is not None:
+        lines.append(f"Generation {activation['current']} is the profile's first, so there is nothing to roll back to: "
+                     f"{_code(activation['deactivate'])} puts the profiling build back.")
     lines.append("")
     return lines
 

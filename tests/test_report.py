@@ -223,5 +223,5 @@ def test_report_after_a_real_optimized_build_shows_change_match_builds_and_gener
     assert growth["points"][-1]["total_files"] == 50 and len(growth["points"]) >= 2
     analysis = (out / "ANALYSIS.md").read_text()
     assert f"**{change['changed_percent']:.3f} %** of the profile changed" in analysis
-    assert "unmeasured" in analysis and "pgoctl rollback" in analysis
+    assert "unmeasured" in analysis and "nothing to roll back to" in analysis
     assert (out / "hello-growth.png").exists() and (out / "hello-hot-functions.svg").exists()
