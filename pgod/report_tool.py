@@ -91,7 +91,7 @@ class FunctionCounts:
 
     name: str
     hash: str
-    entry: int  # "Function count"
+    entry: int  # "Function count" (IR instrumentation: its first counter)
     counters: tuple[int, ...]  # every counter: the function count first, then the block counts
 
     @property
@@ -126,16 +126,22 @@ def parse_show(text: str) -> ShowResult:
 
     The layout: "Counters:", then per function a line of two spaces and the name with a colon,
     and lines of four spaces ("Hash: 0x…", "Counters: 7", "Function count: 35",
-    "Block counts: [25, 5]"); deeper lines (value sites) are skipped; after the functions,
-    unindented "Key: value" summary lines."""
+    "Block counts: [25, 5]"; IR instrumentation prints no function count, only block counts);
+    deeper lines (value sites) are skipped; after the functions, unindented "Key: value"
+    summary lines."""
     functions: list[FunctionCounts] = []
     summary: dict[str, str] = {}
     current: dict | None = None
 
     def close() -> None:
-        if current is not None and "entry" in current:
+        if current is None or ("entry" not in current and "blocks" not in current):
+            return
+        if "entry" in current:  # front-end instrumentation: the entry count, then the blocks
             counters = (current["entry"], *current.get("blocks", ()))
-            functions.append(FunctionCounts(current["name"], current.get("hash", ""), current["entry"], counters))
+        else:  # IR instrumentation prints every counter as a block count, the entry's first
+            counters = current["blocks"]
+        entry = counters[0] if counters else 0
+        functions.append(FunctionCounts(current["name"], current.get("hash", ""), entry, counters))
 
     for line in text.splitlines():
         if not line.strip():

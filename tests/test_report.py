@@ -225,3 +225,29 @@ def test_report_after_a_real_optimized_build_shows_change_match_builds_and_gener
     assert f"**{change['changed_percent']:.3f} %** of the profile changed" in analysis
     assert "unmeasured" in analysis and "nothing to roll back to" in analysis
     assert (out / "hello-growth.png").exists() and (out / "hello-hot-functions.svg").exists()
+
+
+@pytest.mark.parametrize("ir", [False, True], ids=["front-end", "ir"])
+@pytest.mark.parametrize("version", [13, 14, 16, 19])
+def test_show_and_overlap_are_read_alike_from_every_llvm_release(version, ir, tmp_path):
+    """The parser of report_tool against each installed release's own figures, for both kinds
+    of instrumentation: the functions, their counts summed, what ran."""
+    from conftest import require_clang
+
+    from pgod.report_tool import parse_overlap, parse_show, percent, run_tool
+
+    clang = require_clang(version)
+    exe = clang.compile(PROGRAM_C, tmp_path / "prog", ir=ir)
+    for number, args in enumerate(RUNS[:3]):
+        run_instrumented(exe, args, tmp_path / f"run{number}.profraw")
+    profile = tmp_path / "merged.profdata"
+    subprocess.run([str(clang.profdata), "merge", "-o", str(profile), *map(str, tmp_path.glob("run*.profraw"))], check=True)
+    shown = parse_show(run_tool([str(clang.profdata), "show", "--all-functions", "--counts", str(profile)]))
+    # IR instrumentation comes after clang's early inlining: fewer functions are left.
+    assert len(shown.functions) == int(shown.summary["Total functions"].split()[0]) >= (1 if ir else FUNCTIONS)
+    overlap = parse_overlap(run_tool([str(clang.profdata), "overlap", str(profile), str(profile)]))
+    assert percent(overlap["Edge profile overlap"]) == 100.0
+    assert sum(f.total for f in shown.functions) == int(overlap["Edge profile base count sum"])
+    if version >= 14:  # `show --covered` came with LLVM 14
+        covered = profdata_text(str(clang.profdata), "show", "--covered", str(profile)).split()
+        assert sorted(f.name for f in shown.functions if any(f.counters)) == sorted(covered)
