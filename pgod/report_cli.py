@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -16,6 +18,25 @@ from .report import DEFAULT_TOP, NoState, ReportError, Sources, StateDenied, col
 def _usage(message: str) -> int:
     print(f"pgoctl: report: {message}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _exists(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    except PermissionError:
+        raise StateDenied(f"cannot reach {path}: permission denied") from None
+    return True
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except PermissionError:
+        raise StateDenied(f"cannot reach {path}: permission denied") from None
 
 
 def resolve_sources(args: argparse.Namespace) -> Sources:
@@ -40,11 +61,11 @@ def run_report(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"pgoctl: {err}", file=sys.stderr)
         return EXIT_USAGE
-    if args.state_dir is not None and not args.state_dir.is_dir():
-        return _usage(f"--state-dir {args.state_dir}: not a folder")
-    if args.output.exists() and not args.output.is_dir():
-        return _usage(f"--output {args.output}: exists and is not a folder")
     try:
+        if args.state_dir is not None and not _is_dir(args.state_dir):
+            return _usage(f"--state-dir {args.state_dir}: not a folder")
+        if _exists(args.output) and not _is_dir(args.output):
+            return _usage(f"--output {args.output}: exists and is not a folder")
         if args.name is not None:
             known = known_packages(sources)
             configured = sources.config.packages if sources.config else {}

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -225,6 +228,48 @@ def test_report_after_a_real_optimized_build_shows_change_match_builds_and_gener
     assert f"**{change['changed_percent']:.3f} %** of the profile changed" in analysis
     assert "unmeasured" in analysis and "nothing to roll back to" in analysis
     assert (out / "hello-growth.png").exists() and (out / "hello-hot-functions.svg").exists()
+
+    # A build record with a measured speedup (the column the benchmark gate adds) is shown as such.
+    assert daemon.stop() == 0
+    copy = tmp_path / "state-copy"
+    copy.mkdir()
+    for name in ("pgod.sqlite", "pgod.sqlite-wal", "pgod.sqlite-shm"):
+        if (pgod.state / name).exists():
+            shutil.copy2(pgod.state / name, copy / name)
+    with sqlite3.connect(copy / "pgod.sqlite") as db:
+        db.execute("ALTER TABLE builds ADD COLUMN speedup REAL")
+        db.execute("UPDATE builds SET speedup = 1.174")
+    measured = tmp_path / "measured"
+    report(daemon, "hello", "--state-dir", str(copy), "--config", str(pgod.config_path), "--output", str(measured))
+    build = json.loads((measured / "report.json").read_text())["packages"][0]["builds"][0]
+    assert (build["speedup"], build["speedup_text"]) == (1.174, "1.17x")
+    assert "| 1.17x |" in (measured / "ANALYSIS.md").read_text()
+
+
+def test_llvm_profdata_runs_are_bounded_in_time_and_output():
+    from pgod.report_tool import ToolError, run_tool
+
+    with pytest.raises(ToolError, match="printed more than 1 MiB"):
+        run_tool(["yes", "a line that llvm-profdata could print"], max_bytes=1 << 20)
+    started = time.monotonic()
+    with pytest.raises(ToolError, match="ran past 1 s"):
+        run_tool(["sleep", "30"], timeout=1)
+    assert time.monotonic() - started < 10
+    with pytest.raises(ToolError, match="exited 1"):
+        run_tool(["false", "x"])
+
+
+def test_a_user_who_cannot_read_the_state_gets_exit_4(pgod, program, llvm_profdata_14, tmp_path):
+    pgod.write_config({"prog": {"profile_build": [str(program)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
+    daemon = pgod.daemon()
+    assert daemon.stop() == 0
+    argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *daemon.pgoctl_argv()]
+    if subprocess.run([*argv, "--help"], capture_output=True, env=daemon.env()).returncode != 0:
+        pytest.skip("uid nobody cannot run this pgoctl (its venv is in a folder only root may enter)")
+    os.chmod(pgod.state, 0o700)
+    done = subprocess.run([*argv, "report", "--state-dir", str(pgod.state), "--output", "/nonexistent/never-written"], capture_output=True, text=True, env=daemon.env())
+    assert done.returncode == 4, done.stderr
+    assert "permission denied" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("ir", [False, True], ids=["front-end", "ir"])
