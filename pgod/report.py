@@ -33,6 +33,7 @@ DEFAULT_TOP = 20
 HOT_SHARE = 0.90  # "how many functions hold 90 % of all counts"
 WARNINGS_FILE = Path("nix-support/pgo-warnings.json")
 MERGE_HISTORY_KEPT = 200  # history.KEEP_MERGE_ROWS: older merges live on only in the totals
+NEVER_RUN_LISTED = 50  # names of functions that never ran, the first by name
 OPEN_RETRIES = 5  # a merge may replace the generation between reading its path and opening it
 
 
@@ -63,7 +64,9 @@ class Sources:
 # ---- the database, read-only -------------------------------------------------------------------
 def open_state(db_path: Path) -> sqlite3.Connection:
     """The state database, read-only. Without a -wal file no daemon has it open, so it is opened
-    immutable: a plain read-only open would still create -wal and -shm beside it."""
+    immutable: a plain read-only open would still create -wal and -shm beside it. (A daemon that
+    starts during such a read is not seen; should its first checkpoint rewrite pages under the
+    reader, SQLite reports an error and the report fails: run it again.)"""
     try:
         os.stat(db_path)
     except FileNotFoundError:
@@ -148,7 +151,7 @@ def coverage(functions: list[FunctionCounts], summary: dict[str, str]) -> dict:
         "covered_functions": covered,
         "instrumented_functions": listed,
         "share": covered / listed if listed else 0.0,
-        "never_run": sorted(f.name for f in functions if not any(f.counters))[:50],
+        "never_run": sorted(f.name for f in functions if not any(f.counters))[:NEVER_RUN_LISTED],
     }
 
 
