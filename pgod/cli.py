@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from .client import AccessDenied, Client, DaemonUnreachable, OperationFailed
-from .exitcodes import EXIT_DENIED, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 from .config import DEFAULT_CONFIG_PATH
+from .exitcodes import EXIT_DENIED, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 from .render import render_package, render_status
 
 
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("name", nargs="?", help="the package (default: every package)")
     report.add_argument("--output", "-o", type=Path, default=Path("pgod-report"), metavar="DIR",
                         help="folder to write into (made if needed; default: ./pgod-report)")
-    report.add_argument("--json", action="store_true", help="print report.json's content instead of a summary")
+    report.add_argument("--json", action="store_true", help="print report.json's content instead of a summary (the folder is written all the same)")
     report.add_argument("--config", type=Path, default=None, metavar="PATH",
                         help=f"the daemon's configuration, to find state_dir and each package's llvm-profdata"
                         f" (default: {DEFAULT_CONFIG_PATH})")
