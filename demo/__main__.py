@@ -9,7 +9,9 @@ d. run the instrumented Lua over demo/workload/*.lua until pgod's threshold is c
    wait while pgod merges, rebuilds Lua with the merged profile and activates it;
 e. show `pgoctl status` and `pgoctl show lua`;
 f. nix-build plain -O2 Lua and time it against the activated build (interleaved rounds);
-g. stop pgod and the bus (also on failure, then with the tail of pgod's log).
+g. stop pgod and the bus (also on failure, then with the tail of pgod's log);
+h. `pgoctl report lua` from the state pgod left (it reads the state folder, no daemon needed)
+   into demo-state/report, and print where it is.
 
 Every step is a function here, so benchmarks/pgo.py runs the very same loop.
 """
@@ -120,6 +122,8 @@ class Layout:
     bench = property(lambda self: self.root / "bench")
     probe = property(lambda self: self.root / "probe")
 
+    report = property(lambda self: self.root / "report")
+
     def active_lua(self) -> Path:
         return self.profile / "bin" / "lua"
 
@@ -155,7 +159,7 @@ def reset(layout: Layout) -> None:
                     if not _ours(pid, layout):
                         break
                     time.sleep(0.1)
-    for path in (layout.spool, layout.state, layout.run, layout.bench, layout.probe):
+    for path in (layout.spool, layout.state, layout.run, layout.bench, layout.probe, layout.report):
         shutil.rmtree(path, ignore_errors=True)
     for path in [layout.config, layout.log, layout.profile, *layout.root.glob("profile-*-link")]:
         with contextlib.suppress(FileNotFoundError):
@@ -625,6 +629,17 @@ def measure(binaries: dict[str, Path | str], scripts: list[Path], rounds: int, l
     return result
 
 
+# ---- h. report ----------------------------------------------------------------------------------
+def write_report(layout: Layout) -> Path:
+    """`pgoctl report lua` into demo-state/report, from the state folder pgod left."""
+    argv = [str(BIN / "pgoctl"), "report", PACKAGE, "--config", str(layout.config), "--output", str(layout.report)]
+    done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise DemoError(f"pgoctl report exited {done.returncode}: {done.stderr.strip()}")
+    say(indent(done.stdout))
+    return layout.report
+
+
 # ---- main ---------------------------------------------------------------------------------------
 def interrupt_on_signal(signum, _frame):
     raise KeyboardInterrupt(f"signal {signum}")
@@ -653,6 +668,8 @@ def main(argv: list[str] | None = None) -> int:
                 with steps(f"measure: plain vs optimized, {args.rounds} interleaved rounds of the workload"):
                     say("    (the same scripts trained the profile: the usual PGO set-up, so this is the best case)")
                     result = measure({"plain": plain, "optimized": loop.optimized_lua}, loop.scripts, args.rounds, layout)
+            with steps(f"pgoctl report {PACKAGE}: hot functions, coverage, growth, change since the build"):
+                report = write_report(layout)
     except DemoError as err:
         say("")
         print(f"demo: FAILED: {err}", file=sys.stderr, flush=True)
@@ -663,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     say("")
     say(f"CPU (user+sys), median: plain {result.median_cpu('plain'):.2f} s, optimized {result.median_cpu('optimized'):.2f} s")
     say(f"total demo time {steps.elapsed():.0f} s")
+    say(f"report: {report / 'ANALYSIS.md'} (with report.json and charts)")
     say("(workload time: the median of each script over the rounds, summed)")
     say(f"speedup: {result.speedup('optimized'):.2f}x (plain {result.median_wall('plain'):.2f} s, "
         f"optimized {result.median_wall('optimized'):.2f} s, median of {args.rounds})")

@@ -13,6 +13,7 @@
   pygobject3,
   structlog,
   pyelftools,
+  matplotlib,
   glib,
   gobject-introspection,
   wrapGAppsNoGuiHook,
@@ -58,6 +59,7 @@ buildPythonApplication {
     pygobject3
     structlog
     pyelftools
+    matplotlib # pgoctl report's charts
   ];
 
   # pyproject.toml caps PyGObject for pip users at releases it was tried with;

@@ -175,3 +175,12 @@ def resolve_profdata(package: PackageConfig, build: PackageBuild | None) -> str:
     if build is not None and build.manifest_profdata is not None:
         return str(build.manifest_profdata)
     return shutil.which("llvm-profdata") or "llvm-profdata"
+
+
+def profdata_for(package: PackageConfig) -> str:
+    """resolve_profdata without walking the build's ELF files: only its manifests are read
+    (for readers of the state, such as `pgoctl report`, that need no build-ids)."""
+    build = PackageBuild(package.name)
+    for output in package.profile_build:
+        _read_manifest(output / MANIFEST, build)
+    return resolve_profdata(package, build)

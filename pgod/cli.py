@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .client import AccessDenied, Client, DaemonUnreachable, OperationFailed
+from .config import DEFAULT_CONFIG_PATH
 from .exitcodes import EXIT_DENIED, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 from .render import render_package, render_status
 
@@ -32,7 +34,33 @@ def build_parser() -> argparse.ArgumentParser:
     watch = commands.add_parser("watch", help="a live view of status, updated from daemon signals")
     watch.add_argument("--json", action="store_true", help="print each new status as one JSON line")
     commands.add_parser("notify-agent", help="per-user agent: desktop notifications for daemon events")
+    report = commands.add_parser(
+        "report",
+        help="write a report folder (ANALYSIS.md, report.json, charts) for one package or all",
+        description="Write ANALYSIS.md, report.json and SVG/PNG charts from the real profile and pgod's records:"
+        " hot functions, coverage, profile growth, change since the optimized build (llvm-profdata overlap),"
+        " how well the build matched its profile, builds and the active generation. Reads the state folder"
+        " read-only (needs read access to it, normally root); the daemon need not run and no bus is used.",
+    )
+    report.add_argument("name", nargs="?", help="the package (default: every package)")
+    report.add_argument("--output", "-o", type=Path, default=Path("pgod-report"), metavar="DIR",
+                        help="folder to write into (made if needed; default: ./pgod-report)")
+    report.add_argument("--json", action="store_true", help="print report.json's content instead of a summary (the folder is written all the same)")
+    report.add_argument("--config", type=Path, default=None, metavar="PATH",
+                        help=f"the daemon's configuration, to find state_dir and each package's llvm-profdata"
+                        f" (default: {DEFAULT_CONFIG_PATH})")
+    report.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
+                        help="read this state folder (default: the configuration's state_dir)")
+    report.add_argument("--top", type=_positive, default=None, metavar="N",
+                        help="hot functions to list and chart (default: 20)")
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "report":
+        from .report_cli import run_report
+
+        return run_report(args)
     client = Client(args.bus)
     if args.command == "status":
         document = client.status()
