@@ -76,26 +76,63 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def speedup_text(package: dict) -> str:
+    """The latest final build's measured speedup, as status shows it: "1.18×", "0.97× rejected",
+    "-" when no benchmark ran."""
+    figures = package.get("benchmark")
+    if not figures or figures.get("speedup") is None:
+        return "-" if not figures else "failed"
+    text = f"{figures['speedup']:.2f}×"
+    return text if figures.get("verdict") == "accepted" else f"{text} {figures.get('verdict', '')}".strip()
+
+
+def state_text(package: dict) -> str:
+    """The state, with what a person needs beside it: the stage of a two-stage package, a build
+    waiting, a benchmark running."""
+    state = package["state"]
+    if package.get("build_due") and state == "profiling":
+        state += " (build due)"
+    running = package.get("benchmark_running")
+    if running:
+        state += f" (benchmark {running['rounds_done']}/{running['rounds']})"
+    if package.get("stages", 1) > 1:
+        state += f", stage {2 if package.get('stage') == 'context-sensitive' else 1}/{package['stages']}"
+    return state
+
+
+def benchmark_line(figures: dict) -> str:
+    """One build's gate figures: '1.18× faster (baseline 0.420 s, candidate 0.356 s, median of
+    5, spread 2 %/3 %), accepted, the gate took 4.5 s'."""
+    if figures.get("speedup") is None:
+        return f"failed: {figures.get('error') or 'no figures'}"
+    spread = "/".join(f"{100 * (figures.get(f'{side}_spread') or 0):.0f} %" for side in ("baseline", "candidate"))
+    return (
+        f"{figures['speedup']:.2f}× faster (baseline {figures['baseline_median_seconds']:.3f} s, candidate "
+        f"{figures['candidate_median_seconds']:.3f} s, median of {figures['rounds']}, spread {spread}), "
+        f"{figures['verdict']}, the gate took {figures['seconds']:.1f} s"
+    )
+
+
 def render_status(document: dict, now: float | None = None, log_lines: int = 3, width: int | None = None) -> str:
     """The status table; below it, each running build's progress and last ``log_lines`` lines."""
     daemon = document["daemon"]
     rows = []
     for package in document["packages"]:
-        state = package["state"] + (" (build due)" if package.get("build_due") and package["state"] == "profiling" else "")
         rows.append(
             [
                 package["name"],
-                state,
+                state_text(package),
                 progress_bar(package["raw_bytes"], package["threshold_bytes"]),
                 f"{human_bytes(package['raw_bytes'])} / {human_bytes(package['threshold_bytes'])}",
                 str(package["files"]),
                 str(package["quarantined"]),
+                speedup_text(package),
                 human_age(package.get("last_activity")),
             ]
         )
     lines = [f"pgod {daemon['version']}, spool backlog: {daemon['spool_backlog']}", ""]
     if rows:
-        lines.append(_table(["PACKAGE", "STATE", "PROGRESS", "RAW DATA", "FILES", "REJECTED", "LAST ACTIVITY"], rows))
+        lines.append(_table(["PACKAGE", "STATE", "PROGRESS", "RAW DATA", "FILES", "REJECTED", "SPEEDUP", "LAST ACTIVITY"], rows))
     else:
         lines.append("no packages configured")
     for package in document["packages"]:
@@ -128,13 +165,17 @@ def _user_name(uid: int) -> str:
 
 def render_package(document: dict) -> str:
     lines = [
-        f"{document['name']}: {document['state']}",
+        f"{document['name']}: {state_text(document)}",
         f"  progress:   {progress_bar(document['raw_bytes'], document['threshold_bytes'])} "
         f"({human_bytes(document['raw_bytes'])} of {human_bytes(document['threshold_bytes'])}, {document['files']} files)",
         f"  lifetime:   {human_bytes(document['total_raw_bytes'])} in {document['total_files']} files",
         f"  profile:    {document['profile'] or '-'} (generation {document['profile_generation']})",
         f"  optimized:  {document['optimized'] or '-'}{' (active)' if document['active'] else ''}",
         f"  rejected:   {document['quarantined']}",
+        f"  instrumentation: {document.get('instrumentation', 'fe')}"
+        + (f", stage {document.get('stage')} of {document['stages']}" if document.get("stages", 1) > 1 else ""),
+        f"  in use:     {document.get('in_use') or 'the profiling build'}",
+        f"  benchmark:  {benchmark_line(document['benchmark']) if document.get('benchmark') else 'none (builds are unmeasured)'}",
         f"  last error: {document['last_error'] or '-'}",
         "  profile build: " + ", ".join(document.get("profile_build", [])),
     ]
@@ -142,6 +183,13 @@ def render_package(document: dict) -> str:
     if build:
         lines.append(f"  building:   {build_line(build)}  (log: {build.get('log', '-')})")
         lines += build_tail(build, 10, indent="    | ")
+    builds = document.get("builds", [])
+    if builds:
+        lines.append("  recent builds:")
+        for item in builds[:5]:
+            measured = f", {item['speedup']:.2f}×" if item.get("speedup") is not None else ""
+            lines.append(f"    #{item['id']} {item.get('stage', 'optimize')}: {item['status']}{measured},"
+                         f" {human_age(item['finished_at'] or item['started_at'])}")
     merges = document.get("merges", [])
     if merges:
         lines.append("  recent merges:")

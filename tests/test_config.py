@@ -48,6 +48,27 @@ def test_good_config_is_typed():
     assert lua.build[-1] == "{profile}"
     assert lua.llvm_profdata is None
     assert config.profile_link == Path("/nix/var/nix/profiles/pgod")
+    # One stage and no gate unless asked for.
+    assert lua.cs_build is None and lua.cs_threshold_bytes is None
+    assert lua.benchmark is None and lua.baseline_build is None and lua.min_speedup == 1.0
+
+
+def test_the_stage_and_gate_keys_are_typed():
+    import tomllib
+
+    from pgod.config import parse_config
+
+    text = GOOD + """cs_build = ["nix-build", "/etc/pgod/build.nix", "-A", "lua", "--argstr", "stage", "cs-profile"]
+benchmark = ["{bin}/bin/lua", "/etc/bench.lua"]
+baseline_build = "/nix/store/bbbb-lua-5.4.7"
+min_speedup = 1.05
+benchmark_rounds = 7
+"""
+    lua = parse_config(tomllib.loads(text), Path("/etc/pgod/config.toml")).packages["lua"]
+    assert lua.cs_build[-1] == "cs-profile"
+    assert lua.cs_threshold_bytes == lua.threshold_bytes == 16 * MB  # the stage's default
+    assert lua.benchmark == ("{bin}/bin/lua", "/etc/bench.lua") and lua.baseline_build == Path("/nix/store/bbbb-lua-5.4.7")
+    assert (lua.min_speedup, lua.benchmark_rounds, lua.benchmark_timeout_seconds) == (1.05, 7, 600.0)
 
 
 BAD = [
@@ -62,6 +83,11 @@ BAD = [
     ("package name with a slash", GOOD.replace("[packages.lua]", '[packages."a/b"]'), "packages.a/b"),
     ("package name ..", GOOD.replace("[packages.lua]", '[packages.".."]'), "packages..."),
     ("not toml", "spool_dir = [", None),
+    ("benchmark without a baseline", GOOD + 'benchmark = ["{bin}/bin/lua", "bench.lua"]\n', "packages.lua.benchmark"),
+    ("speedup of zero", GOOD + 'min_speedup = 0\n', "packages.lua.min_speedup"),
+    ("too few benchmark rounds", GOOD + 'benchmark_rounds = 2\n', "packages.lua.benchmark_rounds"),
+    ("cs threshold without a cs stage", GOOD + 'cs_threshold_mb = 4\n', "packages.lua.cs_threshold_mb"),
+    ("cs_build as a shell string", GOOD + 'cs_build = "nix-build x"\n', "packages.lua.cs_build"),
 ]
 
 

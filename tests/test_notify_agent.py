@@ -340,3 +340,26 @@ def test_a_daemon_gone_mid_call_sends_the_agent_back_to_waiting_and_nothing_is_l
     context = GLib.MainContext.default()
     wait_for(lambda: context.iteration(False) or said[-1] == RUNNING, 10, "asked again after no answer")
     assert said == [WAITING, RUNNING, WAITING, RUNNING]
+
+
+@needs_nix
+def test_a_build_the_benchmark_gate_measured_is_told_with_its_speedup(pgod, workload, llvm_profdata_14, notification_server, agents, tmp_path):
+    """The gate's figure reaches the user: "workload: optimized build ready, N× faster on your
+    benchmark". The candidate is a store path ten times faster than the baseline."""
+    from test_pgo_stages import slow_and_fast_builds
+
+    fast, slow = slow_and_fast_builds(tmp_path)
+    pgod.write_config({"workload": {
+        "profile_build": [str(workload)], "build": ["echo", fast], "llvm_profdata": llvm_profdata_14,
+        "benchmark": ["{bin}/bin/work"], "baseline_build": slow,
+    }})
+    daemon = pgod.daemon()
+    agent = agents()
+    agent.said(RUNNING)
+    profile_runs(pgod, workload, daemon, 2)
+    package = build_now(daemon)
+    speedup = package["builds"][0]["speedup"]
+    assert speedup > 1.0 and package["speedup"] == speedup
+    [notice] = wait_for(lambda: ready_notices(notification_server), 30, "dunst received the ready notification")
+    summary = notice.split("|", 2)[1]
+    assert summary == f"workload: optimized build ready, {speedup:.2f}× faster on your benchmark", notice

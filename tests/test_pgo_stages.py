@@ -127,3 +127,51 @@ def test_the_gate_activates_a_faster_build_and_refuses_a_slower_one(pgod, tmp_pa
         assert figures["verdict"] == "accepted" and package["speedup"] > 1.0
         assert package["active"] is True and package["optimized"] == candidate
         assert os.path.realpath(pgod.root / "profile" / "bin" / "work").startswith(candidate)
+
+
+def test_an_upgrade_mid_stage_takes_the_stage_build_out_and_starts_again_at_the_first_stage(pgod):
+    profiling = nix_build("profiling", pgod.spool)
+    pgod.write_config({"hello": {
+        "profile_build": [profiling], "build": build_argv(pgod.spool), "cs_build": cs_build_argv(pgod.spool),
+        "threshold_mb": THRESHOLD_MB, "cs_threshold_mb": 100,
+    }}, activation="auto")
+    daemon = pgod.daemon()
+    run_hello(Path(profiling) / "bin" / "hello-pgo", 20)
+    wait_for(lambda: daemon.package("hello")["stage"] == "context-sensitive", 180, "the second stage")
+    in_use = pgod.root / "profile" / "bin" / "hello-pgo"
+    wait_for(in_use.exists, 30, "the stage's build linked in place")
+    assert daemon.stop() == 0
+
+    upgraded = nix_build("profiling", pgod.spool, tweak=True)
+    pgod.write_config({"hello": {
+        "profile_build": [upgraded], "build": build_argv(pgod.spool, tweak=True),
+        "cs_build": [*cs_build_argv(pgod.spool), "--arg", "tweak", "true"], "threshold_mb": 100,
+    }}, activation="auto")
+    daemon = pgod.daemon()
+    package = daemon.package("hello")
+    assert (package["stage"], package["stage_build"], package["in_use"]) == ("first", None, None)
+    assert package["state"] == "stale" and package["threshold_bytes"] == 100 * 1024 * 1024
+    wait_for(lambda: not in_use.exists(), 30, "the old version's stage build out of the profile")
+
+
+def test_profiles_of_another_instrumentation_kind_are_never_mixed(pgod):
+    """A package switched from front-end to IR instrumentation: the front-end profile is set
+    aside, not carried forward, and the IR build's profiles start a profile of their own."""
+    front_end = nix_build("profilingFe", pgod.spool)
+    pgod.write_config({"hello": {"profile_build": [front_end], "build": ["false"], "threshold_mb": 100}})
+    daemon = pgod.daemon()
+    run_hello(Path(front_end) / "bin" / "hello-pgo", 3)
+    old = wait_for(lambda: (p := daemon.package("hello"))["total_files"] == 6 and p, 60, "front-end profiles merged")
+    assert old["instrumentation"] == "fe" and show(old["profile"]).startswith("Instrumentation level: Front-end")
+    assert daemon.stop() == 0
+
+    ir = nix_build("profiling", pgod.spool)
+    pgod.write_config({"hello": {"profile_build": [ir], "build": ["false"], "threshold_mb": 100}})
+    daemon = pgod.daemon()
+    package = daemon.package("hello")
+    assert package["instrumentation"] == "ir" and package["profile"] is None
+    assert "profile.kind_changed" in daemon.log()
+    run_hello(Path(ir) / "bin" / "hello-pgo", 3)
+    new = wait_for(lambda: (p := daemon.package("hello"))["files"] == 6 and p["profile"] and p, 60, "IR profiles merged")
+    assert show(new["profile"]).startswith("Instrumentation level: IR")
+    assert new["quarantined"] == 0
