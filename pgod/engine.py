@@ -201,6 +201,8 @@ class Engine:
             if work is None:
                 if self.optimizer.running is not None:
                     self.optimizer.running.cancel()
+                if self.optimizer.gating is not None:
+                    self.optimizer.gating.cancel()
                 log.info("engine.stopped")
                 return
             names, events = work

@@ -83,8 +83,10 @@ def expand_benchmark(argv: Sequence[str], store_path: str) -> list[str]:
     return [arg.replace(BIN_PLACEHOLDER, store_path) for arg in argv]
 
 
-def run_once(argv: Sequence[str], timeout: float, identity: Identity | None) -> tuple[float, str]:
-    """Run the benchmark once: its wall-clock seconds and the SHA-256 of its stdout."""
+def run_once(argv: Sequence[str], timeout: float, identity: Identity | None,
+             started: Callable[[int], None] = lambda _pid: None) -> tuple[float, str]:
+    """Run the benchmark once: its wall-clock seconds and the SHA-256 of its stdout.
+    ``started`` gets the process (group) id, for a cancel."""
     command = list(argv)
     if identity is not None:
         _prlimit, setpriv = helpers()
@@ -101,6 +103,7 @@ def run_once(argv: Sequence[str], timeout: float, identity: Identity | None) -> 
         )
     except OSError as err:
         raise BenchmarkFailed(f"cannot run {argv[0]}: {err.strerror}") from None
+    started(process.pid)
     try:
         os.setpriority(os.PRIO_PROCESS, process.pid, NICENESS)
     except OSError:
@@ -150,7 +153,7 @@ def _kill_group(pgid: int) -> None:
 
 def measure(
     argv: Sequence[str], baseline: str, candidate: str, rounds: int, timeout: float, identity: Identity | None,
-    on_round: Callable[[int], None] = lambda _round: None,
+    on_round: Callable[[int], None] = lambda _round: None, started: Callable[[int], None] = lambda _pid: None,
 ) -> tuple[list[float], list[float]]:
     """Interleaved rounds: baseline then candidate, then candidate then baseline, and so on.
     Raises BenchmarkFailed for a failed run or outputs that differ."""
@@ -160,7 +163,7 @@ def measure(
     for round_index in range(rounds):
         order = ("baseline", "candidate") if round_index % 2 == 0 else ("candidate", "baseline")
         for side in order:
-            seconds, digest = run_once(expand_benchmark(argv, paths[side]), timeout, identity)
+            seconds, digest = run_once(expand_benchmark(argv, paths[side]), timeout, identity, started)
             times[side].append(seconds)
             outputs.setdefault(side, digest)
         if round_index == 0 and outputs["baseline"] != outputs["candidate"]:
@@ -183,10 +186,23 @@ class GateRun:
         self.started = time.time()
         self.rounds_done = 0
         self._on_done = on_done
+        self._pid: int | None = None  # the run going on now
+        self._cancelled = False
         self._thread = threading.Thread(target=self._run, name=f"pgod-gate-{package.name}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+
+    def cancel(self) -> None:
+        """The daemon stops: end the run going on (the build is redone after a restart)."""
+        self._cancelled = True
+        if self._pid is not None:
+            _kill_group(self._pid)
+
+    def _started(self, pid: int) -> None:
+        self._pid = pid
+        if self._cancelled:
+            _kill_group(pid)
 
     def _run(self) -> None:
         name_os_thread()
@@ -200,7 +216,7 @@ class GateRun:
                 raise BenchmarkFailed(f"baseline_build {package.baseline_build} does not exist")
             baseline, candidate = measure(
                 package.benchmark, str(package.baseline_build), self.candidate, package.benchmark_rounds,
-                package.benchmark_timeout_seconds, self.identity, on_round=self._round_done,
+                package.benchmark_timeout_seconds, self.identity, on_round=self._round_done, started=self._started,
             )
         except BenchmarkFailed as err:
             error = str(err)
