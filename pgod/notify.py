@@ -86,6 +86,16 @@ def build_failed(name: str, error: str, build: dict | None = None, late: bool = 
     return Message(f"{name}: optimized build failed", body)
 
 
+def build_rejected(name: str, build: dict, late: bool = False) -> Message:
+    """A build the benchmark gate refused: slower than the package's min_speedup (or its
+    benchmark failed). Nothing changed for the user; pgod goes on profiling."""
+    speedup = speedup_of(build)
+    summary = f"{name}: optimized build not used" + (f", {speedup:.2f}× the speed on your benchmark" if speedup else "")
+    body = (f"{build.get('error') or 'refused by the benchmark gate'}\n"
+            f"pgod goes on profiling and builds again at the next threshold. Details: pgoctl show {name}")
+    return Message(summary, body + (_finished(build) if late else ""))
+
+
 # How the daemon words a failed activation in a "failed" event (optimizer.Optimizer.on_build_done).
 ACTIVATION_FAILED = "activation: "
 

@@ -150,6 +150,13 @@ class NotifyAgent:
         ):
             message = notify.build_failed(name, failed.get("error") or "no reason recorded", failed, late)
             told |= self._tell(name, "failed", failed, message)
+        rejected = newest(builds, "rejected")
+        if (
+            rejected is not None
+            and all(other is None or rejected.get("id", 0) > other.get("id", 0) for other in (succeeded, failed))
+            and not self.record.told(name, "rejected", build_key(rejected))
+        ):
+            told |= self._tell(name, "rejected", rejected, notify.build_rejected(name, rejected, late))
         return told
 
     def _tell(self, name: str, outcome: str, build: dict, message: notify.Message) -> bool:
@@ -167,6 +174,8 @@ class NotifyAgent:
                 self._tell_news(self.client.package(name), late=False, live_ready=detail)
             elif event == "failed":
                 self._on_failed(name, detail)
+            elif event == "rejected":
+                self._tell_news(self.client.package(name), late=False)
             elif event == "activated":
                 if self._told_in_use.pop(name, None) != detail:  # else told already, as "in use"
                     self.notifier.send(notify.activated(name, detail))

@@ -363,3 +363,30 @@ def test_a_build_the_benchmark_gate_measured_is_told_with_its_speedup(pgod, work
     [notice] = wait_for(lambda: ready_notices(notification_server), 30, "dunst received the ready notification")
     summary = notice.split("|", 2)[1]
     assert summary == f"workload: optimized build ready, {speedup:.2f}× faster on your benchmark", notice
+
+
+@needs_nix
+def test_a_build_the_gate_refused_is_told_once_and_nothing_is_offered(pgod, workload, llvm_profdata_14, notification_server, agents, tmp_path):
+    from test_pgo_stages import slow_and_fast_builds
+
+    fast, slow = slow_and_fast_builds(tmp_path)
+    pgod.write_config({"workload": {
+        "profile_build": [str(workload)], "build": ["echo", slow], "llvm_profdata": llvm_profdata_14,
+        "benchmark": ["{bin}/bin/work"], "baseline_build": fast,
+    }})
+    daemon = pgod.daemon()
+    agent = agents()
+    agent.said(RUNNING)
+    profile_runs(pgod, workload, daemon, 2)
+    package = build_now(daemon, state="rejected")
+    speedup = package["builds"][0]["speedup"]
+    assert speedup < 1.0
+    notices = wait_for(lambda: [n for n in notification_server.received() if n.startswith("pgod|workload: optimized build not used")],
+                       30, "dunst received the rejection")
+    assert notices[0].split("|", 2)[1] == f"workload: optimized build not used, {speedup:.2f}× the speed on your benchmark"
+    assert "below min_speedup 1" in notices[0] and "pgoctl show workload" in notices[0]
+    assert not ready_notices(notification_server)
+    agent.stop()
+    again = agents()
+    again.said(RUNNING)
+    assert len([n for n in notification_server.received() if "not used" in n]) == 1, "told again at the next start"
