@@ -89,14 +89,17 @@ def system() -> dict:
 def test_adapters_instrument_real_packages(adapters, name):
     package = adapters[name]
     assert package["isClang"], package["stdenvName"]
-    assert "-fprofile-instr-generate=/var/spool/pgod/%p.profraw" in package["compile"].split()
-    assert {"-fprofile-instr-generate=/var/spool/pgod/%p.profraw", "-Wl,--build-id"} <= set(package["link"].split())
+    # IR instrumentation, the spool's per-process name baked in through -cc1.
+    compile_flags = package["compile"].split()
+    assert {"-fprofile-generate", "-fprofile-instrument-path=/var/spool/pgod/%p.profraw", "-fprofile-update=atomic"} <= set(compile_flags)
+    assert compile_flags[compile_flags.index("-fprofile-instrument-path=/var/spool/pgod/%p.profraw") - 1] == "-Xclang"
+    assert {"-fprofile-generate", "-Wl,--build-id"} <= set(package["link"].split())
     assert package["outputs"] == package["plainOutputs"], "the variants keep the package's outputs"
     # The llvm-profdata of the LLVM the package's clang belongs to.
     assert package["llvmProfdata"] == f"{package['libllvm']}/bin/llvm-profdata"
     assert package["variant"] == "profile" and package["optimizeVariant"] == "optimize"
     optimize = package["optimizeCompile"].split()
-    assert any(flag.startswith("-fprofile-instr-use=/nix/store/") for flag in optimize)
+    assert any(flag.startswith("-fprofile-use=/nix/store/") for flag in optimize)
     assert "-Wno-error=profile-instr-out-of-date" in optimize
     assert package["drvPath"].endswith(".drv") and package["optimizedDrvPath"] != package["drvPath"]
 
