@@ -80,12 +80,9 @@ def run_report(args: argparse.Namespace) -> int:
             return _usage(f"--state-dir {args.state_dir}: {err}")
         print(f"pgoctl: report: {err}", file=sys.stderr)
         return EXIT_FAILED
-    except StateDenied as err:
+    except (StateDenied, ReportError) as err:
         print(f"pgoctl: report: {err}", file=sys.stderr)
-        return EXIT_DENIED
-    except ReportError as err:
-        print(f"pgoctl: report: {err}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_DENIED if isinstance(err, StateDenied) else EXIT_FAILED
     except PermissionError as err:
         print(f"pgoctl: report: cannot write {err.filename}: permission denied", file=sys.stderr)
         return EXIT_DENIED

@@ -342,22 +342,31 @@ def test_a_daemon_gone_mid_call_sends_the_agent_back_to_waiting_and_nothing_is_l
     assert said == [WAITING, RUNNING, WAITING, RUNNING]
 
 
-@needs_nix
-def test_a_build_the_benchmark_gate_measured_is_told_with_its_speedup(pgod, workload, llvm_profdata_14, notification_server, agents, tmp_path):
-    """The gate's figure reaches the user: "workload: optimized build ready, N× faster on your
-    benchmark". The candidate is a store path ten times faster than the baseline."""
+def gated_build(pgod, workload, profdata, agents, tmp_path, candidate_is: str) -> dict:
+    """A build the benchmark gate measures, with an agent running: the candidate is a store path
+    ten times faster (or slower) than the baseline. The package once its build is judged."""
     from test_pgo_stages import slow_and_fast_builds
 
     fast, slow = slow_and_fast_builds(tmp_path)
+    candidate, baseline = (fast, slow) if candidate_is == "fast" else (slow, fast)
     pgod.write_config({"workload": {
-        "profile_build": [str(workload)], "build": ["echo", fast], "llvm_profdata": llvm_profdata_14,
-        "benchmark": ["{bin}/bin/work"], "baseline_build": slow,
+        "profile_build": [str(workload)], "build": ["echo", candidate], "llvm_profdata": profdata,
+        "benchmark": ["{bin}/bin/work"], "baseline_build": baseline,
     }})
     daemon = pgod.daemon()
     agent = agents()
     agent.said(RUNNING)
     profile_runs(pgod, workload, daemon, 2)
-    package = build_now(daemon)
+    package = build_now(daemon, state="ready" if candidate_is == "fast" else "rejected")
+    package["agent"] = agent
+    return package
+
+
+@needs_nix
+def test_a_build_the_benchmark_gate_measured_is_told_with_its_speedup(pgod, workload, llvm_profdata_14, notification_server, agents, tmp_path):
+    """The gate's figure reaches the user: "workload: optimized build ready, N× faster on your
+    benchmark"."""
+    package = gated_build(pgod, workload, llvm_profdata_14, agents, tmp_path, "fast")
     speedup = package["builds"][0]["speedup"]
     assert speedup > 1.0 and package["speedup"] == speedup
     [notice] = wait_for(lambda: ready_notices(notification_server), 30, "dunst received the ready notification")
@@ -367,18 +376,8 @@ def test_a_build_the_benchmark_gate_measured_is_told_with_its_speedup(pgod, work
 
 @needs_nix
 def test_a_build_the_gate_refused_is_told_once_and_nothing_is_offered(pgod, workload, llvm_profdata_14, notification_server, agents, tmp_path):
-    from test_pgo_stages import slow_and_fast_builds
-
-    fast, slow = slow_and_fast_builds(tmp_path)
-    pgod.write_config({"workload": {
-        "profile_build": [str(workload)], "build": ["echo", slow], "llvm_profdata": llvm_profdata_14,
-        "benchmark": ["{bin}/bin/work"], "baseline_build": fast,
-    }})
-    daemon = pgod.daemon()
-    agent = agents()
-    agent.said(RUNNING)
-    profile_runs(pgod, workload, daemon, 2)
-    package = build_now(daemon, state="rejected")
+    package = gated_build(pgod, workload, llvm_profdata_14, agents, tmp_path, "slow")
+    agent = package["agent"]
     speedup = package["builds"][0]["speedup"]
     assert speedup < 1.0
     notices = wait_for(lambda: [n for n in notification_server.received() if n.startswith("pgod|workload: optimized build not used")],
