@@ -130,6 +130,7 @@ class Attributor:
     def __init__(self, builds: dict[str, PackageBuild]) -> None:
         self.builds = builds
         self._owner: dict[str, str] = {}
+        self._added: set[tuple[str, tuple[str, ...]]] = set()  # add_outputs' builds
         for name, build in builds.items():
             for build_id in build.build_ids:
                 other = self._owner.setdefault(build_id, name)
@@ -150,6 +151,9 @@ class Attributor:
     def add_outputs(self, name: str, outputs: list[str]) -> None:
         """Attribute the profiles of another build to `name` too: the context-sensitive stage's
         build, which is in use in the profiling build's place (stages.py)."""
+        if (name, tuple(outputs)) in self._added:
+            return  # start-up is redone after a failed step: the index already has them
+        self._added.add((name, tuple(outputs)))
         extra = scan_package(PackageConfig(name, tuple(Path(o) for o in outputs), ("true",), 0))
         for problem in extra.problems:
             log.warning("attribution.problem", package=name, problem=problem)

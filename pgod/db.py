@@ -76,6 +76,9 @@ class Package(Base):
     # `stage_build`, in use in its place (stages.py).
     stage: Mapped[str] = mapped_column(String, default="first")
     stage_build: Mapped[str | None] = mapped_column(String, nullable=True)
+    # The profile_build_key `optimized` was built for: after an upgrade it is the old version's
+    # build, which must not be put in use again (null: recorded before schema 4).
+    optimized_for: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Build(Base):
@@ -231,6 +234,7 @@ _MIGRATIONS = {
         "ALTER TABLE packages ADD COLUMN profile_kind VARCHAR",
         "ALTER TABLE packages ADD COLUMN stage VARCHAR NOT NULL DEFAULT 'first'",
         "ALTER TABLE packages ADD COLUMN stage_build VARCHAR",
+        "ALTER TABLE packages ADD COLUMN optimized_for TEXT",
         "ALTER TABLE builds ADD COLUMN stage VARCHAR NOT NULL DEFAULT 'optimize'",
         "ALTER TABLE builds ADD COLUMN benchmark TEXT",
         "ALTER TABLE builds ADD COLUMN speedup FLOAT",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import selectors
 import statistics
 import subprocess
 import threading
@@ -30,6 +31,8 @@ BIN_PLACEHOLDER = "{bin}"
 OUTPUT_DIGEST_BYTES = 64 << 20  # the stdout hashed per run; the rest is drained unread
 STDERR_TAIL = 2000
 NICENESS = 10  # as merges: the user's own work comes first
+POLL_SECONDS = 0.25  # how often the reader looks at the clock while the pipes are quiet
+PIPES_GRACE_SECONDS = 1.0  # output still read after the benchmark exited
 
 
 @dataclass(frozen=True)
@@ -84,9 +87,13 @@ def expand_benchmark(argv: Sequence[str], store_path: str) -> list[str]:
 
 
 def run_once(argv: Sequence[str], timeout: float, identity: Identity | None,
-             started: Callable[[int], None] = lambda _pid: None) -> tuple[float, str]:
-    """Run the benchmark once: its wall-clock seconds and the SHA-256 of its stdout.
-    ``started`` gets the process (group) id, for a cancel."""
+             started: Callable[[int | None], None] = lambda _pid: None) -> tuple[float, str]:
+    """Run the benchmark once: its wall-clock seconds (start to the process's exit) and the
+    SHA-256 of its stdout. ``started`` gets the process (group) id while it runs, then None.
+
+    Nothing it does can hold the gate: reading stops at the timeout, and soon after the process
+    exits even if a child it left keeps the pipes open; its process group is killed after every
+    run, before the process is reaped (so the group's id cannot have been reused)."""
     command = list(argv)
     if identity is not None:
         _prlimit, setpriv = helpers()
@@ -108,46 +115,65 @@ def run_once(argv: Sequence[str], timeout: float, identity: Identity | None,
         os.setpriority(os.PRIO_PROCESS, process.pid, NICENESS)
     except OSError:
         pass  # it may already have ended
+    exit_time: list[float] = []
+    exited = threading.Event()
+
+    def wait_for_exit() -> None:  # WNOWAIT: seen, not reaped, so its group id stays its own
+        try:
+            os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
+        finally:
+            exit_time.append(time.perf_counter())
+            exited.set()
+
+    waiter = threading.Thread(target=wait_for_exit, daemon=True)
+    waiter.start()
     stderr_tail = bytearray()
-    drain = threading.Thread(target=_keep_tail, args=(process.stderr, stderr_tail), daemon=True)
-    drain.start()
-    expired = threading.Event()
-
-    def expire() -> None:
-        expired.set()
-        _kill_group(process.pid)
-
-    timer = threading.Timer(timeout, expire)
-    timer.start()
+    read = 0
+    timed_out = False
     try:
-        read = 0
-        while chunk := process.stdout.read(1 << 16):
-            if read < OUTPUT_DIGEST_BYTES:
-                digest.update(chunk[: OUTPUT_DIGEST_BYTES - read])
-            read += len(chunk)
-        returncode = process.wait()
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            selector.register(process.stderr, selectors.EVENT_READ)
+            while True:
+                now = time.perf_counter()
+                if now - begun >= timeout:
+                    timed_out = True
+                    break
+                if exited.is_set() and (not selector.get_map() or now - exit_time[0] >= PIPES_GRACE_SECONDS):
+                    break  # exited; what may still hold its pipes is a child it left behind
+                if not selector.get_map():
+                    exited.wait(min(POLL_SECONDS, timeout - (now - begun)))
+                    continue
+                for key, _ in selector.select(POLL_SECONDS):
+                    chunk = os.read(key.fd, 1 << 16)
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+                    elif key.fileobj is process.stdout:
+                        if read < OUTPUT_DIGEST_BYTES:
+                            digest.update(chunk[: OUTPUT_DIGEST_BYTES - read])
+                        read += len(chunk)
+                    else:
+                        stderr_tail.extend(chunk)
+                        del stderr_tail[:-STDERR_TAIL]
     finally:
-        timer.cancel()
-        drain.join(5)
-    seconds = time.perf_counter() - begun
-    if expired.is_set():
+        _kill_group(process.pid)  # before the reaping: the group's id is still this process's
+        exited.wait()
+        process.stdout.close()
+        process.stderr.close()
+        returncode = process.wait()
+        started(None)
+    if timed_out:
         raise BenchmarkFailed(f"{' '.join(argv)} did not finish within {timeout:g} s")
     if returncode != 0:
         tail = stderr_tail.decode("utf-8", "replace").strip().splitlines()
         raise BenchmarkFailed(f"{' '.join(argv)} exited {returncode}" + (f": {tail[-1][:300]}" if tail else ""))
-    return seconds, digest.hexdigest()
-
-
-def _keep_tail(stream, tail: bytearray) -> None:
-    while chunk := stream.read(1 << 16):
-        tail.extend(chunk)
-        del tail[:-STDERR_TAIL]
+    return exit_time[0] - begun, digest.hexdigest()
 
 
 def _kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, 9)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
 
 
@@ -199,9 +225,9 @@ class GateRun:
         if self._pid is not None:
             _kill_group(self._pid)
 
-    def _started(self, pid: int) -> None:
+    def _started(self, pid: int | None) -> None:
         self._pid = pid
-        if self._cancelled:
+        if self._cancelled and pid is not None:
             _kill_group(pid)
 
     def _run(self) -> None:
@@ -220,7 +246,11 @@ class GateRun:
             )
         except BenchmarkFailed as err:
             error = str(err)
-        speedup = statistics.median(baseline) / statistics.median(candidate) if error is None and min(candidate) > 0 else None
+        except Exception as err:  # noqa: BLE001 - the engine must hear back, or no build starts again
+            error = f"{type(err).__name__}: {err}"
+        speedup = None
+        if error is None and min(candidate) > 0:
+            speedup = statistics.median(baseline) / statistics.median(candidate)
         self._on_done(GateResult(package.name, self.build_id, speedup, baseline, candidate, package.min_speedup,
                                  time.monotonic() - begun, error))
 

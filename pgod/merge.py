@@ -32,6 +32,7 @@ from pathlib import Path
 
 from .confine import ConfineError, Finished, Identity, Limits, run_confined
 from .durable import fsync_dir, is_disk_full
+from .profraw import ProfrawError, parse_profraw
 from .recovery import unlink_if_present
 
 # Limits for one llvm-profdata run, from the bytes it reads (the raw inputs and the current
@@ -116,10 +117,20 @@ def part_digest(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
 
-def gather_inputs(inputs: Sequence[MergeInput], checked: Mapping[str, bytes]) -> Gathered:
+def instrumentation_family(kind: str | None) -> str | None:
+    """"fe" or "ir" (the context-sensitive stage's profiles belong with IR ones)."""
+    return "ir" if kind == "cs-ir" else kind
+
+
+def gather_inputs(inputs: Sequence[MergeInput], checked: Mapping[str, bytes], kind: str | None = None) -> Gathered:
     """Every input whose bytes are still those checked at ingest, into one memfd: from
     ``checked`` (the bytes ingest read, kept in memory) when there, else read again and held
-    against the digest. The memfd is the caller's to hand to merge_batch, which closes it."""
+    against the digest. The memfd is the caller's to hand to merge_batch, which closes it.
+
+    With ``kind`` ("fe" or "ir", the working profile's), an input of the other instrumentation
+    kind is left out: llvm-profdata merges front-end and IR profiles without a word and labels
+    the result IR, a profile no build can use well (parts claimed before a package switched
+    kinds, or a stray build's)."""
     fd = os.memfd_create("pgod-inputs", os.MFD_CLOEXEC)
     gathered = Gathered(fd, 0, {})
     try:
@@ -131,12 +142,28 @@ def gather_inputs(inputs: Sequence[MergeInput], checked: Mapping[str, bytes]) ->
                 except _Changed as err:
                     gathered.rejected[item.path] = ("changed-after-check", str(err))
                     continue
+            if kind is not None and (found := _kind_of(data)) is not None and instrumentation_family(found) != kind:
+                gathered.rejected[item.path] = (
+                    "instrumentation-mismatch",
+                    f"a {found} raw profile for a package whose profile is {kind}: kinds are never merged together",
+                )
+                continue
             _write_all(fd, data)
             gathered.size += len(data)
     except BaseException:
         gathered.close()
         raise
     return gathered
+
+
+def _kind_of(data: bytes) -> str | None:
+    """The instrumentation kind of a raw profile's first part, or None if it cannot be told
+    (a malformed part is llvm-profdata's to judge, as before)."""
+    try:
+        parts = parse_profraw(data)
+    except ProfrawError:
+        return None
+    return parts[0].instrumentation if parts else None
 
 
 def merge_batch(profdata: str, base: Path | None, gathered: Gathered, output: Path, sandbox: MergeSandbox) -> MergeOutcome:

@@ -1,7 +1,8 @@
 """What the notify agent has told this user, kept between logins so no build is told twice.
 
 The agent tells, at start, about the builds that finished while it was not running. Without a
-record of what it told before, every login would repeat the last "ready" and "failed". One small
+record of what it told before, every login would repeat the last "ready", "failed" and
+"rejected" (a build the benchmark gate refused). One small
 JSON file per user, `$XDG_STATE_HOME/pgod/notified.json` (`~/.local/state/pgod/` by default),
 holds for each package the identity of the last build told of each outcome: one entry per
 package, at most MAX_PACKAGES of them, so the file stays small however long the history.

@@ -76,7 +76,9 @@ class Optimizer:
     def adopt(self, session: Session, row: Package) -> None:
         """Bring a package row in line with the configuration at start (upgrades, lost builds)."""
         key = profile_build_key(self.config.packages[row.name].profile_build)
-        if row.state == "building":
+        live = {run.package if isinstance(run, BuildRun) else run.package.name
+                for run in (self.running, self.gating) if run is not None}
+        if row.state == "building" and row.name not in live:
             # The daemon stopped mid-build: that build's result is lost, so build again.
             row.state = "stale" if row.profile_build_key and row.profile_build_key != key else "profiling"
             row.build_due = True
@@ -89,6 +91,7 @@ class Optimizer:
         package = self.config.packages[row.name]
         if row.stage == stages.CONTEXT_SENSITIVE and package.cs_build is None:
             # The stage was switched off: its build leaves the system path, the profile stays.
+            self._remove_roots(row.name, row.stage_build, "cs-profile")
             stages.back_to_first(row, package)
             self._pending_profile_sync = True
         row.threshold_bytes = stages.threshold_for(package, row)
@@ -106,9 +109,10 @@ class Optimizer:
                 log.error("attribution.stage_build_unreadable", package=name, build=out_path, error=str(err))
 
     def _check_kind(self, row: Package) -> None:
-        """Profiles of two instrumentation kinds are never mixed (llvm-profdata refuses to merge
-        front-end with IR ones, and a build would get half a profile): a working profile of
-        another kind than the profiling build's is set aside, and collection starts again."""
+        """Profiles of two instrumentation kinds are never mixed (llvm-profdata merges front-end
+        and IR ones without a word, into a profile no build uses well): a working profile of
+        another kind than the profiling build's is set aside, and collection starts again; raw
+        profiles of the old kind still pending are refused at their merge (merge.gather_inputs)."""
         build = self.attributor.builds.get(row.name) if self.attributor else None
         kind = build.instrumentation if build else None
         if kind is None:
@@ -122,6 +126,9 @@ class Optimizer:
             row.raw_bytes = row.files = 0
             row.build_due = False
         row.profile_kind = kind
+        if kind == "fe" and self.config.packages[row.name].cs_build is not None:
+            log.warning("stage.needs_ir", package=row.name,
+                        hint="cs_build is ignored: the context-sensitive stage builds on IR instrumentation")
 
     def _upgrade(self, row: Package) -> None:
         """The system now has a new version: the old optimized build must stop shadowing it."""
@@ -130,6 +137,7 @@ class Optimizer:
         if row.active or row.stage_build:
             row.active = False
             self._pending_profile_sync = True
+        self._remove_roots(row.name, row.stage_build, "cs-profile")
         stages.back_to_first(row, self.config.packages[row.name])
         # The merged profile is carried forward: it is the starting profile of the new version,
         # and clang reports how much of it still matches. Build as soon as there is one.
@@ -205,8 +213,6 @@ class Optimizer:
                 raise OperationError(f"{name} has no merged profile yet: run the profiling build first")
             if row.state == "building":
                 raise OperationError(f"{name} is already building")
-            if self.gating is not None and self.gating.package.name == name:
-                raise OperationError(f"{name} is being benchmarked")
             row.build_due = True
             row.next_build_at = 0.0
         self.maybe_start_build()
@@ -317,32 +323,58 @@ class Optimizer:
             log.info("gate.accepted", package=name, speedup=figures["speedup"], seconds=figures["seconds"])
             self._accept(name, gate.build_id, candidate, figures)
             return
+        self._remove_roots(name, candidate, "candidate")
         if gate.error is not None:
-            why = f"benchmark failed: {gate.error}"
-        else:
-            why = (f"rejected: {gate.speedup:.3f}× on the benchmark, below min_speedup {gate.min_speedup:g}"
-                   f" (baseline {figures['baseline_median_seconds']:.3f} s, candidate"
-                   f" {figures['candidate_median_seconds']:.3f} s, median of {figures['rounds']})")
+            # The gate could not judge (a broken benchmark, a missing baseline): a failure, retried
+            # with the backoff of failed builds, not a verdict on the build.
+            error = f"benchmark failed: {gate.error}"
+            with self.sessions.begin() as session:
+                build = session.get(Build, gate.build_id)
+                build.finished_at, build.status, build.error = time.time(), "failed", error
+                build.benchmark = json.dumps(figures)
+                self._record_failure(session.get(Package, name), error)
+            self._emit("package", package=name, event="failed", detail=error)
+            self._emit("counters", package=name)
+            return
+        why = (f"rejected: {gate.speedup:.3f}× on the benchmark, below min_speedup {gate.min_speedup:g}"
+               f" (baseline {figures['baseline_median_seconds']:.3f} s, candidate"
+               f" {figures['candidate_median_seconds']:.3f} s, median of {figures['rounds']})")
         with self.sessions.begin() as session:
             build = session.get(Build, gate.build_id)
             build.finished_at, build.status, build.error = time.time(), "rejected", why
             build.benchmark, build.speedup = json.dumps(figures), figures.get("speedup")
             row = session.get(Package, name)
             # Not a failure to retry: the profile goes on growing, and the next threshold builds.
-            row.state = "rejected"
+            # The build in use, if any, stays: the state says so.
+            row.state = "active" if row.active else "rejected"
             row.last_error = why
-            row.build_due = False
-        (self.gcroots / f"{name}-candidate").unlink(missing_ok=True)
+            row.build_due = row.raw_bytes >= row.threshold_bytes
         log.warning("gate.rejected", package=name, reason=why, seconds=figures["seconds"])
         self._emit("package", package=name, event="rejected", detail=why)
         self._emit("counters", package=name)
 
+    def _root_names(self, name: str, out_path: str, kind: str) -> list[tuple[str, Path]]:
+        """Every output of the build of ``out_path`` and its GC root: `<name>-<kind>` for the
+        printed output, `<name>-<kind>-<output's store name>` for the others."""
+        return [
+            (output, self.gcroots / (f"{name}-{kind}" if output == out_path else f"{name}-{kind}-{substitution.store_name(output)}"))
+            for output in nixstore.outputs_of(out_path)
+        ]
+
+    def _remove_roots(self, name: str, out_path: str | None, kind: str) -> None:
+        if out_path is None:
+            return
+        try:
+            for _output, root in self._root_names(name, out_path, kind):
+                root.unlink(missing_ok=True)
+        except nixstore.NixError as err:
+            log.warning("gcroot.not_removed", package=name, build=out_path, error=str(err))
+
     def _add_roots(self, name: str, out_path: str, kind: str) -> None:
         """Every output, not only the one nix-build printed: a substituted `lib` or `man`
         output must outlive garbage collection as long as `out` does."""
-        for output in nixstore.outputs_of(out_path):
-            suffix = "" if output == out_path else f"-{substitution.store_name(output)}"
-            nixstore.add_root(output, self.gcroots / f"{name}-{kind}{suffix}")
+        for output, root in self._root_names(name, out_path, kind):
+            nixstore.add_root(output, root)
 
     def _enter_context_sensitive(self, name: str, result: BuildResult) -> None:
         """The IR-optimized, CS-instrumented build replaces the profiling build in use."""
@@ -370,14 +402,13 @@ class Optimizer:
         try:
             self._add_roots(name, out_path, "optimized")
         except nixstore.NixError as err:
-            figures = None
             with self.sessions.begin() as session:
                 build = session.get(Build, build_id)
                 build.finished_at, build.status, build.error = time.time(), "failed", f"GC root: {err}"
                 self._record_failure(session.get(Package, name), build.error)
             self._emit("package", package=name, event="failed", detail=f"GC root: {err}")
             return
-        (self.gcroots / f"{name}-candidate").unlink(missing_ok=True)
+        self._remove_roots(name, out_path, "candidate")
         with self.sessions.begin() as session:
             build = session.get(Build, build_id)
             row = session.get(Package, name)
@@ -386,6 +417,7 @@ class Optimizer:
             if figures is not None:
                 build.benchmark, build.speedup = json.dumps(figures), figures.get("speedup")
             row.optimized = out_path
+            row.optimized_for = row.profile_build_key
             row.state = "active" if row.active else "ready"
             row.last_error = None
             row.build_failures = 0
@@ -408,7 +440,8 @@ class Optimizer:
     def activate(self, name: str) -> None:
         with self.sessions.begin() as session:
             row = session.get(Package, name)
-            if row.optimized is None or row.state == "stale":
+            built_for_another = row.optimized_for is not None and row.optimized_for != row.profile_build_key
+            if row.optimized is None or row.state == "stale" or built_for_another:
                 raise OperationError(f"{name} has no optimized build for its current version yet")
         self._change_active(name, True)
         self._emit("package", package=name, event="activated", detail=self._optimized(name))

@@ -27,7 +27,10 @@ from .config import Config
 from .db import Merge, Package, Part, Quarantine, SpoolFile, among
 from .failpoints import failpoint
 from .history import add_contributions, add_tallies
-from .merge import DISK_FULL, Gathered, MergeFailure, MergeInput, MergeOutcome, MergeSandbox, gather_inputs, merge_batch
+from .merge import (
+    DISK_FULL, Gathered, MergeFailure, MergeInput, MergeOutcome, MergeSandbox, gather_inputs, instrumentation_family,
+    merge_batch,
+)
 from .osthread import name_os_thread
 from .recovery import finish_files, unlink_if_present
 from .staging import Layout
@@ -191,7 +194,8 @@ class ProfileMerger:
         directory.mkdir(mode=0o700, exist_ok=True)
         output = directory / f"{generation:08d}.profdata"
         unlink_if_present(output)  # a generation never committed (recovery removes these too)
-        gathered = gather_inputs([MergeInput(p.path, p.size, p.digest) for p in parts], self._checked)
+        kind = instrumentation_family(package.profile_kind) if package.profile_kind else None
+        gathered = gather_inputs([MergeInput(p.path, p.size, p.digest) for p in parts], self._checked, kind)
         for part in parts:
             self._forget(part.path)
         self._job = MergeJob(name, parts, generation, base, output, more)

@@ -86,6 +86,10 @@ def speedup_text(package: dict) -> str:
     return text if figures.get("verdict") == "accepted" else f"{text} {figures.get('verdict', '')}".strip()
 
 
+def _speed_words(speedup: float) -> str:
+    return f"{speedup:.2f}× faster" if speedup >= 1 else f"{speedup:.2f}× the baseline's speed"
+
+
 def state_text(package: dict) -> str:
     """The state, with what a person needs beside it: the stage of a two-stage package, a build
     waiting, a benchmark running."""
@@ -107,7 +111,7 @@ def benchmark_line(figures: dict) -> str:
         return f"failed: {figures.get('error') or 'no figures'}"
     spread = "/".join(f"{100 * (figures.get(f'{side}_spread') or 0):.0f} %" for side in ("baseline", "candidate"))
     return (
-        f"{figures['speedup']:.2f}× faster (baseline {figures['baseline_median_seconds']:.3f} s, candidate "
+        f"{_speed_words(figures['speedup'])} (baseline {figures['baseline_median_seconds']:.3f} s, candidate "
         f"{figures['candidate_median_seconds']:.3f} s, median of {figures['rounds']}, spread {spread}), "
         f"{figures['verdict']}, the gate took {figures['seconds']:.1f} s"
     )

@@ -27,7 +27,7 @@ STAGE_NAMES = {FIRST: "first", CONTEXT_SENSITIVE: "context-sensitive"}
 
 def next_build(package: PackageConfig, row: Package) -> tuple[str, tuple[str, ...]]:
     """What the package's next build makes, and the argv that makes it."""
-    if package.cs_build is not None and row.stage == FIRST:
+    if package.cs_build is not None and row.stage == FIRST and row.profile_kind != "fe":
         return CS_PROFILE, package.cs_build
     return OPTIMIZE, package.build
 
@@ -49,10 +49,14 @@ def in_use(row: Package, active: bool | None = None) -> str | None:
 
 
 def enter_context_sensitive(row: Package, package: PackageConfig, stage_build: str) -> None:
+    """The stage's build is in use from now on. What was merged while it was built came from the
+    first stage's programs: the counters start again, so the final build waits for the second
+    stage's own profiles."""
     row.stage = CONTEXT_SENSITIVE
     row.stage_build = stage_build
     row.threshold_bytes = threshold_for(package, row)
-    row.state = "profiling"
+    row.state = "active" if row.active else "profiling"
+    row.raw_bytes = row.files = 0
     row.build_due = False
 
 

@@ -33,10 +33,10 @@ def _gate_figures(build: Build | None) -> dict | None:
         return None
 
 
-def _latest_final_build(session: Session, name: str) -> Build | None:
+def _latest_final_build(session: Session, name: str, statuses: tuple[str, ...]) -> Build | None:
     return session.scalar(
         select(Build).where(Build.package == name, Build.stage == stages.OPTIMIZE,
-                            Build.status.in_(("succeeded", "rejected"))).order_by(Build.id.desc()).limit(1)
+                            Build.status.in_(statuses)).order_by(Build.id.desc()).limit(1)
     )
 
 
@@ -67,11 +67,11 @@ def _package_summary(row: Package, running=None, package: PackageConfig | None =
     if package is not None:
         summary.update(stages.describe(package, row))
     if session is not None:
-        # The latest final build's measurement: what the optimized build (or the refused
-        # candidate, when the state is "rejected") gave on the package's benchmark.
-        figures = _gate_figures(_latest_final_build(session, row.name))
-        summary["benchmark"] = figures
-        summary["speedup"] = figures.get("speedup") if figures else None
+        # "benchmark": the latest measured final build's figures (a refused candidate's too);
+        # "speedup": what the optimized build, the one that may be used, measured.
+        summary["benchmark"] = _gate_figures(_latest_final_build(session, row.name, ("succeeded", "rejected", "failed")))
+        accepted = _gate_figures(_latest_final_build(session, row.name, ("succeeded",)))
+        summary["speedup"] = accepted.get("speedup") if accepted and row.optimized else None
     if gating is not None and gating.package.name == row.name:
         summary["benchmark_running"] = {
             "started_at": gating.started, "rounds_done": gating.rounds_done,

@@ -167,7 +167,13 @@ let
           or (throw ''${who}: instrumentation must be "ir" or "fe", got "${kind}".'');
       update = if atomicCounters then [ "-fprofile-update=atomic" ] else [ ];
       # The link needs only the driver flag that pulls in the profile runtime.
-      linkInstrument = if kind == "fe" then instrument else [ (builtins.head instrument) ];
+      linkInstrument =
+        {
+          fe = instrument;
+          ir = [ "-fprofile-generate" ];
+          cs-ir = [ "-fcs-profile-generate" ];
+        }
+        .${kind};
     in
     if builtins.substring 0 1 spoolDir != "/" || hasWhitespace spoolDir then
       throw ''${who}: spoolDir must be an absolute path without white space (it becomes part of a compiler flag), got "${spoolDir}".''
@@ -309,6 +315,9 @@ rec {
           "";
       flags =
         [ "-fprofile-use=${profile}" ]
+        # IR profiles: a function without data is reported only when asked (front-end
+        # profiles report it through -Wprofile-instr-missing).
+        ++ [ "-mllvm" "-pgo-warn-missing-function" ]
         ++ map (w: "-W${w}") profileMatchWarnings
         ++ map (w: "-Wno-error=${w}") (profileMatchWarnings ++ [ "backend-plugin" ]);
     in

@@ -44,3 +44,13 @@ def test_the_verdict_compares_medians_against_min_speedup():
     assert figures["baseline_spread"] == pytest.approx((9.0 - 1.9) / 2.0, abs=1e-4)
     slower = GateResult("lua", 1, 0.9, [1.0] * 5, [1.1] * 5, 1.0, 3.0)
     assert not slower.accepted and slower.figures()["verdict"] == "rejected"
+
+
+def test_a_child_left_holding_the_pipes_does_not_hold_the_gate():
+    """A benchmark that leaves a daemon behind (its own session, the pipes still open): the run
+    ends soon after the benchmark itself exits."""
+    begun = time.monotonic()
+    baseline, candidate = measure(["/bin/sh", "-c", "setsid sleep 30 & echo same"], "a", "b", rounds=5, timeout=20,
+                                  identity=None)
+    assert time.monotonic() - begun < 15
+    assert max(baseline + candidate) < 1.0, "the time measured ends at the benchmark's exit"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -115,16 +116,16 @@ def test_the_gate_activates_a_faster_build_and_refuses_a_slower_one(pgod, tmp_pa
     figures = package["benchmark"]
     assert figures["rounds"] == 5 and len(figures["baseline_seconds"]) == len(figures["candidate_seconds"]) == 5
     assert figures["baseline_median_seconds"] > 0 and figures["candidate_median_seconds"] > 0
-    assert package["speedup"] == figures["speedup"]
     build = json.loads(daemon.pgoctl("show", "workload", "--json").stdout)["builds"][0]
     assert build["speedup"] == pytest.approx(figures["speedup"])
     if candidate_is == "slow":
-        assert figures["verdict"] == "rejected" and package["speedup"] < 1.0
+        # The refused candidate's figure is in `benchmark`; `speedup` is the usable build's: none.
+        assert figures["verdict"] == "rejected" and figures["speedup"] < 1.0 and package["speedup"] is None
         assert package["active"] is False and package["optimized"] is None
         assert build["status"] == "rejected" and "below min_speedup 1" in build["error"]
         assert not (pgod.root / "profile").exists() or not (pgod.root / "profile" / "bin" / "work").exists()
     else:
-        assert figures["verdict"] == "accepted" and package["speedup"] > 1.0
+        assert figures["verdict"] == "accepted" and package["speedup"] == figures["speedup"] > 1.0
         assert package["active"] is True and package["optimized"] == candidate
         assert os.path.realpath(pgod.root / "profile" / "bin" / "work").startswith(candidate)
 
@@ -177,3 +178,52 @@ def test_profiles_of_another_instrumentation_kind_are_never_mixed(pgod):
     new = wait_for(lambda: (p := daemon.package("hello"))["files"] == 6 and p["profile"] and p, 60, "IR profiles merged")
     assert show(new["profile"]).startswith("Instrumentation level: IR")
     assert new["quarantined"] == 0
+
+
+def test_a_raw_profile_of_the_other_kind_is_left_out_of_a_merge(tmp_path, clang14):
+    """llvm-profdata would merge a front-end raw profile into an IR profile without a word:
+    the merge's input gathering refuses it, with a reason, and keeps the IR one."""
+    from clangs import run_instrumented
+    from conftest import WORKLOAD_C
+    from pgod.merge import MergeInput, gather_inputs
+
+    source = tmp_path / "workload.c"
+    source.write_text(WORKLOAD_C)
+    raws = {}
+    for kind, ir in (("fe", False), ("ir", True)):
+        exe = clang14.compile(source, tmp_path / f"workload-{kind}", ir=ir)
+        run_instrumented(exe, ["3", "x"], tmp_path / f"{kind}.profraw")
+        raws[kind] = str(tmp_path / f"{kind}.profraw")
+    inputs = [MergeInput(path, os.path.getsize(path), None) for path in raws.values()]
+    gathered = gather_inputs(inputs, {}, kind="ir")
+    try:
+        assert gathered.rejected == {raws["fe"]: (
+            "instrumentation-mismatch", "a fe raw profile for a package whose profile is ir: kinds are never merged together",
+        )}
+        assert gathered.size == os.path.getsize(raws["ir"])
+    finally:
+        gathered.close()
+
+
+def test_after_an_upgrade_a_rejected_build_leaves_the_old_versions_build_out_of_reach(pgod, tmp_path, workload):
+    fast, slow = slow_and_fast_builds(tmp_path)
+    config = {"profile_build": [str(workload)], "build": ["echo", fast], "threshold_mb": 0.0001,
+              "benchmark": ["{bin}/bin/work"], "baseline_build": slow}
+    pgod.write_config({"workload": config}, activation="auto")
+    daemon = pgod.daemon()
+    subprocess.run([str(workload / "bin" / "workload"), "3", "x"], check=True, capture_output=True,
+                   env={"LLVM_PROFILE_FILE": f"{pgod.spool}/%p.profraw"})
+    wait_for(lambda: daemon.package("workload")["state"] == "active", 120, "the first build active")
+    assert daemon.stop() == 0
+
+    # A new version (another profiling build path), whose build the gate refuses.
+    upgraded = tmp_path / "workload-2"
+    shutil.copytree(workload, upgraded)
+    slower = slow_and_fast_builds(tmp_path / "slower")[1]
+    pgod.write_config({"workload": {**config, "profile_build": [str(upgraded)], "build": ["echo", slower],
+                                    "baseline_build": fast}}, activation="auto")
+    daemon = pgod.daemon()
+    package = wait_for(lambda: (p := daemon.package("workload"))["state"] == "rejected" and p, 120, "the new build refused")
+    assert package["active"] is False
+    refused = daemon.pgoctl("activate", "workload", check=False)
+    assert refused.returncode == 1 and "no optimized build for its current version" in refused.stderr
