@@ -164,7 +164,7 @@ class RawProfile:
     @property
     def instrumentation(self) -> str:
         """"fe", "ir" or "cs-ir", as pgo.json names them: profiles of different kinds never
-        merge into one working profile (llvm-profdata refuses FE with IR)."""
+        merge into one working profile (llvm-profdata would merge them, silently)."""
         flags = self.variant_flags << 32
         if flags & _CSIR_PROF:
             return "cs-ir"
