@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import resource
+import shlex
 import shutil
 import signal
 import statistics
@@ -52,6 +53,8 @@ CLANG = "/usr/bin/clang-14"
 
 DEFAULT_THRESHOLD_MB = 3.0  # one instrumented run writes ~100 KB: ~30 runs, ~20 s
 DEFAULT_ROUNDS = 7
+MIN_SPEEDUP = 1.0  # the gate: the final build must not be slower than plain -O2 on the workload
+GATE_ROUNDS = 5  # the least pgod takes
 TRAIN_TIMEOUT = 300.0
 BUILD_TIMEOUT = 900.0
 
@@ -277,6 +280,18 @@ def optimized_build_argv(layout: Layout, source: Source) -> list[str]:
     return nix_build_argv("optimized", layout, source, "{profile}") + ["--no-out-link"]
 
 
+def cs_build_argv(layout: Layout, source: Source) -> list[str]:
+    """pgod's `cs_build` command: the IR-optimized, CS-instrumented Lua from the first stage's profile."""
+    return nix_build_argv("csProfiling", layout, source, "{profile}") + ["--no-out-link"]
+
+
+def benchmark_argv(workload: Path = WORKLOAD_DIR) -> list[str]:
+    """The gate's benchmark: the demo's workload, every script once, on `{bin}/bin/lua`. pgod runs
+    it with a bare environment (PATH, LC_ALL) as its merge user, hence the absolute folder."""
+    script = f"cd {shlex.quote(str(workload))} && for s in *.lua; do {{bin}}/bin/lua \"$s\" || exit 1; done"
+    return ["/bin/sh", "-c", script]
+
+
 # ---- c. bus and daemon --------------------------------------------------------------------------
 def _toml(value) -> str:
     if isinstance(value, (list, tuple)):
@@ -286,7 +301,8 @@ def _toml(value) -> str:
     return json.dumps(str(value))  # a TOML basic string
 
 
-def write_config(layout: Layout, source: Source, profiling: str, threshold_mb: float) -> Path:
+def write_config(layout: Layout, source: Source, profiling: str, plain: str, threshold_mb: float,
+                 cs_threshold_mb: float | None = None) -> Path:
     top = {
         "spool_dir": layout.spool,
         "state_dir": layout.state,
@@ -294,7 +310,20 @@ def write_config(layout: Layout, source: Source, profiling: str, threshold_mb: f
         "threshold_mb": threshold_mb,
         "activation": "auto",
     }
-    package = {"profile_build": [profiling], "build": optimized_build_argv(layout, source)}
+    package = {
+        "profile_build": [profiling],
+        "build": optimized_build_argv(layout, source),
+        # The context-sensitive stage: at the threshold pgod builds csProfiling from the first
+        # stage's IR profile and puts it in use (profile_link/bin/lua) for the second stage.
+        "cs_build": cs_build_argv(layout, source),
+        "cs_threshold_mb": cs_threshold_mb if cs_threshold_mb is not None else threshold_mb,
+        # The gate: the final candidate must run the workload at least as fast as plain -O2.
+        "benchmark": benchmark_argv(),
+        "baseline_build": plain,
+        "min_speedup": MIN_SPEEDUP,
+        "benchmark_rounds": GATE_ROUNDS,
+        "benchmark_timeout_s": 120,
+    }
     lines = [f"{key} = {_toml(value)}" for key, value in top.items()]
     lines += ["", f"[packages.{PACKAGE}]"] + [f"{key} = {_toml(value)}" for key, value in package.items()]
     layout.config.write_text("\n".join(lines) + "\n")
@@ -433,67 +462,107 @@ def _mb(n: float) -> str:
     return f"{n / 1048576:.1f} MB"
 
 
-def train(daemon: Daemon, profiling: str, scripts: list[Path], timeout: float = TRAIN_TIMEOUT) -> dict:
-    """Run the instrumented Lua over the workload until pgod starts the optimized build."""
-    lua = Path(profiling) / "bin" / "lua"
-    env = user_env()
-    runs, rounds, begun = 0, 0, time.monotonic()
-    exits = daemon.training_exits
-    say(f"    instrumented {lua} writes {daemon.layout.spool.relative_to(ROOT)}/<pid>.profraw at exit")
-    while True:
-        rounds += 1
-        for script in scripts:
-            run_lua(lua, script, env)
-            exits.append(time.time())
-            runs += 1
-            # Reading the log is free; a pgoctl call costs about a second of CPU: once a round.
-            if any(e.get("event") == "build.started" for e in daemon.events()):
-                break
-        package = daemon.package()
-        state = package["state"]
-        if state == "profiling":
-            share = package["raw_bytes"] / max(package["threshold_bytes"], 1)
-            say(f"    round {rounds:2d}: {runs:3d} runs  raw {_mb(package['raw_bytes'])} / {_mb(package['threshold_bytes'])}"
-                f"  ({share:4.0%})  files {package['files']}  [{time.monotonic() - begun:4.1f} s]")
-        else:
-            say(f"    round {rounds:2d}: {runs:3d} runs  threshold crossed: {_mb(package.get('total_raw_bytes') or 0)} merged"
-                f" from {package.get('total_files')} raw profiles; state {state}  [{time.monotonic() - begun:4.1f} s]")
-            if state == "failed":
-                raise DemoError(f"optimized build failed: {package['last_error']}")
-            return package
-        daemon.check_alive()
-        if time.monotonic() - begun > timeout:
-            raise DemoError(f"threshold not reached after {runs} runs in {timeout:.0f} s")
+@dataclass
+class Training:
+    """What the training runs did: rounds and runs per binary kind, and when each run ended."""
+
+    rounds: dict[str, int]
+    runs: dict[str, int]
 
 
-def wait_active(daemon: Daemon, timeout: float = BUILD_TIMEOUT, poll_every: float = 10.0) -> dict:
-    """Wait for the optimized build to be built and activated, showing the build's last line.
+def _gate_text(figures: dict | None) -> str:
+    if not figures:
+        return "no measurement"
+    if figures.get("verdict") == "failed":
+        return f"failed: {figures.get('error')}"
+    return (f"{figures['verdict']}, speedup {figures['speedup']:.3f}x (plain {figures['baseline_median_seconds']:.2f} s,"
+            f" candidate {figures['candidate_median_seconds']:.2f} s, median of {figures['rounds']},"
+            f" spreads {figures['baseline_spread']:.0%}/{figures['candidate_spread']:.0%}; the gate took {figures['seconds']:.1f} s)")
 
-    pgod's log is watched for the outcome (free); `pgoctl status` costs about a second of CPU,
-    which would slow the build on a small machine, so it is called only every `poll_every` s.
-    """
-    begun, last_line, next_poll = time.monotonic(), None, 0.0
-    while True:
-        daemon.check_alive()
-        now = time.monotonic()
-        outcome = [e for e in daemon.events() if e.get("event") in ("activation.changed", "build.failed")]
-        if outcome or now >= next_poll:
-            next_poll = now + poll_every
-            package = daemon.package()
-            state = package["state"]
-            if state == "active":
+
+class Trainer:
+    """Runs the workload, round after round, on whatever pgod has in use for lua: the profiling
+    build in the first stage, then `<profile_link>/bin/lua` (the context-sensitive build) once
+    status says it is in use there, until a condition on pgod's status holds. Every change of
+    stage, state or gate verdict is printed as it is seen (one `pgoctl status` per round: it
+    costs about a second of CPU)."""
+
+    def __init__(self, daemon: Daemon, profiling: str, scripts: list[Path]) -> None:
+        self.daemon = daemon
+        self.profiling = Path(profiling) / "bin" / "lua"
+        self.scripts = scripts
+        self.env = user_env()
+        self.begun = time.monotonic()
+        self.done = Training({}, {})
+        self.last: dict = {}
+        self.package: dict = daemon.package()
+
+    def in_use(self, package: dict) -> tuple[str, Path]:
+        """Which build the users' `lua` is now: ("profiling", path) or ("cs-stage", path)."""
+        if package.get("in_use") and package.get("stage") == "context-sensitive" and not package.get("active"):
+            link = self.daemon.layout.active_lua()
+            if os.path.realpath(link).startswith(package["in_use"] + "/"):
+                return "cs-stage", link
+        return "profiling", self.profiling
+
+    def note(self, package: dict, kind: str) -> None:
+        """Print what changed since the last round."""
+        last = self.last
+        if package.get("stage") != last.get("stage") and last:
+            say(f"    -> stage {package.get('stage')} ({package.get('stages')} stages): in use {package.get('in_use')}")
+        if kind != last.get("kind") and last:
+            say(f"    -> the training now runs {kind}: {self.daemon.layout.active_lua().relative_to(ROOT) if kind == 'cs-stage' else self.profiling}")
+        if package.get("benchmark_running") and not last.get("benchmark_running"):
+            run = package["benchmark_running"]
+            say(f"    -> gate: benchmarking candidate {run['candidate']} against plain -O2, {run['rounds']} rounds")
+        if package["state"] != last.get("state") and package["state"] in ("active", "rejected", "failed"):
+            say(f"    -> gate: {_gate_text(package.get('benchmark'))}")
+        self.last = {"stage": package.get("stage"), "kind": kind, "state": package["state"],
+                     "benchmark_running": bool(package.get("benchmark_running"))}
+
+    def until(self, done, what: str, timeout: float = TRAIN_TIMEOUT) -> dict:
+        """Train until done(package) is true (checked before each round); returns that status."""
+        begun = time.monotonic()
+        while True:
+            package = self.package = self.daemon.package()
+            kind, lua = self.in_use(package)
+            self.note(package, kind)
+            if package["state"] == "failed":
+                raise DemoError(f"pgod's build of lua failed: {package['last_error']}")
+            if package["state"] == "rejected":
+                raise DemoError(f"the gate refused the optimized build: {package['last_error']}")
+            if done(package):
                 return package
-            if state == "failed" or (state == "ready" and package["last_error"]):
-                raise DemoError(f"optimized build not activated: {package['last_error']}")
+            self.daemon.check_alive()
+            if time.monotonic() - begun > timeout:
+                raise DemoError(f"{what}: not reached after {timeout:.0f} s")
+            for script in self.scripts:
+                run_lua(lua, script, self.env)
+                self.daemon.training_exits.append(time.time())
+            self.done.rounds[kind] = self.done.rounds.get(kind, 0) + 1
+            self.done.runs[kind] = self.done.runs.get(kind, 0) + len(self.scripts)
+            share = package["raw_bytes"] / max(package["threshold_bytes"], 1)
             build = package.get("build") or {}
-            line = build.get("last_line") or ""
-            if build.get("total") and build.get("derivation"):  # as Nix reports it (pgod/build_progress.py)
-                state += f" [{build.get('done') or 0}/{build['total']}] {build['derivation']}: {build.get('phase') or '…'}"
-            say(f"    [{now - begun:5.1f} s] {state}" + (f": {line[:150]}" if line and line != last_line else " …"))
-            last_line = line or last_line
-        if now - begun > timeout:
-            raise DemoError(f"optimized build not active after {timeout:.0f} s")
-        time.sleep(0.5)
+            doing = package["state"]
+            if package.get("benchmark_running"):
+                doing = f"gate round {package['benchmark_running']['rounds_done']}/{package['benchmark_running']['rounds']}"
+            elif build.get("derivation"):
+                doing += f" [{build.get('done') or 0}/{build.get('total') or '?'}] {build['derivation']}: {build.get('phase') or '…'}"
+            say(f"    round {sum(self.done.rounds.values()):2d} on {kind:9s} stage {package.get('stage', 'first'):17s}"
+                f" raw {_mb(package['raw_bytes'])} / {_mb(package['threshold_bytes'])} ({share:4.0%})"
+                f"  {doing}  [{time.monotonic() - self.begun:5.1f} s]")
+
+
+def _in_cs_stage(trainer: Trainer):
+    return lambda p: p.get("stage") == "context-sensitive" and trainer.in_use(p)[0] == "cs-stage"
+
+
+def _final_started(p: dict) -> bool:
+    return p.get("stage") == "context-sensitive" and p["state"] in ("building", "ready", "active")
+
+
+def _final_active(p: dict) -> bool:
+    return p["state"] == "active" and bool(p.get("optimized"))
 
 
 def check_active(layout: Layout, package: dict) -> Path:
@@ -514,6 +583,12 @@ class Loop:
     daemon: Daemon
     package: dict  # status of lua once active
     scripts: list[Path]
+    plain: str  # the plain -O2 build (the gate's baseline)
+    training: Training
+
+    @property
+    def plain_lua(self) -> Path:
+        return Path(self.plain) / "bin" / "lua"
 
     @property
     def optimized_lua(self) -> Path:
@@ -526,30 +601,40 @@ def closed_loop(layout: Layout, steps: Steps, threshold_mb: float = DEFAULT_THRE
     scripts = workload_scripts()
     with steps("Lua sources: the interpreter shipped inside the lupa sdist on PyPI"):
         source = fetch_sources(layout)
-    with steps("nix-build the instrumented (profiling) Lua"):
+    with steps("nix-build the instrumented (profiling, IR) Lua and plain -O2 Lua (the gate's baseline)"):
         profiling = nix_build("profiling", layout, source)
+        plain_out = nix_build("plain", layout, source)
     bus = daemon = None
     failed = False
     try:
         with steps("start a private dbus-daemon and pgod"):
             bus = Bus(layout)
             say(f"    dbus-daemon --session at {bus.address}")
-            write_config(layout, source, profiling, threshold_mb)
-            say(f"    config {layout.config.relative_to(ROOT)}: activation auto, threshold {threshold_mb:g} MB,"
-                f" profile link {layout.profile.relative_to(ROOT)}")
+            write_config(layout, source, profiling, plain_out, threshold_mb)
+            say(f"    config {layout.config.relative_to(ROOT)}: activation auto, threshold {threshold_mb:g} MB"
+                f" per stage, two stages (IR, then context-sensitive), gate: the workload on plain -O2 vs the candidate,"
+                f" min_speedup {MIN_SPEEDUP:g}, profile link {layout.profile.relative_to(ROOT)}")
             daemon = Daemon(layout, bus).start()
             say(f"    pgod (pid {daemon.process.pid}) answers on the bus; log {layout.log.relative_to(ROOT)}")
-        with steps(f"train: run the instrumented Lua over demo/workload/*.lua ({len(scripts)} scripts) until the threshold"):
-            train(daemon, profiling, scripts)
-        with steps("pgod builds Lua with the merged profile (nix-build) and activates it"):
-            package = wait_active(daemon)
+        trainer = Trainer(daemon, profiling, scripts)
+        with steps(f"train, first stage: the IR-instrumented Lua over demo/workload/*.lua ({len(scripts)} scripts);"
+                   " at the threshold pgod builds the context-sensitive stage and puts it in use"):
+            trainer.until(_in_cs_stage(trainer), "the context-sensitive stage in use")
+            say(f"    in use: {layout.active_lua().relative_to(ROOT)} -> {os.path.realpath(layout.active_lua())}"
+                " (IR-optimized, CS-instrumented)")
+        with steps("train, context-sensitive stage: the same scripts on the build in use, until pgod's final build"):
+            trainer.until(_final_started, "the final build started")
+        with steps("pgod builds the final Lua (IR + CS profile), gates it on the workload against plain -O2, activates it;"
+                   " the training goes on meanwhile"):
+            package = trainer.until(_final_active, "the final build active", BUILD_TIMEOUT)
             check_active(layout, package)
             say(f"    active: {layout.active_lua().relative_to(ROOT)} -> {os.path.realpath(layout.active_lua())}")
+            say(f"    gate (status benchmark): {_gate_text(package.get('benchmark'))}")
         with steps("pgoctl --bus session status; pgoctl --bus session show lua"):
             say(indent(daemon.pgoctl("status").stdout))
             say("")
             say(indent(daemon.pgoctl("show", PACKAGE).stdout))
-        yield Loop(layout, source, profiling, daemon, package, scripts)
+        yield Loop(layout, source, profiling, daemon, package, scripts, plain_out, trainer.done)
     except BaseException:
         failed = True
         if daemon is not None:
@@ -663,8 +748,7 @@ def main(argv: list[str] | None = None) -> int:
         with exclusive(layout):
             reset(layout)
             with closed_loop(layout, steps, args.threshold_mb) as loop:
-                with steps("nix-build plain Lua (-O2, clang 14, no PGO)"):
-                    plain = Path(nix_build("plain", layout, loop.source)) / "bin" / "lua"
+                plain = loop.plain_lua
                 with steps(f"measure: plain vs optimized, {args.rounds} interleaved rounds of the workload"):
                     say("    (the same scripts trained the profile: the usual PGO set-up, so this is the best case)")
                     result = measure({"plain": plain, "optimized": loop.optimized_lua}, loop.scripts, args.rounds, layout)
