@@ -51,10 +51,11 @@ LUA_IN_SDIST = f"lupa-{LUPA_VERSION}/third-party/lua54/"
 LUA_COMPILE = ["-O2", "-DMAKE_LUA", "-o", "{out}", "onelua.c", "-lm"]
 CLANG = "/usr/bin/clang-14"
 
-DEFAULT_THRESHOLD_MB = 3.0  # one instrumented run writes ~100 KB: ~30 runs, ~20 s
+DEFAULT_THRESHOLD_MB = 2.0  # per stage; one instrumented run writes ~100 KB: ~20 runs
 DEFAULT_ROUNDS = 7
 MIN_SPEEDUP = 1.0  # the gate: the final build must not be slower than plain -O2 on the workload
 GATE_ROUNDS = 5  # the least pgod takes
+LIGHT_RUNS, LIGHT_PAUSE = 2, 2.0  # training while pgod builds or gates: scripts per status check, pause after each
 TRAIN_TIMEOUT = 300.0
 BUILD_TIMEOUT = 900.0
 
@@ -468,6 +469,7 @@ class Training:
 
     rounds: dict[str, int]
     runs: dict[str, int]
+    before_final: dict[str, int]  # the rounds done when pgod's final build started
 
 
 def _gate_text(figures: dict | None) -> str:
@@ -493,13 +495,17 @@ class Trainer:
         self.scripts = scripts
         self.env = user_env()
         self.begun = time.monotonic()
-        self.done = Training({}, {})
+        self.done = Training({}, {}, {})
         self.last: dict = {}
+        self.next_script = 0
         self.package: dict = daemon.package()
 
     def in_use(self, package: dict) -> tuple[str, Path]:
-        """Which build the users' `lua` is now: ("profiling", path) or ("cs-stage", path)."""
-        if package.get("in_use") and package.get("stage") == "context-sensitive" and not package.get("active"):
+        """Which build the users' `lua` is now: ("profiling", path), ("cs-stage", path) or, once
+        the final build is active, ("optimized", path)."""
+        if package.get("active") and package.get("optimized"):
+            return "optimized", self.daemon.layout.active_lua()
+        if package.get("in_use") and package.get("stage") == "context-sensitive":
             link = self.daemon.layout.active_lua()
             if os.path.realpath(link).startswith(package["in_use"] + "/"):
                 return "cs-stage", link
@@ -531,16 +537,25 @@ class Trainer:
                 raise DemoError(f"pgod's build of lua failed: {package['last_error']}")
             if package["state"] == "rejected":
                 raise DemoError(f"the gate refused the optimized build: {package['last_error']}")
+            if _final_started(package) and not self.done.before_final:
+                self.done.before_final = dict(self.done.rounds)
             if done(package):
                 return package
             self.daemon.check_alive()
             if time.monotonic() - begun > timeout:
                 raise DemoError(f"{what}: not reached after {timeout:.0f} s")
-            for script in self.scripts:
+            # While pgod builds or benchmarks, the users' programs go on, lightly: one script
+            # every few seconds, so neither the build nor the gate's timing is crowded out.
+            light = package["state"] == "building" or bool(package.get("benchmark_running"))
+            batch = self.scripts[self.next_script:self.next_script + LIGHT_RUNS] if light else self.scripts
+            for script in batch:
                 run_lua(lua, script, self.env)
                 self.daemon.training_exits.append(time.time())
-            self.done.rounds[kind] = self.done.rounds.get(kind, 0) + 1
-            self.done.runs[kind] = self.done.runs.get(kind, 0) + len(self.scripts)
+                if light:
+                    time.sleep(LIGHT_PAUSE)
+            self.next_script = (self.next_script + len(batch)) % len(self.scripts) if light else 0
+            self.done.runs[kind] = self.done.runs.get(kind, 0) + len(batch)
+            self.done.rounds[kind] = self.done.runs[kind] // len(self.scripts)
             share = package["raw_bytes"] / max(package["threshold_bytes"], 1)
             build = package.get("build") or {}
             doing = package["state"]
@@ -548,7 +563,7 @@ class Trainer:
                 doing = f"gate round {package['benchmark_running']['rounds_done']}/{package['benchmark_running']['rounds']}"
             elif build.get("derivation"):
                 doing += f" [{build.get('done') or 0}/{build.get('total') or '?'}] {build['derivation']}: {build.get('phase') or '…'}"
-            say(f"    round {sum(self.done.rounds.values()):2d} on {kind:9s} stage {package.get('stage', 'first'):17s}"
+            say(f"    {sum(self.done.runs.values()):3d} runs, on {kind:9s} stage {package.get('stage', 'first'):17s}"
                 f" raw {_mb(package['raw_bytes'])} / {_mb(package['threshold_bytes'])} ({share:4.0%})"
                 f"  {doing}  [{time.monotonic() - self.begun:5.1f} s]")
 
@@ -562,7 +577,8 @@ def _final_started(p: dict) -> bool:
 
 
 def _final_active(p: dict) -> bool:
-    return p["state"] == "active" and bool(p.get("optimized"))
+    # `active`, not the state: data that came during the build and gate may start the next build at once.
+    return bool(p.get("active") and p.get("optimized"))
 
 
 def check_active(layout: Layout, package: dict) -> Path:
@@ -585,6 +601,7 @@ class Loop:
     scripts: list[Path]
     plain: str  # the plain -O2 build (the gate's baseline)
     training: Training
+    manual_running: dict | None = None  # manual instrumented compiles started with the loop
 
     @property
     def plain_lua(self) -> Path:
@@ -596,7 +613,8 @@ class Loop:
 
 
 @contextlib.contextmanager
-def closed_loop(layout: Layout, steps: Steps, threshold_mb: float = DEFAULT_THRESHOLD_MB) -> Iterator[Loop]:
+def closed_loop(layout: Layout, steps: Steps, threshold_mb: float = DEFAULT_THRESHOLD_MB,
+                manual: bool = False) -> Iterator[Loop]:
     """Steps a–e; yields with pgod still running, then stops pgod and the bus whatever happened."""
     scripts = workload_scripts()
     with steps("Lua sources: the interpreter shipped inside the lupa sdist on PyPI"):
@@ -606,6 +624,7 @@ def closed_loop(layout: Layout, steps: Steps, threshold_mb: float = DEFAULT_THRE
         plain_out = nix_build("plain", layout, source)
     bus = daemon = None
     failed = False
+    manual_running = None
     try:
         with steps("start a private dbus-daemon and pgod"):
             bus = Bus(layout)
@@ -616,6 +635,8 @@ def closed_loop(layout: Layout, steps: Steps, threshold_mb: float = DEFAULT_THRE
                 f" min_speedup {MIN_SPEEDUP:g}, profile link {layout.profile.relative_to(ROOT)}")
             daemon = Daemon(layout, bus).start()
             say(f"    pgod (pid {daemon.process.pid}) answers on the bus; log {layout.log.relative_to(ROOT)}")
+            if manual:
+                manual_running = start_manual_instrumented(layout, source)
         trainer = Trainer(daemon, profiling, scripts)
         with steps(f"train, first stage: the IR-instrumented Lua over demo/workload/*.lua ({len(scripts)} scripts);"
                    " at the threshold pgod builds the context-sensitive stage and puts it in use"):
@@ -634,7 +655,7 @@ def closed_loop(layout: Layout, steps: Steps, threshold_mb: float = DEFAULT_THRE
             say(indent(daemon.pgoctl("status").stdout))
             say("")
             say(indent(daemon.pgoctl("show", PACKAGE).stdout))
-        yield Loop(layout, source, profiling, daemon, package, scripts, plain_out, trainer.done)
+        yield Loop(layout, source, profiling, daemon, package, scripts, plain_out, trainer.done, manual_running)
     except BaseException:
         failed = True
         if daemon is not None:
@@ -642,6 +663,10 @@ def closed_loop(layout: Layout, steps: Steps, threshold_mb: float = DEFAULT_THRE
             say(indent(daemon.log_tail()))
         raise
     finally:
+        for _out, _begun, process in (manual_running or {}).values():
+            if process.poll() is None and failed:
+                process.kill()
+                process.wait()
         code = daemon.stop() if daemon is not None else None
         if bus is not None:
             bus.close()
@@ -680,18 +705,35 @@ class Measurement:
         return self.median_wall(base) / self.median_wall(name)
 
 
-def measure(binaries: dict[str, Path | str], scripts: list[Path], rounds: int, layout: Layout) -> Measurement:
+def measure(binaries: dict[str, Path | str], scripts: list[Path], rounds: int, layout: Layout,
+            instrumented: tuple[str, ...] = ()) -> Measurement:
     """Interleaved runs: in each round, every script runs under every binary back to back, in an
     order that rotates with the round and the script, so slow drifts of the machine's load hit all
-    binaries alike. All binaries must print the same."""
+    binaries alike. All binaries must print the same. The `instrumented` ones write their raw
+    profile (part of their cost) into a scratch folder, emptied after each run; every other
+    binary must write none."""
     names = list(binaries)
     layout.probe.mkdir(parents=True, exist_ok=True)
+    scratch = layout.bench / "instrumented-runs"
+    scratch.mkdir(parents=True, exist_ok=True)
     # An uninstrumented binary writes no profile even when asked to.
-    env = user_env(LLVM_PROFILE_FILE=f"{layout.probe}/%p.profraw")
+    plain_env = user_env(LLVM_PROFILE_FILE=f"{layout.probe}/%p.profraw")
+    instr_env = user_env(LLVM_PROFILE_FILE=f"{scratch}/%p.profraw")
+
+    def run(name: str, script: Path) -> tuple[float, float, str]:
+        if name not in instrumented:
+            return run_lua(binaries[name], script, plain_env)
+        got = run_lua(binaries[name], script, instr_env)
+        if not any(scratch.iterdir()):
+            raise DemoError(f"{name} was to be instrumented but wrote no profile")
+        for path in scratch.iterdir():
+            path.unlink()
+        return got
+
     reference = {}
     for name in names:  # warm-up, and the outputs compared
         for script in scripts:
-            _, _, out = run_lua(binaries[name], script, env)
+            _, _, out = run(name, script)
             if reference.setdefault(script.name, out) != out:
                 raise DemoError(f"{name} prints something else than {names[0]} for {script.name}")
     if written := list(layout.probe.iterdir()):
@@ -705,13 +747,150 @@ def measure(binaries: dict[str, Path | str], scripts: list[Path], rounds: int, l
         for position, script in enumerate(scripts):
             turn = (index + position) % len(names)
             for name in names[turn:] + names[:turn]:
-                w, c, out = run_lua(binaries[name], script, env)
+                w, c, out = run(name, script)
                 if out != reference[script.name]:
                     raise DemoError(f"{name} printed something else for {script.name} in round {index + 1}")
                 wall[name][script.name].append(w)
                 cpu[name][script.name].append(c)
-        say(f"    round {index + 1}/{rounds}: " + ", ".join(f"{name} {result.round_wall(name, index):.2f} s" for name in names))
+        say(f"    round {index + 1}/{rounds}: " + ", ".join(f"{name} {result.round_wall(name, index):.2f}" for name in names) + " s")
+    if written := list(layout.probe.iterdir()):
+        raise DemoError(f"a measured binary is instrumented: it wrote {written[0].name}")
     return result
+
+
+# ---- manual PGO builds: by hand, outside Nix, from the same training runs -------------------------
+LLVM_PROFDATA = "/usr/bin/llvm-profdata-14"
+# Instrumented builds by hand: the flags added to LUA_COMPILE ({ir}: the manual IR profile).
+MANUAL_INSTRUMENTED = {
+    "fe-instr": ["-fprofile-instr-generate"],
+    "ir-instr": ["-fprofile-generate"],
+    "ir-instr-atomic": ["-fprofile-generate", "-fprofile-update=atomic"],  # measured, not trained
+    "cs-instr": ["-fprofile-use={ir}", "-fcs-profile-generate"],
+}
+# Optimized builds by hand, from the profiles those made.
+MANUAL_OPTIMIZED = {
+    "manual-fe": ["-fprofile-instr-use={fe}"],
+    "manual-ir": ["-fprofile-use={ir}"],
+    "manual-cs": ["-fprofile-use={cs}"],
+}
+MANUAL_LABELS = {
+    "manual-fe": "manual FE PGO (-fprofile-instr-generate/-use)",
+    "manual-ir": "manual IR PGO (-fprofile-generate/-use)",
+    "manual-cs": "manual IR + CS PGO (-fcs-profile-generate)",
+    "fe-instr": "FE-instrumented (manual)",
+    "ir-instr": "IR-instrumented (manual)",
+    "ir-instr-atomic": "IR-instrumented, -fprofile-update=atomic (manual)",
+    "cs-instr": "CS-instrumented (manual)",
+}
+
+
+@dataclass
+class Manual:
+    """The manual builds: name → binary, the profiles they came from, each compile's wall seconds."""
+
+    binaries: dict[str, Path]
+    profiles: dict[str, Path]
+    compile_seconds: dict[str, float]
+    training_rounds: dict[str, int]
+
+
+def _start_compiles(source: Source, builds: dict[str, list[str]], folder: Path, profiles: dict[str, Path]) -> dict:
+    """clang-14 with LUA_COMPILE plus each build's flags, in the source folder, all at once (a
+    compile is one process)."""
+    running = {}
+    for name, flags in builds.items():
+        out = folder / name / "lua"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        extra = [f.format(**{k: str(v) for k, v in profiles.items()}) for f in flags]
+        argv = [CLANG, *extra, *(a.replace("{out}", str(out)) for a in LUA_COMPILE)]
+        say(f"    (cd {source.dir.relative_to(ROOT)} && {' '.join(argv)})")
+        running[name] = (out, time.perf_counter(), subprocess.Popen(argv, cwd=source.dir, stdout=subprocess.PIPE,
+                                                                     stderr=subprocess.STDOUT, text=True))
+    return running
+
+
+def _finish_compiles(running: dict) -> dict[str, tuple[Path, float]]:
+    done = {}
+    for name, (out, begun, process) in running.items():
+        text, _ = process.communicate()
+        if process.returncode != 0:
+            say(indent(text[-2000:]))
+            raise DemoError(f"manual compile {name} failed (exit {process.returncode})")
+        done[name] = (out, time.perf_counter() - begun)
+    return done
+
+
+def _compile_all(source: Source, builds: dict[str, list[str]], folder: Path, profiles: dict[str, Path]) -> dict[str, tuple[Path, float]]:
+    return _finish_compiles(_start_compiles(source, builds, folder, profiles))
+
+
+FIRST_MANUAL = ("fe-instr", "ir-instr", "ir-instr-atomic")  # need no profile: compiled while pgod trains
+
+
+def start_manual_instrumented(layout: Layout, source: Source) -> dict:
+    folder = layout.bench / "manual"
+    shutil.rmtree(folder, ignore_errors=True)
+    say("    the manual instrumented builds compile meanwhile (nice 10), for the comparison after the loop:")
+    running = _start_compiles(source, {k: MANUAL_INSTRUMENTED[k] for k in FIRST_MANUAL}, folder, {})
+    for _out, _begun, process in running.values():
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, process.pid, 10)
+    return running
+
+
+def _train_by_hand(lua: Path, scripts: list[Path], rounds: int, raw: Path) -> list[Path]:
+    raw.mkdir(parents=True, exist_ok=True)
+    env = user_env(LLVM_PROFILE_FILE=f"{raw}/%p.profraw")
+    for _ in range(rounds):
+        for script in scripts:
+            run_lua(lua, script, env)
+    files = sorted(raw.glob("*.profraw"))
+    if len(files) != rounds * len(scripts):
+        raise DemoError(f"{lua} wrote {len(files)} raw profiles for {rounds * len(scripts)} runs")
+    return files
+
+
+def _merge(out: Path, inputs: list[Path]) -> Path:
+    done = subprocess.run([LLVM_PROFDATA, "merge", "-o", str(out), *map(str, inputs)], check=False,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise DemoError(f"llvm-profdata merge -o {out.name} failed: {done.stderr.strip()[-300:]}")
+    return out
+
+
+def manual_pgo(loop: Loop) -> Manual:
+    """FE, IR and IR + CS PGO by hand (clang-14, llvm-profdata-14, the compile of demo/lua.nix),
+    trained on the same runs as pgod: as many rounds of the workload as pgod's first stage had on
+    its profiling build (FE and IR), and as many as its context-sensitive stage had before the
+    final build (CS)."""
+    folder = loop.layout.bench / "manual"
+    first = loop.training.rounds.get("profiling", 0)
+    second = loop.training.before_final.get("cs-stage", 0)
+    say(f"    training as pgod's: {first} rounds on each first-stage build, {second} on the CS-instrumented one")
+    made, seconds, profiles = {}, {}, {}
+
+    def compile_step(builds: dict[str, list[str]]) -> None:
+        for name, (out, wall) in _compile_all(loop.source, builds, folder, profiles).items():
+            made[name], seconds[name] = out, wall
+        say("    compiled: " + ", ".join(f"{name} {seconds[name]:.1f} s" for name in builds))
+
+    if loop.manual_running is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        compile_step({k: MANUAL_INSTRUMENTED[k] for k in FIRST_MANUAL})
+    else:
+        for name, (out, wall) in _finish_compiles(loop.manual_running).items():
+            made[name], seconds[name] = out, wall
+        say("    compiled during the loop: " + ", ".join(f"{name} {seconds[name]:.1f} s" for name in FIRST_MANUAL))
+    for kind in ("fe", "ir"):
+        raws = _train_by_hand(made[f"{kind}-instr"], loop.scripts, first, folder / f"{kind}-raw")
+        profiles[kind] = _merge(folder / f"{kind}.profdata", raws)
+    say(f"    merged {first * len(loop.scripts)} raw profiles each into fe.profdata and ir.profdata")
+    compile_step({"cs-instr": MANUAL_INSTRUMENTED["cs-instr"], **{k: MANUAL_OPTIMIZED[k] for k in ("manual-fe", "manual-ir")}})
+    raws = _train_by_hand(made["cs-instr"], loop.scripts, second, folder / "cs-raw")
+    profiles["cs"] = _merge(folder / "cs.profdata", [profiles["ir"], *raws])
+    say(f"    merged ir.profdata and {len(raws)} CS raw profiles into cs.profdata")
+    compile_step({"manual-cs": MANUAL_OPTIMIZED["manual-cs"]})
+    return Manual(made, profiles, seconds, {"first": first, "cs": second})
 
 
 # ---- h. report ----------------------------------------------------------------------------------
@@ -738,8 +917,25 @@ def parse_args(argv: list[str] | None, description: str = __doc__.split("\n\n")[
     return parser
 
 
+def comparison_lines(result: Measurement, pgod: str = "optimized") -> list[str]:
+    """pgod's build against the manual ones measured in the same rounds."""
+    lines = []
+    for name in ("manual-fe", "manual-ir", "manual-cs"):
+        if name in result.names:
+            lines.append(f"  {MANUAL_LABELS[name]:48} {result.median_wall(name):6.2f} s  {result.speedup(name):.3f}x")
+    if "manual-cs" in result.names:
+        lines.append(f"pgod speedup / manual IR+CS speedup: {result.speedup(pgod) / result.speedup('manual-cs'):.1%} (target >= 98 %)")
+    if "manual-fe" in result.names:
+        lines.append(f"pgod vs manual FE PGO: {result.median_wall('manual-fe') / result.median_wall(pgod):.3f}x "
+                     f"({'pgod is faster' if result.median_wall(pgod) < result.median_wall('manual-fe') else 'pgod is NOT faster'})")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv).parse_args(argv)
+    parser = parse_args(argv)
+    parser.add_argument("--no-manual", action="store_true",
+                        help="skip the manual FE, IR and IR+CS builds (by hand, outside Nix) and their measurement")
+    args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, interrupt_on_signal)
     layout, steps = Layout(), Steps()
     say("pgod demo: profile-guided optimization of the Lua 5.4 interpreter, closed loop through pgod")
@@ -747,11 +943,15 @@ def main(argv: list[str] | None = None) -> int:
         check_tools()
         with exclusive(layout):
             reset(layout)
-            with closed_loop(layout, steps, args.threshold_mb) as loop:
-                plain = loop.plain_lua
-                with steps(f"measure: plain vs optimized, {args.rounds} interleaved rounds of the workload"):
+            with closed_loop(layout, steps, args.threshold_mb, manual=not args.no_manual) as loop:
+                binaries: dict[str, Path] = {"plain": loop.plain_lua, "optimized": loop.optimized_lua}
+                if not args.no_manual:
+                    with steps("manual PGO by hand (clang-14, llvm-profdata-14, outside Nix), the same training runs: FE, IR, IR + CS"):
+                        manual = manual_pgo(loop)
+                    binaries |= {name: manual.binaries[name] for name in MANUAL_OPTIMIZED}
+                with steps(f"measure: {', '.join(binaries)}, {args.rounds} interleaved rounds of the workload"):
                     say("    (the same scripts trained the profile: the usual PGO set-up, so this is the best case)")
-                    result = measure({"plain": plain, "optimized": loop.optimized_lua}, loop.scripts, args.rounds, layout)
+                    result = measure(binaries, loop.scripts, args.rounds, layout)
             with steps(f"pgoctl report {PACKAGE}: hot functions, coverage, growth, change since the build"):
                 report = write_report(layout)
     except DemoError as err:
@@ -761,7 +961,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("demo: interrupted", file=sys.stderr, flush=True)
         return 130
+    package = loop.package
     say("")
+    say(f"stages: first (IR-instrumented, {loop.training.rounds.get('profiling', 0)} rounds) -> context-sensitive"
+        f" ({loop.training.rounds.get('cs-stage', 0)} rounds on the CS build) -> final build {package['optimized']}")
+    say(f"gate: {_gate_text(package.get('benchmark'))}")
+    if len(result.names) > 2:
+        say("manual builds, same rounds (workload time, speedup over plain -O2):")
+        for line in comparison_lines(result):
+            say(line)
     say(f"CPU (user+sys), median: plain {result.median_cpu('plain'):.2f} s, optimized {result.median_cpu('optimized'):.2f} s")
     say(f"total demo time {steps.elapsed():.0f} s")
     say(f"report: {report / 'ANALYSIS.md'} (with report.json and charts)")
