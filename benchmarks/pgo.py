@@ -54,6 +54,7 @@ from demo.__main__ import (
     measure,
     parse_args,
     reset,
+    say,
 )
 
 TARGET_RATIO = 0.98  # pgod speedup / manual IR+CS speedup
@@ -247,9 +248,14 @@ def main(argv: list[str] | None = None) -> int:
             reset(layout)
             with closed_loop(layout, steps, args.threshold_mb, manual=True) as loop:
                 detail = loop.daemon.show()
-                build = detail["builds"][0]
-                if build["status"] != "succeeded" or not build["profile"]:
-                    raise DemoError(f"pgod's latest build of lua is {build['status']}, profile {build['profile']}")
+                # The active build (data that came during the build and the gate may already have
+                # started the next one, which is then builds[0]).
+                build = next((b for b in detail["builds"] if b.get("out_path") == loop.package["optimized"]
+                              and b.get("stage") == "optimize"), None)
+                if build is None or build["status"] != "succeeded" or not build["profile"]:
+                    raise DemoError(f"pgoctl show lua has no succeeded final build {loop.package['optimized']}: {detail['builds'][:2]}")
+                if detail["builds"][0] is not build:
+                    say(f"    note: pgod has started another build meanwhile ({detail['builds'][0]['status']}): the measurement shares the machine with it")
                 profile, events = build["profile"], loop.daemon.events()
                 with steps("manual PGO by hand (clang-14, llvm-profdata-14, outside Nix), the same training runs: FE, IR, IR + CS"):
                     manual = manual_pgo(loop)

@@ -55,7 +55,7 @@ DEFAULT_THRESHOLD_MB = 2.0  # per stage; one instrumented run writes ~100 KB: ~2
 DEFAULT_ROUNDS = 7
 MIN_SPEEDUP = 1.0  # the gate: the final build must not be slower than plain -O2 on the workload
 GATE_ROUNDS = 5  # the least pgod takes
-LIGHT_RUNS, LIGHT_PAUSE = 2, 2.0  # training while pgod builds or gates: scripts per status check, pause after each
+LIGHT_RUNS, LIGHT_PAUSE = 2, 4.0  # training while pgod builds or gates: scripts per status check, pause after each
 TRAIN_TIMEOUT = 300.0
 BUILD_TIMEOUT = 900.0
 
@@ -517,7 +517,8 @@ class Trainer:
         if package.get("stage") != last.get("stage") and last:
             say(f"    -> stage {package.get('stage')} ({package.get('stages')} stages): in use {package.get('in_use')}")
         if kind != last.get("kind") and last:
-            say(f"    -> the training now runs {kind}: {self.daemon.layout.active_lua().relative_to(ROOT) if kind == 'cs-stage' else self.profiling}")
+            shown = self.daemon.layout.active_lua().relative_to(ROOT) if kind != "profiling" else self.profiling
+            say(f"    -> {'the training now runs' if kind != 'optimized' else 'now in use'} {kind}: {shown}")
         if package.get("benchmark_running") and not last.get("benchmark_running"):
             run = package["benchmark_running"]
             say(f"    -> gate: benchmarking candidate {run['candidate']} against plain -O2, {run['rounds']} rounds")
@@ -830,11 +831,11 @@ FIRST_MANUAL = ("fe-instr", "ir-instr", "ir-instr-atomic")  # need no profile: c
 def start_manual_instrumented(layout: Layout, source: Source) -> dict:
     folder = layout.bench / "manual"
     shutil.rmtree(folder, ignore_errors=True)
-    say("    the manual instrumented builds compile meanwhile (nice 10), for the comparison after the loop:")
+    say("    the manual instrumented builds compile meanwhile (nice 19, below the gate's 10), for the comparison after the loop:")
     running = _start_compiles(source, {k: MANUAL_INSTRUMENTED[k] for k in FIRST_MANUAL}, folder, {})
     for _out, _begun, process in running.values():
         with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, process.pid, 10)
+            os.setpriority(os.PRIO_PROCESS, process.pid, 19)
     return running
 
 
