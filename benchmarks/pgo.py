@@ -42,6 +42,7 @@ from demo.__main__ import (
     MANUAL_LABELS,
     MANUAL_OPTIMIZED,
     OUTPUT,
+    FIRST_MANUAL,
     DemoError,
     Layout,
     Measurement,
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         check_tools()
         with exclusive(layout):
             reset(layout)
-            with closed_loop(layout, steps, args.threshold_mb, manual=True) as loop:
+            with closed_loop(layout, steps, args.threshold_mb, manual=FIRST_MANUAL) as loop:
                 detail = loop.daemon.show()
                 # The active build (data that came during the build and the gate may already have
                 # started the next one, which is then builds[0]).

@@ -615,7 +615,7 @@ class Loop:
 
 @contextlib.contextmanager
 def closed_loop(layout: Layout, steps: Steps, threshold_mb: float = DEFAULT_THRESHOLD_MB,
-                manual: bool = False) -> Iterator[Loop]:
+                manual: tuple[str, ...] = ()) -> Iterator[Loop]:
     """Steps a–e; yields with pgod still running, then stops pgod and the bus whatever happened."""
     scripts = workload_scripts()
     with steps("Lua sources: the interpreter shipped inside the lupa sdist on PyPI"):
@@ -637,7 +637,7 @@ def closed_loop(layout: Layout, steps: Steps, threshold_mb: float = DEFAULT_THRE
             daemon = Daemon(layout, bus).start()
             say(f"    pgod (pid {daemon.process.pid}) answers on the bus; log {layout.log.relative_to(ROOT)}")
             if manual:
-                manual_running = start_manual_instrumented(layout, source)
+                manual_running = start_manual_instrumented(layout, source, manual)
         trainer = Trainer(daemon, profiling, scripts)
         with steps(f"train, first stage: the IR-instrumented Lua over demo/workload/*.lua ({len(scripts)} scripts);"
                    " at the threshold pgod builds the context-sensitive stage and puts it in use"):
@@ -828,11 +828,11 @@ def _compile_all(source: Source, builds: dict[str, list[str]], folder: Path, pro
 FIRST_MANUAL = ("fe-instr", "ir-instr", "ir-instr-atomic")  # need no profile: compiled while pgod trains
 
 
-def start_manual_instrumented(layout: Layout, source: Source) -> dict:
+def start_manual_instrumented(layout: Layout, source: Source, names: tuple[str, ...] = FIRST_MANUAL) -> dict:
     folder = layout.bench / "manual"
     shutil.rmtree(folder, ignore_errors=True)
     say("    the manual instrumented builds compile meanwhile (nice 19, below the gate's 10), for the comparison after the loop:")
-    running = _start_compiles(source, {k: MANUAL_INSTRUMENTED[k] for k in FIRST_MANUAL}, folder, {})
+    running = _start_compiles(source, {k: MANUAL_INSTRUMENTED[k] for k in names}, folder, {})
     for _out, _begun, process in running.values():
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, process.pid, 19)
@@ -881,7 +881,7 @@ def manual_pgo(loop: Loop) -> Manual:
     else:
         for name, (out, wall) in _finish_compiles(loop.manual_running).items():
             made[name], seconds[name] = out, wall
-        say("    compiled during the loop: " + ", ".join(f"{name} {seconds[name]:.1f} s" for name in FIRST_MANUAL))
+        say("    compiled during the loop: " + ", ".join(f"{name} {seconds[name]:.1f} s" for name in loop.manual_running))
     for kind in ("fe", "ir"):
         raws = _train_by_hand(made[f"{kind}-instr"], loop.scripts, first, folder / f"{kind}-raw")
         profiles[kind] = _merge(folder / f"{kind}.profdata", raws)
@@ -944,7 +944,9 @@ def main(argv: list[str] | None = None) -> int:
         check_tools()
         with exclusive(layout):
             reset(layout)
-            with closed_loop(layout, steps, args.threshold_mb, manual=not args.no_manual) as loop:
+            # The demo measures no instrumented build: the atomic IR one is benchmarks.pgo's.
+            manual = () if args.no_manual else ("fe-instr", "ir-instr")
+            with closed_loop(layout, steps, args.threshold_mb, manual=manual) as loop:
                 binaries: dict[str, Path] = {"plain": loop.plain_lua, "optimized": loop.optimized_lua}
                 if not args.no_manual:
                     with steps("manual PGO by hand (clang-14, llvm-profdata-14, outside Nix), the same training runs: FE, IR, IR + CS"):
