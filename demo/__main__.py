@@ -522,7 +522,7 @@ class Trainer:
         if package.get("benchmark_running") and not last.get("benchmark_running"):
             run = package["benchmark_running"]
             say(f"    -> gate: benchmarking candidate {run['candidate']} against plain -O2, {run['rounds']} rounds")
-        if package["state"] != last.get("state") and package["state"] in ("active", "rejected", "failed"):
+        if package["state"] != last.get("state") and package["state"] in ("active", "rejected") and package.get("benchmark"):
             say(f"    -> gate: {_gate_text(package.get('benchmark'))}")
         self.last = {"stage": package.get("stage"), "kind": kind, "state": package["state"],
                      "benchmark_running": bool(package.get("benchmark_running"))}
