@@ -500,6 +500,9 @@ class Trainer:
         self.next_script = 0
         self.package: dict = daemon.package()
 
+    def builds_started(self) -> int:
+        return sum(1 for e in self.daemon.events() if e.get("event") == "build.started")
+
     def in_use(self, package: dict) -> tuple[str, Path]:
         """Which build the users' `lua` is now: ("profiling", path), ("cs-stage", path) or, once
         the final build is active, ("optimized", path)."""
@@ -562,11 +565,15 @@ class Trainer:
             # every few seconds, so neither the build nor the gate's timing is crowded out.
             light = package["state"] == "building" or bool(package.get("benchmark_running"))
             batch = self.scripts[self.next_script:self.next_script + LIGHT_RUNS] if light else self.scripts
+            builds = self.builds_started()
             for script in batch:
                 run_lua(lua, script, self.env)
                 self.daemon.training_exits.append(time.time())
                 if light:
                     time.sleep(LIGHT_PAUSE)
+                elif self.builds_started() != builds:  # pgod's log: free to read, unlike pgoctl
+                    batch = batch[:batch.index(script) + 1]
+                    break
             self.next_script = (self.next_script + len(batch)) % len(self.scripts) if light else 0
             self.done.runs[kind] = self.done.runs.get(kind, 0) + len(batch)
             self.done.rounds[kind] = self.done.runs[kind] // len(self.scripts)
