@@ -528,7 +528,7 @@ class Trainer:
         if package["state"] != last.get("state") and package["state"] in ("active", "rejected") and package.get("benchmark"):
             say(f"    -> gate: {_gate_text(package.get('benchmark'))}")
         self.last = {"stage": package.get("stage"), "kind": kind, "state": package["state"],
-                     "benchmark_running": bool(package.get("benchmark_running")), "paused": last.get("paused")}
+                     "benchmark_running": bool(package.get("benchmark_running"))}
 
     def until(self, done, what: str, timeout: float = TRAIN_TIMEOUT) -> dict:
         """Train until done(package) is true (checked before each round); returns that status."""
@@ -548,19 +548,6 @@ class Trainer:
             self.daemon.check_alive()
             if time.monotonic() - begun > timeout:
                 raise DemoError(f"{what}: not reached after {timeout:.0f} s")
-            if package.get("stage") == "first" and package["state"] == "building":
-                # Work-around: pgod merges first-stage (IR) profiles that arrive while the CS
-                # build compiles into the profile the final build uses, so the final's IR part
-                # differs from the one the CS build was made from; clang then drops the CS
-                # profile of functions whose inlining changed (seen: luaV_execute, "function
-                # control flow change detected (hash mismatch)"). So no runs of the profiling
-                # build once its profile has been taken.
-                if not self.last.get("paused"):
-                    say("    (training paused while pgod builds the CS stage: IR profiles arriving now would"
-                        " change the IR part of the final profile)")
-                self.last["paused"] = True
-                time.sleep(2.0)
-                continue
             # While pgod builds or benchmarks, the users' programs go on, lightly: one script
             # every few seconds, so neither the build nor the gate's timing is crowded out.
             light = package["state"] == "building" or bool(package.get("benchmark_running"))
