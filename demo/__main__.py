@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import resource
+import shlex
 import shutil
 import signal
 import statistics
@@ -50,8 +51,11 @@ LUA_IN_SDIST = f"lupa-{LUPA_VERSION}/third-party/lua54/"
 LUA_COMPILE = ["-O2", "-DMAKE_LUA", "-o", "{out}", "onelua.c", "-lm"]
 CLANG = "/usr/bin/clang-14"
 
-DEFAULT_THRESHOLD_MB = 3.0  # one instrumented run writes ~100 KB: ~30 runs, ~20 s
+DEFAULT_THRESHOLD_MB = 2.0  # per stage; one instrumented run writes ~100 KB: ~20 runs
 DEFAULT_ROUNDS = 7
+MIN_SPEEDUP = 1.0  # the gate: the final build must not be slower than plain -O2 on the workload
+GATE_ROUNDS = 5  # the least pgod takes
+LIGHT_RUNS, LIGHT_PAUSE = 2, 4.0  # training while pgod builds or gates: scripts per status check, pause after each
 TRAIN_TIMEOUT = 300.0
 BUILD_TIMEOUT = 900.0
 
@@ -277,6 +281,18 @@ def optimized_build_argv(layout: Layout, source: Source) -> list[str]:
     return nix_build_argv("optimized", layout, source, "{profile}") + ["--no-out-link"]
 
 
+def cs_build_argv(layout: Layout, source: Source) -> list[str]:
+    """pgod's `cs_build` command: the IR-optimized, CS-instrumented Lua from the first stage's profile."""
+    return nix_build_argv("csProfiling", layout, source, "{profile}") + ["--no-out-link"]
+
+
+def benchmark_argv(workload: Path = WORKLOAD_DIR) -> list[str]:
+    """The gate's benchmark: the demo's workload, every script once, on `{bin}/bin/lua`. pgod runs
+    it with a bare environment (PATH, LC_ALL) as its merge user, hence the absolute folder."""
+    script = f"cd {shlex.quote(str(workload))} && for s in *.lua; do {{bin}}/bin/lua \"$s\" || exit 1; done"
+    return ["/bin/sh", "-c", script]
+
+
 # ---- c. bus and daemon --------------------------------------------------------------------------
 def _toml(value) -> str:
     if isinstance(value, (list, tuple)):
@@ -286,7 +302,8 @@ def _toml(value) -> str:
     return json.dumps(str(value))  # a TOML basic string
 
 
-def write_config(layout: Layout, source: Source, profiling: str, threshold_mb: float) -> Path:
+def write_config(layout: Layout, source: Source, profiling: str, plain: str, threshold_mb: float,
+                 cs_threshold_mb: float | None = None) -> Path:
     top = {
         "spool_dir": layout.spool,
         "state_dir": layout.state,
@@ -294,7 +311,20 @@ def write_config(layout: Layout, source: Source, profiling: str, threshold_mb: f
         "threshold_mb": threshold_mb,
         "activation": "auto",
     }
-    package = {"profile_build": [profiling], "build": optimized_build_argv(layout, source)}
+    package = {
+        "profile_build": [profiling],
+        "build": optimized_build_argv(layout, source),
+        # The context-sensitive stage: at the threshold pgod builds csProfiling from the first
+        # stage's IR profile and puts it in use (profile_link/bin/lua) for the second stage.
+        "cs_build": cs_build_argv(layout, source),
+        "cs_threshold_mb": cs_threshold_mb if cs_threshold_mb is not None else threshold_mb,
+        # The gate: the final candidate must run the workload at least as fast as plain -O2.
+        "benchmark": benchmark_argv(),
+        "baseline_build": plain,
+        "min_speedup": MIN_SPEEDUP,
+        "benchmark_rounds": GATE_ROUNDS,
+        "benchmark_timeout_s": 120,
+    }
     lines = [f"{key} = {_toml(value)}" for key, value in top.items()]
     lines += ["", f"[packages.{PACKAGE}]"] + [f"{key} = {_toml(value)}" for key, value in package.items()]
     layout.config.write_text("\n".join(lines) + "\n")
@@ -433,67 +463,130 @@ def _mb(n: float) -> str:
     return f"{n / 1048576:.1f} MB"
 
 
-def train(daemon: Daemon, profiling: str, scripts: list[Path], timeout: float = TRAIN_TIMEOUT) -> dict:
-    """Run the instrumented Lua over the workload until pgod starts the optimized build."""
-    lua = Path(profiling) / "bin" / "lua"
-    env = user_env()
-    runs, rounds, begun = 0, 0, time.monotonic()
-    exits = daemon.training_exits
-    say(f"    instrumented {lua} writes {daemon.layout.spool.relative_to(ROOT)}/<pid>.profraw at exit")
-    while True:
-        rounds += 1
-        for script in scripts:
-            run_lua(lua, script, env)
-            exits.append(time.time())
-            runs += 1
-            # Reading the log is free; a pgoctl call costs about a second of CPU: once a round.
-            if any(e.get("event") == "build.started" for e in daemon.events()):
-                break
-        package = daemon.package()
-        state = package["state"]
-        if state == "profiling":
-            share = package["raw_bytes"] / max(package["threshold_bytes"], 1)
-            say(f"    round {rounds:2d}: {runs:3d} runs  raw {_mb(package['raw_bytes'])} / {_mb(package['threshold_bytes'])}"
-                f"  ({share:4.0%})  files {package['files']}  [{time.monotonic() - begun:4.1f} s]")
-        else:
-            say(f"    round {rounds:2d}: {runs:3d} runs  threshold crossed: {_mb(package.get('total_raw_bytes') or 0)} merged"
-                f" from {package.get('total_files')} raw profiles; state {state}  [{time.monotonic() - begun:4.1f} s]")
-            if state == "failed":
-                raise DemoError(f"optimized build failed: {package['last_error']}")
-            return package
-        daemon.check_alive()
-        if time.monotonic() - begun > timeout:
-            raise DemoError(f"threshold not reached after {runs} runs in {timeout:.0f} s")
+@dataclass
+class Training:
+    """What the training runs did: rounds and runs per binary kind, and when each run ended."""
+
+    rounds: dict[str, int]
+    runs: dict[str, int]
+    before_final: dict[str, int]  # the rounds done when pgod's final build started
 
 
-def wait_active(daemon: Daemon, timeout: float = BUILD_TIMEOUT, poll_every: float = 10.0) -> dict:
-    """Wait for the optimized build to be built and activated, showing the build's last line.
+def _gate_text(figures: dict | None) -> str:
+    if not figures:
+        return "no measurement"
+    if figures.get("verdict") == "failed":
+        return f"failed: {figures.get('error')}"
+    return (f"{figures['verdict']}, speedup {figures['speedup']:.3f}x (plain {figures['baseline_median_seconds']:.2f} s,"
+            f" candidate {figures['candidate_median_seconds']:.2f} s, median of {figures['rounds']},"
+            f" spreads {figures['baseline_spread']:.0%}/{figures['candidate_spread']:.0%}; the gate took {figures['seconds']:.1f} s)")
 
-    pgod's log is watched for the outcome (free); `pgoctl status` costs about a second of CPU,
-    which would slow the build on a small machine, so it is called only every `poll_every` s.
-    """
-    begun, last_line, next_poll = time.monotonic(), None, 0.0
-    while True:
-        daemon.check_alive()
-        now = time.monotonic()
-        outcome = [e for e in daemon.events() if e.get("event") in ("activation.changed", "build.failed")]
-        if outcome or now >= next_poll:
-            next_poll = now + poll_every
-            package = daemon.package()
-            state = package["state"]
-            if state == "active":
+
+class Trainer:
+    """Runs the workload, round after round, on whatever pgod has in use for lua: the profiling
+    build in the first stage, then `<profile_link>/bin/lua` (the context-sensitive build) once
+    status says it is in use there, until a condition on pgod's status holds. Every change of
+    stage, state or gate verdict is printed as it is seen (one `pgoctl status` per round: it
+    costs about a second of CPU)."""
+
+    def __init__(self, daemon: Daemon, profiling: str, scripts: list[Path]) -> None:
+        self.daemon = daemon
+        self.profiling = Path(profiling) / "bin" / "lua"
+        self.scripts = scripts
+        self.env = user_env()
+        self.begun = time.monotonic()
+        self.done = Training({}, {}, {})
+        self.last: dict = {}
+        self.next_script = 0
+        self.package: dict = daemon.package()
+
+    def builds_started(self) -> int:
+        return sum(1 for e in self.daemon.events() if e.get("event") == "build.started")
+
+    def in_use(self, package: dict) -> tuple[str, Path]:
+        """Which build the users' `lua` is now: ("profiling", path), ("cs-stage", path) or, once
+        the final build is active, ("optimized", path)."""
+        if package.get("active") and package.get("optimized"):
+            return "optimized", self.daemon.layout.active_lua()
+        if package.get("in_use") and package.get("stage") == "context-sensitive":
+            link = self.daemon.layout.active_lua()
+            if os.path.realpath(link).startswith(package["in_use"] + "/"):
+                return "cs-stage", link
+        return "profiling", self.profiling
+
+    def note(self, package: dict, kind: str) -> None:
+        """Print what changed since the last round."""
+        last = self.last
+        if package.get("stage") != last.get("stage") and last:
+            say(f"    -> stage {package.get('stage')} ({package.get('stages')} stages): in use {package.get('in_use')}")
+        if kind != last.get("kind") and last:
+            shown = self.daemon.layout.active_lua().relative_to(ROOT) if kind != "profiling" else self.profiling
+            say(f"    -> {'the training now runs' if kind != 'optimized' else 'now in use'} {kind}: {shown}")
+        if package.get("benchmark_running") and not last.get("benchmark_running"):
+            run = package["benchmark_running"]
+            say(f"    -> gate: benchmarking candidate {run['candidate']} against plain -O2, {run['rounds']} rounds")
+        if package["state"] != last.get("state") and package["state"] in ("active", "rejected") and package.get("benchmark"):
+            say(f"    -> gate: {_gate_text(package.get('benchmark'))}")
+        self.last = {"stage": package.get("stage"), "kind": kind, "state": package["state"],
+                     "benchmark_running": bool(package.get("benchmark_running"))}
+
+    def until(self, done, what: str, timeout: float = TRAIN_TIMEOUT) -> dict:
+        """Train until done(package) is true (checked before each round); returns that status."""
+        begun = time.monotonic()
+        while True:
+            package = self.package = self.daemon.package()
+            kind, lua = self.in_use(package)
+            self.note(package, kind)
+            if package["state"] == "failed":
+                raise DemoError(f"pgod's build of lua failed: {package['last_error']}")
+            if package["state"] == "rejected":
+                raise DemoError(f"the gate refused the optimized build: {package['last_error']}")
+            if _final_started(package) and not self.done.before_final:
+                self.done.before_final = dict(self.done.rounds)
+            if done(package):
                 return package
-            if state == "failed" or (state == "ready" and package["last_error"]):
-                raise DemoError(f"optimized build not activated: {package['last_error']}")
+            self.daemon.check_alive()
+            if time.monotonic() - begun > timeout:
+                raise DemoError(f"{what}: not reached after {timeout:.0f} s")
+            # While pgod builds or benchmarks, the users' programs go on, lightly: one script
+            # every few seconds, so neither the build nor the gate's timing is crowded out.
+            light = package["state"] == "building" or bool(package.get("benchmark_running"))
+            batch = self.scripts[self.next_script:self.next_script + LIGHT_RUNS] if light else self.scripts
+            builds = self.builds_started()
+            for script in batch:
+                run_lua(lua, script, self.env)
+                self.daemon.training_exits.append(time.time())
+                if light:
+                    time.sleep(LIGHT_PAUSE)
+                elif self.builds_started() != builds:  # pgod's log: free to read, unlike pgoctl
+                    batch = batch[:batch.index(script) + 1]
+                    break
+            self.next_script = (self.next_script + len(batch)) % len(self.scripts) if light else 0
+            self.done.runs[kind] = self.done.runs.get(kind, 0) + len(batch)
+            self.done.rounds[kind] = self.done.runs[kind] // len(self.scripts)
+            share = package["raw_bytes"] / max(package["threshold_bytes"], 1)
             build = package.get("build") or {}
-            line = build.get("last_line") or ""
-            if build.get("total") and build.get("derivation"):  # as Nix reports it (pgod/build_progress.py)
-                state += f" [{build.get('done') or 0}/{build['total']}] {build['derivation']}: {build.get('phase') or '…'}"
-            say(f"    [{now - begun:5.1f} s] {state}" + (f": {line[:150]}" if line and line != last_line else " …"))
-            last_line = line or last_line
-        if now - begun > timeout:
-            raise DemoError(f"optimized build not active after {timeout:.0f} s")
-        time.sleep(0.5)
+            doing = package["state"]
+            if package.get("benchmark_running"):
+                doing = f"gate round {package['benchmark_running']['rounds_done']}/{package['benchmark_running']['rounds']}"
+            elif build.get("derivation"):
+                doing += f" [{build.get('done') or 0}/{build.get('total') or '?'}] {build['derivation']}: {build.get('phase') or '…'}"
+            say(f"    {sum(self.done.runs.values()):3d} runs, on {kind:9s} stage {package.get('stage', 'first'):17s}"
+                f" raw {_mb(package['raw_bytes'])} / {_mb(package['threshold_bytes'])} ({share:4.0%})"
+                f"  {doing}  [{time.monotonic() - self.begun:5.1f} s]")
+
+
+def _in_cs_stage(trainer: Trainer):
+    return lambda p: p.get("stage") == "context-sensitive" and trainer.in_use(p)[0] == "cs-stage"
+
+
+def _final_started(p: dict) -> bool:
+    return p.get("stage") == "context-sensitive" and p["state"] in ("building", "ready", "active")
+
+
+def _final_active(p: dict) -> bool:
+    # `active`, not the state: data that came during the build and gate may start the next build at once.
+    return bool(p.get("active") and p.get("optimized"))
 
 
 def check_active(layout: Layout, package: dict) -> Path:
@@ -514,6 +607,13 @@ class Loop:
     daemon: Daemon
     package: dict  # status of lua once active
     scripts: list[Path]
+    plain: str  # the plain -O2 build (the gate's baseline)
+    training: Training
+    manual_running: dict | None = None  # manual instrumented compiles started with the loop
+
+    @property
+    def plain_lua(self) -> Path:
+        return Path(self.plain) / "bin" / "lua"
 
     @property
     def optimized_lua(self) -> Path:
@@ -521,35 +621,49 @@ class Loop:
 
 
 @contextlib.contextmanager
-def closed_loop(layout: Layout, steps: Steps, threshold_mb: float = DEFAULT_THRESHOLD_MB) -> Iterator[Loop]:
+def closed_loop(layout: Layout, steps: Steps, threshold_mb: float = DEFAULT_THRESHOLD_MB,
+                manual: tuple[str, ...] = ()) -> Iterator[Loop]:
     """Steps a–e; yields with pgod still running, then stops pgod and the bus whatever happened."""
     scripts = workload_scripts()
     with steps("Lua sources: the interpreter shipped inside the lupa sdist on PyPI"):
         source = fetch_sources(layout)
-    with steps("nix-build the instrumented (profiling) Lua"):
+    with steps("nix-build the instrumented (profiling, IR) Lua and plain -O2 Lua (the gate's baseline)"):
         profiling = nix_build("profiling", layout, source)
+        plain_out = nix_build("plain", layout, source)
     bus = daemon = None
     failed = False
+    manual_running = None
     try:
         with steps("start a private dbus-daemon and pgod"):
             bus = Bus(layout)
             say(f"    dbus-daemon --session at {bus.address}")
-            write_config(layout, source, profiling, threshold_mb)
-            say(f"    config {layout.config.relative_to(ROOT)}: activation auto, threshold {threshold_mb:g} MB,"
-                f" profile link {layout.profile.relative_to(ROOT)}")
+            write_config(layout, source, profiling, plain_out, threshold_mb)
+            say(f"    config {layout.config.relative_to(ROOT)}: activation auto, threshold {threshold_mb:g} MB"
+                f" per stage, two stages (IR, then context-sensitive), gate: the workload on plain -O2 vs the candidate,"
+                f" min_speedup {MIN_SPEEDUP:g}, profile link {layout.profile.relative_to(ROOT)}")
             daemon = Daemon(layout, bus).start()
             say(f"    pgod (pid {daemon.process.pid}) answers on the bus; log {layout.log.relative_to(ROOT)}")
-        with steps(f"train: run the instrumented Lua over demo/workload/*.lua ({len(scripts)} scripts) until the threshold"):
-            train(daemon, profiling, scripts)
-        with steps("pgod builds Lua with the merged profile (nix-build) and activates it"):
-            package = wait_active(daemon)
+            if manual:
+                manual_running = start_manual_instrumented(layout, source, manual)
+        trainer = Trainer(daemon, profiling, scripts)
+        with steps(f"train, first stage: the IR-instrumented Lua over demo/workload/*.lua ({len(scripts)} scripts);"
+                   " at the threshold pgod builds the context-sensitive stage and puts it in use"):
+            trainer.until(_in_cs_stage(trainer), "the context-sensitive stage in use")
+            say(f"    in use: {layout.active_lua().relative_to(ROOT)} -> {os.path.realpath(layout.active_lua())}"
+                " (IR-optimized, CS-instrumented)")
+        with steps("train, context-sensitive stage: the same scripts on the build in use, until pgod's final build"):
+            trainer.until(_final_started, "the final build started")
+        with steps("pgod builds the final Lua (IR + CS profile), gates it on the workload against plain -O2, activates it;"
+                   " the training goes on meanwhile"):
+            package = trainer.until(_final_active, "the final build active", BUILD_TIMEOUT)
             check_active(layout, package)
             say(f"    active: {layout.active_lua().relative_to(ROOT)} -> {os.path.realpath(layout.active_lua())}")
+            say(f"    gate (status benchmark): {_gate_text(package.get('benchmark'))}")
         with steps("pgoctl --bus session status; pgoctl --bus session show lua"):
             say(indent(daemon.pgoctl("status").stdout))
             say("")
             say(indent(daemon.pgoctl("show", PACKAGE).stdout))
-        yield Loop(layout, source, profiling, daemon, package, scripts)
+        yield Loop(layout, source, profiling, daemon, package, scripts, plain_out, trainer.done, manual_running)
     except BaseException:
         failed = True
         if daemon is not None:
@@ -557,6 +671,10 @@ def closed_loop(layout: Layout, steps: Steps, threshold_mb: float = DEFAULT_THRE
             say(indent(daemon.log_tail()))
         raise
     finally:
+        for _out, _begun, process in (manual_running or {}).values():
+            if process.poll() is None and failed:
+                process.kill()
+                process.wait()
         code = daemon.stop() if daemon is not None else None
         if bus is not None:
             bus.close()
@@ -595,18 +713,35 @@ class Measurement:
         return self.median_wall(base) / self.median_wall(name)
 
 
-def measure(binaries: dict[str, Path | str], scripts: list[Path], rounds: int, layout: Layout) -> Measurement:
+def measure(binaries: dict[str, Path | str], scripts: list[Path], rounds: int, layout: Layout,
+            instrumented: tuple[str, ...] = ()) -> Measurement:
     """Interleaved runs: in each round, every script runs under every binary back to back, in an
     order that rotates with the round and the script, so slow drifts of the machine's load hit all
-    binaries alike. All binaries must print the same."""
+    binaries alike. All binaries must print the same. The `instrumented` ones write their raw
+    profile (part of their cost) into a scratch folder, emptied after each run; every other
+    binary must write none."""
     names = list(binaries)
     layout.probe.mkdir(parents=True, exist_ok=True)
+    scratch = layout.bench / "instrumented-runs"
+    scratch.mkdir(parents=True, exist_ok=True)
     # An uninstrumented binary writes no profile even when asked to.
-    env = user_env(LLVM_PROFILE_FILE=f"{layout.probe}/%p.profraw")
+    plain_env = user_env(LLVM_PROFILE_FILE=f"{layout.probe}/%p.profraw")
+    instr_env = user_env(LLVM_PROFILE_FILE=f"{scratch}/%p.profraw")
+
+    def run(name: str, script: Path) -> tuple[float, float, str]:
+        if name not in instrumented:
+            return run_lua(binaries[name], script, plain_env)
+        got = run_lua(binaries[name], script, instr_env)
+        if not any(scratch.iterdir()):
+            raise DemoError(f"{name} was to be instrumented but wrote no profile")
+        for path in scratch.iterdir():
+            path.unlink()
+        return got
+
     reference = {}
     for name in names:  # warm-up, and the outputs compared
         for script in scripts:
-            _, _, out = run_lua(binaries[name], script, env)
+            _, _, out = run(name, script)
             if reference.setdefault(script.name, out) != out:
                 raise DemoError(f"{name} prints something else than {names[0]} for {script.name}")
     if written := list(layout.probe.iterdir()):
@@ -620,13 +755,150 @@ def measure(binaries: dict[str, Path | str], scripts: list[Path], rounds: int, l
         for position, script in enumerate(scripts):
             turn = (index + position) % len(names)
             for name in names[turn:] + names[:turn]:
-                w, c, out = run_lua(binaries[name], script, env)
+                w, c, out = run(name, script)
                 if out != reference[script.name]:
                     raise DemoError(f"{name} printed something else for {script.name} in round {index + 1}")
                 wall[name][script.name].append(w)
                 cpu[name][script.name].append(c)
-        say(f"    round {index + 1}/{rounds}: " + ", ".join(f"{name} {result.round_wall(name, index):.2f} s" for name in names))
+        say(f"    round {index + 1}/{rounds}: " + ", ".join(f"{name} {result.round_wall(name, index):.2f}" for name in names) + " s")
+    if written := list(layout.probe.iterdir()):
+        raise DemoError(f"a measured binary is instrumented: it wrote {written[0].name}")
     return result
+
+
+# ---- manual PGO builds: by hand, outside Nix, from the same training runs -------------------------
+LLVM_PROFDATA = "/usr/bin/llvm-profdata-14"
+# Instrumented builds by hand: the flags added to LUA_COMPILE ({ir}: the manual IR profile).
+MANUAL_INSTRUMENTED = {
+    "fe-instr": ["-fprofile-instr-generate"],
+    "ir-instr": ["-fprofile-generate"],
+    "ir-instr-atomic": ["-fprofile-generate", "-fprofile-update=atomic"],  # measured, not trained
+    "cs-instr": ["-fprofile-use={ir}", "-fcs-profile-generate"],
+}
+# Optimized builds by hand, from the profiles those made.
+MANUAL_OPTIMIZED = {
+    "manual-fe": ["-fprofile-instr-use={fe}"],
+    "manual-ir": ["-fprofile-use={ir}"],
+    "manual-cs": ["-fprofile-use={cs}"],
+}
+MANUAL_LABELS = {
+    "manual-fe": "manual FE PGO (-fprofile-instr-generate/-use)",
+    "manual-ir": "manual IR PGO (-fprofile-generate/-use)",
+    "manual-cs": "manual IR + CS PGO (-fcs-profile-generate)",
+    "fe-instr": "FE-instrumented (manual)",
+    "ir-instr": "IR-instrumented (manual)",
+    "ir-instr-atomic": "IR-instrumented, -fprofile-update=atomic (manual)",
+    "cs-instr": "CS-instrumented (manual)",
+}
+
+
+@dataclass
+class Manual:
+    """The manual builds: name → binary, the profiles they came from, each compile's wall seconds."""
+
+    binaries: dict[str, Path]
+    profiles: dict[str, Path]
+    compile_seconds: dict[str, float]
+    training_rounds: dict[str, int]
+
+
+def _start_compiles(source: Source, builds: dict[str, list[str]], folder: Path, profiles: dict[str, Path]) -> dict:
+    """clang-14 with LUA_COMPILE plus each build's flags, in the source folder, all at once (a
+    compile is one process)."""
+    running = {}
+    for name, flags in builds.items():
+        out = folder / name / "lua"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        extra = [f.format(**{k: str(v) for k, v in profiles.items()}) for f in flags]
+        argv = [CLANG, *extra, *(a.replace("{out}", str(out)) for a in LUA_COMPILE)]
+        say(f"    (cd {source.dir.relative_to(ROOT)} && {' '.join(argv)})")
+        running[name] = (out, time.perf_counter(), subprocess.Popen(argv, cwd=source.dir, stdout=subprocess.PIPE,
+                                                                     stderr=subprocess.STDOUT, text=True))
+    return running
+
+
+def _finish_compiles(running: dict) -> dict[str, tuple[Path, float]]:
+    done = {}
+    for name, (out, begun, process) in running.items():
+        text, _ = process.communicate()
+        if process.returncode != 0:
+            say(indent(text[-2000:]))
+            raise DemoError(f"manual compile {name} failed (exit {process.returncode})")
+        done[name] = (out, time.perf_counter() - begun)
+    return done
+
+
+def _compile_all(source: Source, builds: dict[str, list[str]], folder: Path, profiles: dict[str, Path]) -> dict[str, tuple[Path, float]]:
+    return _finish_compiles(_start_compiles(source, builds, folder, profiles))
+
+
+FIRST_MANUAL = ("fe-instr", "ir-instr", "ir-instr-atomic")  # need no profile: compiled while pgod trains
+
+
+def start_manual_instrumented(layout: Layout, source: Source, names: tuple[str, ...] = FIRST_MANUAL) -> dict:
+    folder = layout.bench / "manual"
+    shutil.rmtree(folder, ignore_errors=True)
+    say("    the manual instrumented builds compile meanwhile (nice 19, below the gate's 10), for the comparison after the loop:")
+    running = _start_compiles(source, {k: MANUAL_INSTRUMENTED[k] for k in names}, folder, {})
+    for _out, _begun, process in running.values():
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, process.pid, 19)
+    return running
+
+
+def _train_by_hand(lua: Path, scripts: list[Path], rounds: int, raw: Path) -> list[Path]:
+    raw.mkdir(parents=True, exist_ok=True)
+    env = user_env(LLVM_PROFILE_FILE=f"{raw}/%p.profraw")
+    for _ in range(rounds):
+        for script in scripts:
+            run_lua(lua, script, env)
+    files = sorted(raw.glob("*.profraw"))
+    if len(files) != rounds * len(scripts):
+        raise DemoError(f"{lua} wrote {len(files)} raw profiles for {rounds * len(scripts)} runs")
+    return files
+
+
+def _merge(out: Path, inputs: list[Path]) -> Path:
+    done = subprocess.run([LLVM_PROFDATA, "merge", "-o", str(out), *map(str, inputs)], check=False,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise DemoError(f"llvm-profdata merge -o {out.name} failed: {done.stderr.strip()[-300:]}")
+    return out
+
+
+def manual_pgo(loop: Loop) -> Manual:
+    """FE, IR and IR + CS PGO by hand (clang-14, llvm-profdata-14, the compile of demo/lua.nix),
+    trained on the same runs as pgod: as many rounds of the workload as pgod's first stage had on
+    its profiling build (FE and IR), and as many as its context-sensitive stage had before the
+    final build (CS)."""
+    folder = loop.layout.bench / "manual"
+    first = loop.training.rounds.get("profiling", 0)
+    second = loop.training.before_final.get("cs-stage", 0)
+    say(f"    training as pgod's: {first} rounds on each first-stage build, {second} on the CS-instrumented one")
+    made, seconds, profiles = {}, {}, {}
+
+    def compile_step(builds: dict[str, list[str]]) -> None:
+        for name, (out, wall) in _compile_all(loop.source, builds, folder, profiles).items():
+            made[name], seconds[name] = out, wall
+        say("    compiled: " + ", ".join(f"{name} {seconds[name]:.1f} s" for name in builds))
+
+    if loop.manual_running is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        compile_step({k: MANUAL_INSTRUMENTED[k] for k in FIRST_MANUAL})
+    else:
+        for name, (out, wall) in _finish_compiles(loop.manual_running).items():
+            made[name], seconds[name] = out, wall
+        say("    compiled during the loop: " + ", ".join(f"{name} {seconds[name]:.1f} s" for name in loop.manual_running))
+    for kind in ("fe", "ir"):
+        raws = _train_by_hand(made[f"{kind}-instr"], loop.scripts, first, folder / f"{kind}-raw")
+        profiles[kind] = _merge(folder / f"{kind}.profdata", raws)
+    say(f"    merged {first * len(loop.scripts)} raw profiles each into fe.profdata and ir.profdata")
+    compile_step({"cs-instr": MANUAL_INSTRUMENTED["cs-instr"], **{k: MANUAL_OPTIMIZED[k] for k in ("manual-fe", "manual-ir")}})
+    raws = _train_by_hand(made["cs-instr"], loop.scripts, second, folder / "cs-raw")
+    profiles["cs"] = _merge(folder / "cs.profdata", [profiles["ir"], *raws])
+    say(f"    merged ir.profdata and {len(raws)} CS raw profiles into cs.profdata")
+    compile_step({"manual-cs": MANUAL_OPTIMIZED["manual-cs"]})
+    return Manual(made, profiles, seconds, {"first": first, "cs": second})
 
 
 # ---- h. report ----------------------------------------------------------------------------------
@@ -653,8 +925,25 @@ def parse_args(argv: list[str] | None, description: str = __doc__.split("\n\n")[
     return parser
 
 
+def comparison_lines(result: Measurement, pgod: str = "optimized") -> list[str]:
+    """pgod's build against the manual ones measured in the same rounds."""
+    lines = []
+    for name in ("manual-fe", "manual-ir", "manual-cs"):
+        if name in result.names:
+            lines.append(f"  {MANUAL_LABELS[name]:48} {result.median_wall(name):6.2f} s  {result.speedup(name):.3f}x")
+    if "manual-cs" in result.names:
+        lines.append(f"pgod speedup / manual IR+CS speedup: {result.speedup(pgod) / result.speedup('manual-cs'):.1%} (target >= 98 %)")
+    if "manual-fe" in result.names:
+        lines.append(f"pgod vs manual FE PGO: {result.median_wall('manual-fe') / result.median_wall(pgod):.3f}x "
+                     f"({'pgod is faster' if result.median_wall(pgod) < result.median_wall('manual-fe') else 'pgod is NOT faster'})")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv).parse_args(argv)
+    parser = parse_args(argv)
+    parser.add_argument("--no-manual", action="store_true",
+                        help="skip the manual FE, IR and IR+CS builds (by hand, outside Nix) and their measurement")
+    args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, interrupt_on_signal)
     layout, steps = Layout(), Steps()
     say("pgod demo: profile-guided optimization of the Lua 5.4 interpreter, closed loop through pgod")
@@ -662,12 +951,17 @@ def main(argv: list[str] | None = None) -> int:
         check_tools()
         with exclusive(layout):
             reset(layout)
-            with closed_loop(layout, steps, args.threshold_mb) as loop:
-                with steps("nix-build plain Lua (-O2, clang 14, no PGO)"):
-                    plain = Path(nix_build("plain", layout, loop.source)) / "bin" / "lua"
-                with steps(f"measure: plain vs optimized, {args.rounds} interleaved rounds of the workload"):
+            # The demo measures no instrumented build: the atomic IR one is benchmarks.pgo's.
+            manual = () if args.no_manual else ("fe-instr", "ir-instr")
+            with closed_loop(layout, steps, args.threshold_mb, manual=manual) as loop:
+                binaries: dict[str, Path] = {"plain": loop.plain_lua, "optimized": loop.optimized_lua}
+                if not args.no_manual:
+                    with steps("manual PGO by hand (clang-14, llvm-profdata-14, outside Nix), the same training runs: FE, IR, IR + CS"):
+                        manual = manual_pgo(loop)
+                    binaries |= {name: manual.binaries[name] for name in MANUAL_OPTIMIZED}
+                with steps(f"measure: {', '.join(binaries)}, {args.rounds} interleaved rounds of the workload"):
                     say("    (the same scripts trained the profile: the usual PGO set-up, so this is the best case)")
-                    result = measure({"plain": plain, "optimized": loop.optimized_lua}, loop.scripts, args.rounds, layout)
+                    result = measure(binaries, loop.scripts, args.rounds, layout)
             with steps(f"pgoctl report {PACKAGE}: hot functions, coverage, growth, change since the build"):
                 report = write_report(layout)
     except DemoError as err:
@@ -677,7 +971,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("demo: interrupted", file=sys.stderr, flush=True)
         return 130
+    package = loop.package
     say("")
+    say(f"stages: first (IR-instrumented, {loop.training.rounds.get('profiling', 0)} rounds) -> context-sensitive"
+        f" ({loop.training.rounds.get('cs-stage', 0)} rounds on the CS build) -> final build {package['optimized']}")
+    say(f"gate: {_gate_text(package.get('benchmark'))}")
+    if len(result.names) > 2:
+        say("manual builds, same rounds (workload time, speedup over plain -O2):")
+        for line in comparison_lines(result):
+            say(line)
     say(f"CPU (user+sys), median: plain {result.median_cpu('plain'):.2f} s, optimized {result.median_cpu('optimized'):.2f} s")
     say(f"total demo time {steps.elapsed():.0f} s")
     say(f"report: {report / 'ANALYSIS.md'} (with report.json and charts)")

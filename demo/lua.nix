@@ -5,7 +5,15 @@
 
     nix-build demo/lua.nix -A profiling --argstr src …/lua-src --argstr spoolDir …/spool
     nix-build demo/lua.nix -A optimized --argstr src … --argstr spoolDir … --argstr profile /nix/store/…profdata
+    nix-build demo/lua.nix -A csProfiling --argstr src … --argstr spoolDir … --argstr profile /nix/store/…profdata
     nix-build demo/lua.nix -A plain     --argstr src … --argstr spoolDir …
+
+  `profiling` is IR-instrumented (the adapters' default, atomic counters);
+  `csProfiling` is the context-sensitive stage: optimized with the first
+  stage's IR profile and instrumented again after inlining
+  (-fcs-profile-generate); pgod builds it at the first threshold and puts it in
+  use in place of `profiling`; its profiles, merged on top of the first ones,
+  make the profile `optimized` is built from.
 
   `src` is a folder holding onelua.c and the other Lua sources; it is copied
   into the store by content, so the same sources give the same store paths.
@@ -27,6 +35,13 @@ let
     path = src;
     name = "lua-5.4-src";
   };
+
+  needProfile =
+    variant:
+    if profile == null then
+      throw "demo/lua.nix: the ${variant} variant needs --argstr profile /nix/store/…profdata"
+    else
+      builtins.storePath profile;
 
   lua = pkgs.callPackage (
     { stdenv }:
@@ -59,10 +74,7 @@ in
 {
   inherit lua;
   profiling = pgo.profile lua;
-  optimized =
-    if profile == null then
-      throw "demo/lua.nix: the optimized variant needs --argstr profile /nix/store/…profdata"
-    else
-      pgo.optimize (builtins.storePath profile) lua;
+  optimized = pgo.optimize (needProfile "optimized") lua;
+  csProfiling = pgo.csProfile (needProfile "csProfiling") lua;
   plain = lua.override { stdenv = pkgs.clangStdenv; };
 }
