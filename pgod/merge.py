@@ -127,10 +127,10 @@ def gather_inputs(inputs: Sequence[MergeInput], checked: Mapping[str, bytes], ki
     ``checked`` (the bytes ingest read, kept in memory) when there, else read again and held
     against the digest. The memfd is the caller's to hand to merge_batch, which closes it.
 
-    With ``kind`` ("fe" or "ir", the working profile's), an input of the other instrumentation
-    kind is left out: llvm-profdata merges front-end and IR profiles without a word and labels
-    the result IR, a profile no build can use well (parts claimed before a package switched
-    kinds, or a stray build's)."""
+    With ``kind`` ("fe", "ir", or "cs-ir" in the context-sensitive stage), an input of another
+    instrumentation kind is left out: llvm-profdata merges front-end and IR profiles without a
+    word and labels the result IR, a profile no build can use well (parts claimed before a
+    package switched kinds, or a stray build's)."""
     fd = os.memfd_create("pgod-inputs", os.MFD_CLOEXEC)
     gathered = Gathered(fd, 0, {})
     try:
@@ -142,11 +142,8 @@ def gather_inputs(inputs: Sequence[MergeInput], checked: Mapping[str, bytes], ki
                 except _Changed as err:
                     gathered.rejected[item.path] = ("changed-after-check", str(err))
                     continue
-            if kind is not None and (found := _kind_of(data)) is not None and instrumentation_family(found) != kind:
-                gathered.rejected[item.path] = (
-                    "instrumentation-mismatch",
-                    f"a {found} raw profile for a package whose profile is {kind}: kinds are never merged together",
-                )
+            if kind is not None and (refusal := _kind_refusal(_kind_of(data), kind)) is not None:
+                gathered.rejected[item.path] = refusal
                 continue
             _write_all(fd, data)
             gathered.size += len(data)
@@ -154,6 +151,20 @@ def gather_inputs(inputs: Sequence[MergeInput], checked: Mapping[str, bytes], ki
         gathered.close()
         raise
     return gathered
+
+
+def _kind_refusal(found: str | None, kind: str) -> tuple[str, str] | None:
+    """Why a raw profile of kind ``found`` stays out of a merge into a ``kind`` profile, or None.
+    "cs-ir": the context-sensitive stage, whose profile takes the stage's own profiles only."""
+    if found is None:
+        return None
+    if kind == "cs-ir" and found == "ir":
+        return ("first-stage-profile", "an IR profile of the first stage's build, after the context-sensitive stage"
+                " began: the final profile keeps the first stage's part exactly as the stage's build was made from it")
+    if instrumentation_family(found) != instrumentation_family(kind):
+        return ("instrumentation-mismatch",
+                f"a {found} raw profile for a package whose profile is {kind}: kinds are never merged together")
+    return None
 
 
 def _kind_of(data: bytes) -> str | None:

@@ -23,6 +23,7 @@ import structlog
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from . import stages
 from .config import Config
 from .db import Merge, Package, Part, Quarantine, SpoolFile, among
 from .failpoints import failpoint
@@ -195,6 +196,8 @@ class ProfileMerger:
         output = directory / f"{generation:08d}.profdata"
         unlink_if_present(output)  # a generation never committed (recovery removes these too)
         kind = instrumentation_family(package.profile_kind) if package.profile_kind else None
+        if kind == "ir" and package.stage == stages.CONTEXT_SENSITIVE:
+            kind = "cs-ir"  # the stage's own profiles only (optimizer._enter_context_sensitive)
         gathered = gather_inputs([MergeInput(p.path, p.size, p.digest) for p in parts], self._checked, kind)
         for part in parts:
             self._forget(part.path)

@@ -73,15 +73,23 @@ def test_the_two_stage_loop_puts_the_cs_build_in_use_and_builds_the_final_from_b
     manifest = json.loads((Path(staged["stage_build"]) / "nix-support" / "pgo.json").read_text())
     assert (manifest["variant"], manifest["instrumentation"]) == ("cs-profile", "cs-ir")
 
+    # A first-stage program still running somewhere: its profile is kept out of the stage's
+    # profile, with the reason.
+    run_hello(Path(profiling) / "bin" / "hello-pgo", 1)
+    left_out = wait_for(lambda: (p := daemon.package("hello"))["quarantined"] == 2 and p, 60, "the first-stage profile refused")
+    reasons = {q["reason"] for q in json.loads(daemon.pgoctl("show", "hello", "--json").stdout)["quarantine"]}
+    assert reasons == {"first-stage-profile"} and left_out["files"] == 0
     # The programs users now run are the stage's: their profiles are attributed and counted.
     run_hello(in_use, 20)
     final = wait_for(lambda: (p := daemon.package("hello"))["state"] == "active" and p, 180, "the final build active")
     assert final["stage"] == "context-sensitive" and os.path.realpath(in_use).startswith(final["optimized"])
     builds = json.loads(daemon.pgoctl("show", "hello", "--json").stdout)["builds"]
     assert [(b["stage"], b["status"]) for b in reversed(builds)] == [("cs-profile", "succeeded"), ("optimize", "succeeded")]
-    # The final profile holds both levels: the first stage's IR counts and the CS stage's.
+    # The final profile holds both levels: the first stage's IR counts, exactly as the stage's
+    # build was made from them, and the CS stage's.
     used = builds[0]["profile"]
     assert functions(show(used)) > 0 and functions(show(used, "--showcs")) > 0
+    assert show(used, "--all-functions", "--counts") == show(builds[1]["profile"], "--all-functions", "--counts")
     report = json.loads((Path(final["optimized"]) / "nix-support" / "pgo-warnings.json").read_text())
     assert report["mismatched_functions"] == 0
 
