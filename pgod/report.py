@@ -162,7 +162,8 @@ def _summary_numbers(summary: dict[str, str]) -> dict:
         return int(match.group()) if match else None
 
     return {
-        "instrumentation_level": summary.get("Instrumentation level"),
+        # "IR  entry_first = 0" for IR profiles: the level is the first word.
+        "instrumentation_level": (summary.get("Instrumentation level") or "").split(" ")[0] or None,
         "total_functions": number("Total functions"),
         "functions_shown": number("Functions shown"),
         "maximum_function_count": number("Maximum function count"),
