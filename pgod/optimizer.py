@@ -157,12 +157,14 @@ class Optimizer:
         # started by hand, or after a crash between record and links, finds it undone.
         self._publish_substitution()
 
-    def _publish_substitution(self) -> None:
-        """Point the system path's stand-ins at what is active now (pgod/substitution.py)."""
+    def _publish_substitution(self, active: dict[str, str] | None = None) -> None:
+        """Point the system path's stand-ins at what is in use (pgod/substitution.py): ``active``
+        (package → store path) when given, else what the database says now."""
         if self.config.substitute_dir is None:
             return
-        with self.sessions() as session:
-            active = self._in_use(session)
+        if active is None:
+            with self.sessions() as session:
+                active = self._in_use(session)
         try:
             substitution.publish(
                 self.config,
@@ -491,13 +493,15 @@ class Optimizer:
             else:
                 wanted.pop(name, None)
         nixstore.profile_set(self.config.profile_link, sorted(wanted.values()))
+        # The links first, then the state: once status says "active", the system path runs it.
+        # (A crash between the two is mended at the next start, which publishes the record's.)
+        self._publish_substitution(wanted)
         with self.sessions.begin() as session:
             row = session.get(Package, name)
             row.active = active
             if row.state in ("ready", "active"):
                 row.state = "active" if active else "ready"
         log.info("activation.changed", package=name, active=active, profile=str(self.config.profile_link))
-        self._publish_substitution()
         self._emit("counters", package=name)
 
     def _sync_profile(self) -> None:
