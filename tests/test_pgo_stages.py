@@ -109,11 +109,12 @@ def slow_and_fast_builds(tmp_path: Path) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize("candidate_is", ["slow", "fast"])
-def test_the_gate_activates_a_faster_build_and_refuses_a_slower_one(pgod, tmp_path, workload, candidate_is):
+def test_the_gate_activates_a_faster_build_and_refuses_a_slower_one(pgod, tmp_path, workload, llvm_profdata_14, candidate_is):
     fast, slow = slow_and_fast_builds(tmp_path)
     candidate, baseline = (slow, fast) if candidate_is == "slow" else (fast, slow)
     pgod.write_config({"workload": {
         "profile_build": [str(workload)], "build": ["echo", candidate], "threshold_mb": 0.0001,
+        "llvm_profdata": llvm_profdata_14,
         "benchmark": ["{bin}/bin/work"], "baseline_build": baseline, "benchmark_rounds": 5,
     }}, activation="auto")
     daemon = pgod.daemon()
@@ -213,9 +214,12 @@ def test_a_raw_profile_of_the_other_kind_is_left_out_of_a_merge(tmp_path, clang1
         gathered.close()
 
 
-def test_after_an_upgrade_a_rejected_build_leaves_the_old_versions_build_out_of_reach(pgod, tmp_path, workload):
+def test_after_an_upgrade_a_rejected_build_leaves_the_old_versions_build_out_of_reach(pgod, tmp_path, workload, llvm_profdata_14):
     fast, slow = slow_and_fast_builds(tmp_path)
+    # The workload has no pgo.json naming its llvm-profdata: the config does (a new machine has
+    # no unversioned llvm-profdata on PATH).
     config = {"profile_build": [str(workload)], "build": ["echo", fast], "threshold_mb": 0.0001,
+              "llvm_profdata": llvm_profdata_14,
               "benchmark": ["{bin}/bin/work"], "baseline_build": slow}
     pgod.write_config({"workload": config}, activation="auto")
     daemon = pgod.daemon()
