@@ -124,6 +124,13 @@ def _regular_files(root: Path):
                 yield path
 
 
+def scan_packages(config: Config) -> dict[str, PackageBuild]:
+    """Every configured package's profiling build, scanned once at start-up: the trust check
+    and the attribution index both read the result (walking the ELF files is the slow part).
+    Nothing is logged here: a refused configuration is one line on stderr (daemon.check_trust)."""
+    return {name: scan_package(package) for name, package in config.packages.items()}
+
+
 class Attributor:
     """The build-id → package index for the whole configuration."""
 
@@ -132,21 +139,13 @@ class Attributor:
         self._owner: dict[str, str] = {}
         self._added: set[tuple[str, tuple[str, ...]]] = set()  # add_outputs' builds
         for name, build in builds.items():
+            for problem in build.problems:
+                log.warning("attribution.problem", package=name, problem=problem)
+            log.info("attribution.indexed", package=name, build_ids=len(build.build_ids))
             for build_id in build.build_ids:
                 other = self._owner.setdefault(build_id, name)
                 if other != name:
                     log.warning("attribution.shared_build_id", build_id=build_id, packages=[other, name])
-
-    @classmethod
-    def from_config(cls, config: Config) -> "Attributor":
-        builds = {}
-        for name, package in config.packages.items():
-            build = scan_package(package)
-            for problem in build.problems:
-                log.warning("attribution.problem", package=name, problem=problem)
-            log.info("attribution.indexed", package=name, build_ids=len(build.build_ids))
-            builds[name] = build
-        return cls(builds)
 
     def add_outputs(self, name: str, outputs: list[str]) -> None:
         """Attribute the profiles of another build to `name` too: the context-sensitive stage's

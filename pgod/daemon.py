@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pgod: {err}", file=sys.stderr)
         return EXIT_USAGE
     if args.check_config:
-        if (refused := check_trust(config)) is not None:
+        from .attribution import scan_packages
+
+        if (refused := check_trust(config, scan_packages(config))) is not None:
             return refused
         print(f"pgod: {args.config}: ok ({len(config.packages)} packages)")
         return EXIT_OK
@@ -80,12 +82,12 @@ def warn_about_unprotected_spool() -> None:
         )
 
 
-def check_trust(config) -> int | None:
-    """EXIT_USAGE, said on stderr, when the config names a path another user could change."""
-    from .attribution import scan_package
+def check_trust(config, builds) -> int | None:
+    """EXIT_USAGE, said on stderr, when the config names a path another user could change.
+    `builds` are the packages' profiling builds (attribution.scan_packages), whose manifests
+    may name an llvm-profdata to check too."""
     from .trust import check_config
 
-    builds = {name: scan_package(package) for name, package in config.packages.items()}
     try:
         check_config(config, builds)
     except ConfigError as err:
@@ -114,7 +116,7 @@ def run(config, bus_kind: str) -> int:
     from gi.repository import GLib
     from pydbus import SessionBus, SystemBus
 
-    from .attribution import Attributor
+    from .attribution import Attributor, scan_packages
     from .confine import ConfineError, Identity, helpers
     from .merge import MergeSandbox
     from .db import SchemaError, open_database
@@ -125,9 +127,10 @@ def run(config, bus_kind: str) -> int:
     from .staging import StagingError, prepare_layout
 
     # Before anything is logged or created: a refused path is one line and nothing started.
-    if (refused := check_trust(config)) is not None:
+    builds = scan_packages(config)
+    if (refused := check_trust(config, builds)) is not None:
         return refused
-    attributor = Attributor.from_config(config)
+    attributor = Attributor(builds)
     try:
         merge_identity = Identity.for_user(config.merge_user)
     except ConfineError as err:
