@@ -416,13 +416,15 @@ class Engine:
         self._intake.pending = {(UNKNOWN_UID if uid is None else uid): (files, size) for uid, files, size in rows}
 
     # ---- ingest --------------------------------------------------------------------------
-    def _not_yet(self, name: str, at_start: bool) -> float | None:
+    def _not_yet(self, name: str, at_start: bool, info: os.stat_result | None) -> float | None:
         """Seconds to wait before claiming a spool entry that is probably still being written;
-        0 to leave it alone altogether (an event will bring it back), None to claim it now."""
+        0 to leave it alone altogether (an event will bring it back), None to claim it now.
+
+        `info` is the entry's lstat from when the intake queued it (None: it had vanished). A
+        later event for the name has refreshed it, and the claim checks the file again itself,
+        so an old lstat can only make the entry wait, never let a wrong file through."""
         path = f"{self._spool}/{name}"
-        try:
-            info = os.lstat(path)
-        except FileNotFoundError:
+        if info is None:
             return None
         if stat.S_ISDIR(info.st_mode):
             # Never claimed: a folder cannot hold a profile, and moving another user's folder
@@ -466,19 +468,19 @@ class Engine:
         except OSError as err:
             log.warning("spool.squatted_name_kept", name=name, error=err.strerror)
 
-    def _ingest_names(self, names: list[tuple[str, bool]]) -> None:
-        """Claim and record spool names: (name, found by a scan rather than an event)."""
+    def _ingest_names(self, names: list[tuple[str, bool, os.stat_result | None]]) -> None:
+        """Claim and record spool names: (name, found by a scan rather than an event, lstat)."""
         if self._disk is not None and self._restart_at is not None:
             return  # waiting for room: left in the spool, the scan of the next start-up takes them
         if (low := self._short_of_room()) is not None:
             self._wait_for_room("low", low)
             return
         staged = []
-        for name, at_start in names:
+        for name, at_start, info in names:
             if "/" in name or name in (".", "..", self._own_name):
                 continue
             self._deferred.pop(name, None)
-            wait = self._not_yet(name, at_start)
+            wait = self._not_yet(name, at_start, info)
             if wait is not None:
                 if wait > 0:
                     self._deferred[str(name)] = time.monotonic() + wait

@@ -28,7 +28,9 @@ UNKNOWN_UID = -1  # the entry vanished before it was looked at: nobody's, and go
 
 @dataclass
 class UserQueue:
-    """One uid's waiting names (name → found by a scan rather than an event), oldest first."""
+    """One uid's waiting names, oldest first: name → (name, found by a scan rather than an
+    event, the name's lstat when it was offered or None if it had vanished). The claim looks at
+    that lstat instead of taking another; the newest event for a name refreshes it."""
 
     names: OrderedDict = field(default_factory=OrderedDict)
     dropped: int = 0  # names not kept because the queue was full, since the last rescan
@@ -51,9 +53,10 @@ class FairIntake:
         spool = self._spool
         for name in names:
             try:
-                uid = os.lstat(f"{spool}/{name}").st_uid
+                info = os.lstat(f"{spool}/{name}")
+                uid = info.st_uid
             except FileNotFoundError:
-                uid = UNKNOWN_UID
+                info, uid = None, UNKNOWN_UID
             except OSError:
                 continue
             queue = self._queues.get(uid)
@@ -62,13 +65,13 @@ class FairIntake:
                 self._turn.append(uid)
             if name in queue.names:
                 if not at_start:
-                    queue.names[name] = (name, False)
+                    queue.names[name] = (name, False, info)
                 continue
             if len(queue.names) >= NAMES_PER_UID:
                 queue.dropped += 1
                 self.rescan_owed = True
                 continue
-            queue.names[str(name)] = (name, at_start)
+            queue.names[str(name)] = (name, at_start, info)
 
     def over_pending(self, uid: int) -> str | None:
         files, size = self.pending.get(uid, (0, 0))
@@ -78,10 +81,10 @@ class FairIntake:
             return "pending_bytes"
         return None
 
-    def take(self, limit: int) -> list[tuple[str, bool]]:
-        """Up to ``limit`` (name, found at start) pairs, from every uid in turn that is within
-        its pending bounds."""
-        taken: list[tuple[str, bool]] = []
+    def take(self, limit: int) -> list[tuple[str, bool, os.stat_result | None]]:
+        """Up to ``limit`` (name, found at start, lstat) entries, from every uid in turn that is
+        within its pending bounds."""
+        taken: list[tuple[str, bool, os.stat_result | None]] = []
         while len(taken) < limit:
             ready = [uid for uid in self._turn if self._queues[uid].names and self.over_pending(uid) is None]
             if not ready:

@@ -1,0 +1,95 @@
+"""The fair intake's own logic, on real files owned by two uids: who is served when, which bound
+stops whom, and what a queued name carries to the claim. The daemon-level proof (a flood and
+another user's profiles, the real daemon) is test_fairness.py."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pgod import intake
+from pgod.intake import FairIntake
+
+FLOODER, OTHER = 65534, 4321
+
+
+@pytest.fixture
+def spool(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give files to other uids (make test runs as root)")
+    return tmp_path
+
+
+def make(spool, uid: int, count: int, prefix: str) -> list[str]:
+    names = []
+    for i in range(count):
+        path = spool / f"{prefix}{i}.profraw"
+        path.write_bytes(b"x")
+        os.chown(path, uid, uid)
+        names.append(path.name)
+    return names
+
+
+def test_each_uid_is_served_in_turn_however_many_names_another_has(spool):
+    fair = FairIntake(str(spool))
+    fair.offer(make(spool, FLOODER, 500, "f"))
+    fair.offer(make(spool, OTHER, 3, "o"))
+    taken = [name for name, _at_start, _info in fair.take(100)]
+    assert len(taken) == 100
+    # The other user's three files are in the first batch, not behind the flooder's 500.
+    assert {"o0.profraw", "o1.profraw", "o2.profraw"} <= set(taken)
+    # Within one uid, arrival order.
+    flood = [name for name in taken if name.startswith("f")]
+    assert flood == [f"f{i}.profraw" for i in range(len(flood))]
+
+
+def test_a_uid_at_its_pending_bound_gets_nothing_more_and_others_still_do(spool):
+    fair = FairIntake(str(spool))
+    fair.offer(make(spool, FLOODER, 20, "f"))
+    fair.offer(make(spool, OTHER, 5, "o"))
+    fair.pending = {FLOODER: (intake.PENDING_FILES_PER_UID, 0)}
+    taken = [name for name, _at_start, _info in fair.take(100)]
+    assert sorted(taken) == [f"o{i}.profraw" for i in range(5)]
+    assert fair.over_pending(FLOODER) == "pending_files"
+    assert [row["over"] for row in fair.report() if row["uid"] == FLOODER] == [["pending_files"]]
+    fair.pending = {FLOODER: (0, intake.PENDING_BYTES_PER_UID)}
+    assert fair.over_pending(FLOODER) == "pending_bytes" and not fair.waiting()
+
+
+def test_names_past_the_queue_bound_are_dropped_and_a_rescan_owed(spool, monkeypatch):
+    monkeypatch.setattr(intake, "NAMES_PER_UID", 10)
+    fair = FairIntake(str(spool))
+    fair.offer(make(spool, FLOODER, 25, "f"))
+    assert len(fair) == 10 and fair.rescan_owed
+    assert [row["over"] for row in fair.report()] == [["queued_names"]]
+    fair.rescan_started()
+    assert not fair.rescan_owed
+
+
+def test_the_newest_event_refreshes_what_a_queued_name_carries_to_the_claim(spool):
+    fair = FairIntake(str(spool))
+    (name,) = make(spool, OTHER, 1, "o")
+    fair.offer([name], at_start=True)  # seen by a scan while one byte long
+    (spool / name).write_bytes(b"longer now")
+    fair.offer([name], at_start=True)  # a second scan sighting keeps the first entry
+    fair.offer([name])  # the close event: no longer "found at start", and the lstat is new
+    [(taken, at_start, info)] = fair.take(10)
+    assert (taken, at_start, info.st_size, info.st_uid) == (name, False, 10, OTHER)
+
+
+def test_a_name_that_vanished_is_queued_as_nobodys_without_an_lstat(spool):
+    fair = FairIntake(str(spool))
+    fair.offer(["gone.profraw"])
+    [(name, _at_start, info)] = fair.take(10)
+    assert (name, info) == ("gone.profraw", None)
+    # Counted as pending until the engine's next look at the database says it was never claimed.
+    assert [(row["uid"], row["pending_files"]) for row in fair.report()] == [(intake.UNKNOWN_UID, 1)]
+
+
+def test_a_single_user_is_never_a_light_user_beside_a_flood(spool):
+    fair = FairIntake(str(spool))
+    fair.pending = {0: (5000, 1 << 20)}
+    assert not fair.light_user_waiting()
+    fair.pending = {0: (5000, 1 << 20), OTHER: (3, 1000)}
+    assert fair.light_user_waiting()
