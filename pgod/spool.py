@@ -5,7 +5,9 @@ the spool (IN_MOVED_TO): a rename brings a file whole, as atomic writers rely on
 and devices never get a close event, so an entry created (IN_CREATE) and not closed within the
 same read is looked at: anything but a new, empty regular file is handed over at once (a link
 or a FIFO to be rejected; a regular file with content, as made by linkat(2) of an O_TMPFILE, as
-an Arrival, which the engine takes once it parses whole or after a settling time). This thread
+an Arrival, which the engine takes once it parses whole or after a settling time). So is a new,
+empty file named for a pid that is no running process of its owner: a squatter, who need never
+close it. This thread
 only enqueues names; it never reads a file's content.
 
 Why not watchdog's Observer: it runs three threads and builds several Python objects per inotify
@@ -33,7 +35,7 @@ import structlog
 from watchdog.observers.inotify_c import InotifyConstants as IN
 from watchdog.observers.inotify_c import inotify_add_watch, inotify_init
 
-from .engine import EMPTY_FILE_GRACE_SECONDS, Arrival
+from .engine import EMPTY_FILE_GRACE_SECONDS, Arrival, squatter
 from .osthread import name_os_thread
 
 log = structlog.get_logger(__name__)
@@ -171,4 +173,9 @@ class SpoolWatcher:
             return name  # a link, FIFO, device or second hard link is never "closed": take it now
         if info.st_size > 0 or time.time() - info.st_mtime > EMPTY_FILE_GRACE_SECONDS:
             return Arrival(name)  # content already there, or an old empty file
+        if squatter(name, info.st_uid):
+            # Named for a pid that is no running process of its owner: someone holding a
+            # program's name ahead of it. No close event may ever come (the squatter can keep
+            # it open), so the engine frees the name now.
+            return name
         return None  # a new, empty file being written: its close event will come

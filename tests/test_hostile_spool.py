@@ -261,3 +261,34 @@ def test_squatted_pid_names_are_freed_and_the_other_users_profiles_counted(pgod,
             check=True, capture_output=True, timeout=60,
         )
     wait_for(lambda: daemon.package("workload")["files"] == 5, 60, "the other user's five profiles merged")
+
+
+def test_a_squatted_name_held_open_is_freed_without_waiting_for_a_close(pgod, workload, clang14):
+    """A squatter need never close the empty files it made for free pids' names, so no close
+    event comes for them: the watcher frees such a name when it appears, while the squatter
+    still holds it open, and the program that later gets that pid writes its own profile."""
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": str(clang14.profdata)}})
+    pgod.spool.chmod(0o1777)
+    daemon = pgod.daemon()
+    hold = textwrap.dedent(f"""
+        import os, sys
+        held = []
+        pid = os.getpid() + 5000
+        while len(held) < 50:
+            pid += 1
+            if not os.path.exists(f"/proc/{{pid}}"):
+                held.append(os.open(f"{pgod.spool}/{{pid}}.profraw", os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o644))
+        print("holding", flush=True)
+        sys.stdin.read()  # until the test is done looking
+    """)
+    holder = subprocess.Popen([*AS_NOBODY, sys.executable, "-c", hold], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        squatted = lambda: [e.name for e in os.scandir(pgod.spool) if e.name.endswith(".profraw")]  # noqa: E731
+        wait_for(lambda: not squatted(), 30, "names held open by their squatter freed")
+        assert holder.poll() is None  # still holding them: no close freed them
+        run_instrumented(workload / "bin" / "workload", workload_inputs(1)[0], f"{pgod.spool}/%p.profraw")
+        wait_for(lambda: daemon.package("workload")["files"] == 1, 30, "a program's own profile counted")
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
