@@ -175,10 +175,12 @@ class ProfileMerger:
 
     def _next_batch(self, name: str) -> tuple[list, bool]:
         """The package's first pending parts by id, within the batch's count and bytes, and
-        whether more may wait behind them."""
+        whether more may wait behind them. Each carries its file's owner uid, for the users'
+        shares the merge's commit records (history.add_contributions)."""
         with self.sessions() as session:
             parts = session.execute(
-                select(Part.id, Part.path, Part.size, Part.file_id, Part.digest)
+                select(Part.id, Part.path, Part.size, Part.file_id, Part.digest, SpoolFile.owner_uid)
+                .outerjoin(SpoolFile, SpoolFile.id == Part.file_id)
                 .where(Part.package == name, Part.status == "pending")
                 .order_by(Part.id)
                 .limit(MERGE_BATCH)
@@ -301,7 +303,7 @@ class ProfileMerger:
                     .where(Part.package == name, Part.status == "pending", Part.id <= parts[-1].id)
                     .values(status="merged", merge_id=merge.id)
                 )
-                add_contributions(session, name, _shares_by_uid(session, merged))
+                add_contributions(session, name, _shares_by_uid(merged))
                 package.profile_generation = generation
                 package.profile_path = str(output)
                 package.raw_bytes += merged_bytes
@@ -368,15 +370,11 @@ class ProfileMerger:
         self._emit("error", package=name, message=error)
 
 
-def _shares_by_uid(session: Session, parts: list) -> dict[int, tuple[int, int]]:
+def _shares_by_uid(parts: list) -> dict[int, tuple[int, int]]:
     """(parts, bytes) of a merged batch per owner uid of their files (-1: not known)."""
-    owners = dict(
-        session.execute(select(SpoolFile.id, SpoolFile.owner_uid).where(among(SpoolFile.id, {p.file_id for p in parts}))).tuples().all()
-    )
     shares: dict[int, tuple[int, int]] = {}
     for part in parts:
-        uid = owners.get(part.file_id)
-        uid = -1 if uid is None else uid
+        uid = -1 if part.owner_uid is None else part.owner_uid
         files, size = shares.get(uid, (0, 0))
         shares[uid] = (files + 1, size + part.size)
     return shares
