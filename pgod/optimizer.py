@@ -35,6 +35,7 @@ from .staging import Layout
 log = structlog.get_logger(__name__)
 
 BUILD_RETRY_MAX_SECONDS = 3600.0  # the backoff doubles from config.build_retry_seconds up to this
+PLACING_STAGE_BUILD = "putting the context-sensitive build in use"  # how its last_error begins
 
 
 class OperationError(Exception):
@@ -68,6 +69,8 @@ class Optimizer:
         self.running: BuildRun | None = None
         self.gating: GateRun | None = None
         self._pending_profile_sync = False  # an upgrade took an active package out at start
+        # A stage build that could not be put in place: package → when to try again (wall clock).
+        self._place_owed: dict[str, float] = {}
 
     @property
     def gcroots(self) -> Path:
@@ -180,19 +183,47 @@ class Optimizer:
             log.error("substitution.failed", error=str(err), substitute_dir=str(self.config.substitute_dir))
 
     # ---- builds ----------------------------------------------------------------------------
+    def _put_stage_build_in_place(self, name: str) -> None:
+        """Link the stage's build in the profiling build's place. Until that works, the programs
+        users run are the first stage's, whose profiles the stage refuses: so a failure (the
+        profile's folder unwritable, say) is retried every build_retry_seconds, not left until
+        the next start."""
+        try:
+            self._sync_profile()
+        except (nixstore.NixError, OSError) as err:
+            self._place_owed[name] = time.time() + self.config.build_retry_seconds
+            self._set_error(name, f"{PLACING_STAGE_BUILD}: {err}")
+            return
+        if self._place_owed.pop(name, None) is not None:
+            log.info("stage.build_in_place", package=name)
+            with self.sessions.begin() as session:
+                row = session.get(Package, name)
+                if row.last_error and row.last_error.startswith(PLACING_STAGE_BUILD):
+                    row.last_error = None
+            self._emit("counters", package=name)
+
+    def _retry_placing(self) -> None:
+        now = time.time()
+        for name, at in list(self._place_owed.items()):
+            if at <= now:
+                self._put_stage_build_in_place(name)
+
     def next_deadline(self) -> float | None:
-        """Wall-clock time of the next build retry, if one is waiting."""
+        """Wall-clock time of the next build retry or stage placement, if one is waiting."""
+        placing = min(self._place_owed.values(), default=None)
         if self.running is not None or self.gating is not None:
-            return None
+            return placing
         with self.sessions() as session:
-            return session.scalar(
+            retry = session.scalar(
                 select(Package.next_build_at).where(Package.build_due.is_(True), Package.next_build_at > time.time())
                 .order_by(Package.next_build_at)
                 .limit(1)
             )
+        return min((at for at in (placing, retry) if at is not None), default=None)
 
     def maybe_start_build(self) -> None:
         """Start the first due package's build, if none is running (one build at a time)."""
+        self._retry_placing()
         if self.running is not None or self.gating is not None:
             return
         now = time.time()
@@ -412,10 +443,7 @@ class Optimizer:
         self._index_stage_build(name, result.out_path)
         log.info("stage.context_sensitive", package=name, build=result.out_path, profile=snapshot,
                  seconds=round(result.seconds, 1))
-        try:
-            self._sync_profile()
-        except nixstore.NixError as err:
-            self._set_error(name, f"putting the context-sensitive build in use: {err}")
+        self._put_stage_build_in_place(name)
         self._emit("package", package=name, event="stage", detail=result.out_path)
         self._emit("counters", package=name)
 

@@ -139,6 +139,32 @@ def test_the_gate_activates_a_faster_build_and_refuses_a_slower_one(pgod, tmp_pa
         assert os.path.realpath(pgod.root / "profile" / "bin" / "work").startswith(candidate)
 
 
+def test_a_stage_build_that_cannot_be_linked_in_place_at_once_is_linked_when_it_can(pgod):
+    """Until the stage's build is in place, users run the first stage's programs, whose
+    profiles the stage refuses: a failed placement is retried, not left until the next start.
+    The cs_build itself makes the profile's folder immutable once it has built, so the first
+    placement fails for real (nix-env cannot write there, even as root)."""
+    profiling = nix_build("profiling", pgod.spool)
+    profiles = pgod.root / "profiles"
+    profiles.mkdir()
+    locking_cs_build = ["sh", "-c", 'out=$("$@") && chattr +i "$0" && echo "$out"', str(profiles), *cs_build_argv(pgod.spool)]
+    pgod.write_config({"hello": {
+        "profile_build": [profiling], "build": build_argv(pgod.spool), "cs_build": locking_cs_build,
+        "threshold_mb": THRESHOLD_MB, "cs_threshold_mb": 100,
+    }}, activation="auto", profile_link=str(profiles / "optimized"), build_retry_seconds=1)
+    daemon = pgod.daemon()
+    try:
+        run_hello(Path(profiling) / "bin" / "hello-pgo", 20)
+        stuck = wait_for(lambda: (p := daemon.package("hello"))["last_error"] and p, 180, "the placement failing")
+        assert stuck["stage"] == "context-sensitive" and "putting the context-sensitive build in use" in stuck["last_error"]
+        assert not (profiles / "optimized").exists()
+    finally:
+        subprocess.run(["chattr", "-i", str(profiles)], check=True)
+    in_use = profiles / "optimized" / "bin" / "hello-pgo"
+    wait_for(lambda: os.path.realpath(in_use).startswith(stuck["stage_build"]), 30, "the stage's build linked in place")
+    assert wait_for(lambda: (p := daemon.package("hello"))["last_error"] is None and p, 30, "the error cleared")["state"] == "profiling"
+
+
 def test_an_upgrade_mid_stage_takes_the_stage_build_out_and_starts_again_at_the_first_stage(pgod):
     profiling = nix_build("profiling", pgod.spool)
     pgod.write_config({"hello": {
