@@ -476,6 +476,7 @@ class Engine:
             self._wait_for_room("low", low)
             return
         staged = []
+        squatted: set[str] = set()  # empty files made ahead of the program their name is for
         for name, at_start, info in names:
             if "/" in name or name in (".", "..", self._own_name):
                 continue
@@ -488,7 +489,10 @@ class Engine:
             staging_name = self._claimer.claim(name)
             if staging_name is not None:
                 staged.append((staging_name, str(name)))
-        self._ingest_staged(staged)
+                if info is not None and info.st_size == 0 and time.time() - info.st_mtime < EMPTY_FILE_GRACE_SECONDS \
+                        and squatter(name, info.st_uid):  # as _not_yet judged it: an old one is a dead program's
+                    squatted.add(str(name))
+        self._ingest_staged(staged, squatted)
         if names:
             # The intake counted every name it handed out as pending; only the claimed ones
             # are (a young file waits, a vanished one is gone): the database says which.
@@ -499,14 +503,16 @@ class Engine:
         for start in range(0, len(staged), CLAIM_BATCH):
             self._ingest_staged(staged[start : start + CLAIM_BATCH])
 
-    def _ingest_staged(self, staged: list[tuple[str, str]]) -> None:
-        """Record claimed files (staging name, spool name): one transaction for the batch."""
+    def _ingest_staged(self, staged: list[tuple[str, str]], squatted: set[str] = frozenset()) -> None:
+        """Record claimed files (staging name, spool name): one transaction for the batch.
+        `squatted`: spool names that were empty and named for a pid no process of their owner
+        has (engine.squatter), refused as squatted-name rather than merely empty."""
         if not staged:
             return
         fsync_dir(self.layout.incoming)  # the renames must be durable before rows name them
         failpoint("after-claim")
         with self.sessions.begin() as session:
-            report = self._ingestor.ingest(session, staged)
+            report = self._ingestor.ingest(session, staged, squatted)
             now = time.time()
             for name in report.parts_pending:
                 session.execute(update(Package).where(Package.name == name).values(last_activity=now))

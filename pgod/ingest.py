@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 
 import structlog
@@ -78,9 +78,10 @@ class Ingestor:
         self._parts = os.fsdecode(layout.parts)
         self._unattributed = os.fsdecode(layout.unattributed)
 
-    def ingest(self, session: Session, staged: list[tuple[str, str]]) -> IngestReport:
+    def ingest(self, session: Session, staged: list[tuple[str, str]], squatted: Set[str] = frozenset()) -> IngestReport:
         """Record a batch of staging files (staging name, original spool name) in the caller's
-        transaction.
+        transaction. An empty file whose spool name is in `squatted` is refused as
+        squatted-name: it took a program's name ahead of it, which an admin should see as such.
 
         Rejected files are moved to quarantine before their rows are written; accepted files
         stay where they are until their parts are merged.
@@ -96,6 +97,13 @@ class Ingestor:
                 continue
             except Rejected as err:
                 rejection = err
+                if err.reason == "empty" and spool_name in squatted:
+                    rejection = Rejected(
+                        "squatted-name",
+                        "empty and new, named for a pid that was no running process of its owner: made ahead of"
+                        " the program that gets that pid (or left by one that died at once)",
+                        err.owner_uid,
+                    )
             except Exception as err:  # a file must never stop the daemon: park it, with the error
                 if is_disk_full(err):
                     raise  # not the file's fault: the batch waits for room (engine.py)

@@ -287,6 +287,9 @@ def test_a_squatted_name_held_open_is_freed_without_waiting_for_a_close(pgod, wo
         squatted = lambda: [e.name for e in os.scandir(pgod.spool) if e.name.endswith(".profraw")]  # noqa: E731
         wait_for(lambda: not squatted(), 30, "names held open by their squatter freed")
         assert holder.poll() is None  # still holding them: no close freed them
+        # Recorded as what they were, not as a program's empty profile.
+        refused = wait_for(lambda: len(r := daemon_rejections(pgod)) == 50 and r, 30, "all 50 recorded")
+        assert {row["reason"] for row in refused} == {"squatted-name"}
         run_instrumented(workload / "bin" / "workload", workload_inputs(1)[0], f"{pgod.spool}/%p.profraw")
         wait_for(lambda: daemon.package("workload")["files"] == 1, 30, "a program's own profile counted")
     finally:
