@@ -16,6 +16,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/pgod/config.toml")
 ACTIVATION_MODES = ("notify", "auto")
 MB = 1024 * 1024
 DEFAULT_MAX_COUNTER = 1 << 56
+DEFAULT_MERGE_USER = "pgod-merge"  # the system user the install and the NixOS module create
 
 
 class ConfigError(Exception):
@@ -67,7 +68,7 @@ class Config:
     unattributed_max_files: int
     build_retry_seconds: float
     packages: dict[str, PackageConfig] = field(default_factory=dict)
-    merge_user: str = "pgod-merge"  # whom llvm-profdata runs as when the daemon is root
+    merge_user: str = DEFAULT_MERGE_USER  # whom llvm-profdata runs as when the daemon is root
     keep_free_bytes: int = 64 * MB  # intake pauses while staging or state has less free space
     kept_max_bytes: int = 64 * MB  # quarantine and unattributed copies, each, at most
     # Where the system path's stand-in links for each package live (pgod/substitution.py);
@@ -248,7 +249,7 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
         max_file_bytes=top.megabytes("max_file_mb", 256),
         unattributed_max_files=unattributed_max_files,
         packages=packages,
-        merge_user=top.get("merge_user", str, "pgod-merge"),
+        merge_user=top.get("merge_user", str, DEFAULT_MERGE_USER),
         keep_free_bytes=top.megabytes("keep_free_mb", 64, allow_zero=True),
         kept_max_bytes=top.megabytes("kept_max_mb", 64, allow_zero=True),
         substitute_dir=top.absolute_path("substitute_dir", None),

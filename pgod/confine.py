@@ -18,6 +18,7 @@ import signal
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class ConfineError(RuntimeError):
@@ -153,3 +154,35 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def read_own(path: Path) -> bytes:
+    """A file of pgod's own (a working profile), whole: to hand to the tool as a memfd."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        chunks = []
+        while chunk := os.read(fd, max(size, 1 << 20)):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def memfd_holding(name: str, data: bytes) -> int:
+    """A memfd holding ``data``. The confined tool, running as another user, reads it through
+    /proc/self/fd/N; reopening a root-only file that way is refused (the open checks the
+    file's own mode), so pgod's own files go to it as copies."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        write_all(fd, data)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

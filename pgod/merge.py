@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .confine import ConfineError, Finished, Identity, Limits, run_confined
+from .confine import ConfineError, Finished, Identity, Limits, memfd_holding, read_own, run_confined, write_all
 from .durable import fsync_dir, is_disk_full
 from .profraw import ProfrawError, parse_profraw
 from .recovery import unlink_if_present
@@ -145,7 +145,7 @@ def gather_inputs(inputs: Sequence[MergeInput], checked: Mapping[str, bytes], ki
             if kind is not None and (refusal := _kind_refusal(_kind_of(data), kind)) is not None:
                 gathered.rejected[item.path] = refusal
                 continue
-            _write_all(fd, data)
+            write_all(fd, data)
             gathered.size += len(data)
     except BaseException:
         gathered.close()
@@ -190,7 +190,7 @@ def merge_batch(profdata: str, base: Path | None, gathered: Gathered, output: Pa
         return _env_failure(f"llvm-profdata not found: {profdata}")
     try:
         try:
-            base_fd = _memfd("pgod-profile", _read_own(base)) if base is not None else None
+            base_fd = memfd_holding("pgod-profile", read_own(base)) if base is not None else None
         except OSError as err:
             return _env_failure(f"the working profile {base} is unreadable: {err.strerror}")
         if base_fd is not None:
@@ -254,35 +254,6 @@ def _read_checked(item: MergeInput) -> bytes:
     if item.digest is not None and part_digest(data) != item.digest:
         raise _Changed("its bytes were rewritten after they were checked")
     return data
-
-
-def _read_own(path: Path) -> bytes:
-    """A file of pgod's own (the working profile), whole."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        size = os.fstat(fd).st_size
-        chunks = []
-        while chunk := os.read(fd, max(size, 1 << 20)):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def _memfd(name: str, data: bytes) -> int:
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    try:
-        _write_all(fd, data)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _judge(finished: Finished, limits: Limits, base_as: str | None, inputs_as: str) -> MergeOutcome:

@@ -25,7 +25,8 @@ from urllib.parse import quote
 
 from . import __version__
 from .attribution import profdata_for
-from .config import Config, PackageConfig
+from .config import DEFAULT_MERGE_USER, Config, PackageConfig
+from .confine import ConfineError, Identity, memfd_holding, read_own
 from .report_tool import FunctionCounts, ToolError, parse_overlap, parse_show, percent, run_tool
 
 REPORT_VERSION = 1
@@ -91,17 +92,29 @@ def _rows(connection: sqlite3.Connection, sql: str, *args) -> list[dict]:
 
 
 # ---- llvm-profdata on pgod's files --------------------------------------------------------------
+def tool_user(sources: Sources) -> Identity | None:
+    """Whom llvm-profdata runs as: the daemon's merge user when the report runs as root (a
+    merged profile is still what the tool made of files any user wrote), else whoever runs it."""
+    try:
+        return Identity.for_user(sources.config.merge_user if sources.config else DEFAULT_MERGE_USER)
+    except ConfineError as err:
+        raise ReportError(str(err)) from None
+
+
 def _open_profile(path: str) -> int:
-    return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    """A memfd holding the profile: the tool, run as another user, reads it through its
+    descriptor, which a reopening of the root-only file itself would refuse."""
+    return memfd_holding("pgod-report-profile", read_own(Path(path)))
 
 
-def show_profile(profdata: str, fd: int):
-    return parse_show(run_tool([profdata, "show", "--all-functions", "--counts", f"/proc/self/fd/{fd}"], pass_fds=[fd]))
+def show_profile(profdata: str, fd: int, identity: Identity | None = None):
+    argv = [profdata, "show", "--all-functions", "--counts", f"/proc/self/fd/{fd}"]
+    return parse_show(run_tool(argv, pass_fds=[fd], identity=identity))
 
 
-def overlap_profiles(profdata: str, base_fd: int, test_fd: int) -> dict[str, str]:
+def overlap_profiles(profdata: str, base_fd: int, test_fd: int, identity: Identity | None = None) -> dict[str, str]:
     argv = [profdata, "overlap", f"/proc/self/fd/{base_fd}", f"/proc/self/fd/{test_fd}"]
-    return parse_overlap(run_tool(argv, pass_fds=[base_fd, test_fd]))
+    return parse_overlap(run_tool(argv, pass_fds=[base_fd, test_fd], identity=identity))
 
 
 # ---- figures ----------------------------------------------------------------------------------
@@ -308,6 +321,7 @@ def _read_package(connection: sqlite3.Connection, name: str) -> tuple[dict, int 
 
 
 def package_report(connection: sqlite3.Connection, sources: Sources, name: str, top: int) -> dict:
+    identity = tool_user(sources)  # first: a refusal must not leave the profile's memfd open
     row, profile_fd = _read_package(connection, name)
     profdata = _profdata(sources, name)
     merges = list(reversed(_rows(connection, "SELECT * FROM merges WHERE package = ? ORDER BY id DESC LIMIT ?", name,
@@ -332,14 +346,14 @@ def package_report(connection: sqlite3.Connection, sources: Sources, name: str, 
     }
     try:
         if profile_fd is not None:
-            shown = show_profile(profdata, profile_fd)
+            shown = show_profile(profdata, profile_fd, identity)
             document["profile"].update(_summary_numbers(shown.summary))
             document["profile"]["bytes"] = os.fstat(profile_fd).st_size
             document["hot_functions"] = hot_functions(shown.functions, top)
             document["coverage"] = coverage(shown.functions, shown.summary)
         in_use = next((b for b in builds if b["status"] == "succeeded" and b.get("out_path") == row["optimized"]), None)
         document["in_use_build"] = in_use["id"] if in_use else None
-        document["change_since_build"] = _change(profdata, in_use, profile_fd, row)
+        document["change_since_build"] = _change(profdata, in_use, profile_fd, row, identity)
         document["profile_match"] = profile_match(in_use.get("out_path") if in_use else None)
     except ToolError as err:
         raise ReportError(f"{name}: {err}") from None
@@ -349,7 +363,7 @@ def package_report(connection: sqlite3.Connection, sources: Sources, name: str, 
     return document
 
 
-def _change(profdata: str, build: dict | None, profile_fd: int | None, row: dict) -> dict:
+def _change(profdata: str, build: dict | None, profile_fd: int | None, row: dict, identity: Identity | None) -> dict:
     """How far the current profile has moved from the one the build in use was made from:
     `llvm-profdata overlap BUILD_PROFILE CURRENT` (100 % overlap: nothing changed)."""
     if build is None:
@@ -364,7 +378,7 @@ def _change(profdata: str, build: dict | None, profile_fd: int | None, row: dict
     except OSError as err:
         return {**result, "unavailable": f"{base}: {err.strerror} (collected as garbage?)"}
     try:
-        figures = overlap_profiles(profdata, base_fd, profile_fd)
+        figures = overlap_profiles(profdata, base_fd, profile_fd, identity)
     finally:
         os.close(base_fd)
     overlap = percent(figures.get("Edge profile overlap"))

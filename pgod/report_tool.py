@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .confine import ConfineError, Limits, confined_argv
+from .confine import ConfineError, Identity, Limits, confined_argv
 
 TIMEOUT_SECONDS = 120.0
 OUTPUT_BYTES = 256 << 20  # `show --all-functions --counts` of a big program (~1 KB a function)
@@ -31,13 +31,16 @@ class ToolError(RuntimeError):
 
 
 def run_tool(argv: Sequence[str], pass_fds: Sequence[int] = (), timeout: float = TIMEOUT_SECONDS,
-             max_bytes: int = OUTPUT_BYTES) -> str:
-    """``argv``'s stdout, read while it runs; a run past ``timeout`` or printing more than
-    ``max_bytes`` is killed (with its process group) and raises ToolError, as does an exit
-    other than 0, with the tail of its stderr."""
+             max_bytes: int = OUTPUT_BYTES, identity: Identity | None = None) -> str:
+    """``argv``'s stdout, read while it runs, as ``identity`` (the merge user, when the report
+    runs as root: the profiles are made of files any user wrote). A run past ``timeout`` or
+    printing more than ``max_bytes`` is killed (with its process group) and raises ToolError,
+    as does an exit other than 0, with the tail of its stderr."""
     try:
-        command = confined_argv(argv, LIMITS, None)
-    except ConfineError:
+        command = confined_argv(argv, LIMITS, identity)
+    except ConfineError as err:
+        if identity is not None:  # never run it as root instead
+            raise ToolError(f"cannot run {argv[0]} as {identity.name}: {err}") from None
         command = list(argv)  # no prlimit: the timeout and output cap still hold
     try:
         process = subprocess.Popen(

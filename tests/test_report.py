@@ -158,6 +158,43 @@ def test_report_figures_match_llvm_profdata_with_and_without_the_daemon(pgod, pr
         assert again[key] == package[key], key
 
 
+@pytest.fixture
+def merge_user_only_profdata(llvm_profdata_14):
+    """An llvm-profdata that works only as the merge user: any other uid gets exit 3 and a line
+    naming it. In a root-owned folder the merge user can enter (pytest's tmp_path is 0700)."""
+    import pwd
+    import tempfile
+
+    try:
+        merge_uid = pwd.getpwnam("pgod-merge").pw_uid
+    except KeyError:
+        pytest.fail("no user pgod-merge: scripts/install-deps.sh creates it")
+    folder = Path(tempfile.mkdtemp(prefix="pgod-report-tool-", dir="/tmp"))
+    folder.chmod(0o755)
+    tool = folder / "llvm-profdata"
+    tool.write_text(f"#!/bin/sh\n[ \"$(id -u)\" = {merge_uid} ] || {{ echo \"ran as uid $(id -u)\" >&2; exit 3; }}\n"
+                    f"exec {llvm_profdata_14} \"$@\"\n")
+    tool.chmod(0o755)
+    yield str(tool)
+    shutil.rmtree(folder)
+
+
+def test_report_run_as_root_runs_llvm_profdata_as_the_merge_user(pgod, program, merge_user_only_profdata, tmp_path):
+    """A merged profile is still what llvm-profdata made of files any user wrote: the report,
+    run as root, parses it as the daemon's merge user, as merges do."""
+    if os.geteuid() != 0:
+        pytest.skip("the report drops privileges only when run as root (make test runs as root)")
+    pgod.write_config({"prog": {"profile_build": [str(program)], "build": ["true"], "llvm_profdata": merge_user_only_profdata}})
+    daemon = pgod.daemon()
+    for args in RUNS[:2]:
+        run_instrumented(program / "bin" / "report-workload", args, pgod.spool / "%p.profraw")
+    wait_for(lambda: daemon.package("prog")["total_files"] == 2, 60, "both runs merged (by the merge user)")
+    done = report(daemon, "prog", "--config", str(pgod.config_path), "--output", str(tmp_path / "report"), check=False)
+    assert done.returncode == 0, done.stderr
+    package = json.loads((tmp_path / "report" / "report.json").read_text())["packages"][0]
+    assert package["profile"]["total_functions"] == FUNCTIONS
+
+
 def test_report_usage_errors_exit_2_naming_the_argument(pgod, program, llvm_profdata_14, tmp_path):
     pgod.write_config({"prog": {"profile_build": [str(program)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
     daemon = pgod.daemon()
