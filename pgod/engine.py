@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import queue
-import re
 import secrets
 import stat
 import threading
@@ -48,6 +47,7 @@ from .osthread import name_os_thread
 from .profiles import MergeDone, ProfileMerger
 from .profraw import ProfrawError, parse_profraw
 from .recovery import move_if_present, recover, unlink_if_present
+from .squatting import EMPTY_FILE_GRACE_SECONDS, settle_left, squat_candidate, squatter
 from .staging import Layout, free_bytes, prune_oldest
 
 log = structlog.get_logger(__name__)
@@ -65,9 +65,6 @@ MAX_QUEUED_NAMES = 50_000
 GATHER_QUIET_SECONDS = 0.05
 GATHER_MAX_SECONDS = 1.0
 YOUNG_FILE_SECONDS = 5.0  # at start, a file this fresh may still be open by its writer
-# The profile runtime creates its file empty when the program starts and appends at exit, so
-# an empty file is most likely a program still running: it is left alone this long.
-EMPTY_FILE_GRACE_SECONDS = 600.0
 ARRIVAL_SETTLE_SECONDS = 60.0  # how long an entry that never sees a close event may settle
 RETRY_BASE_SECONDS = 5.0  # after an unexpected failure, redo start-up this much later
 DISK_RETRY_SECONDS = 5.0  # while the disk is full, look again for room this often
@@ -424,8 +421,11 @@ class Engine:
         later event for the name has refreshed it, and the claim checks the file again itself,
         so an old lstat can only make the entry wait, never let a wrong file through."""
         path = f"{self._spool}/{name}"
-        if info is None:
-            return None
+        if info is None:  # it had vanished when queued: look again, it may be back
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:
+                return None
         if stat.S_ISDIR(info.st_mode):
             # Never claimed: a folder cannot hold a profile, and moving another user's folder
             # needs a right the service does not keep (its ".." would change). One squatting a
@@ -435,12 +435,16 @@ class Engine:
             return 0.0
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
             return None
-        if info.st_size == 0 and time.time() - info.st_mtime < EMPTY_FILE_GRACE_SECONDS and not squatter(name, info.st_uid):
-            # A program still running; its exit write closes the file again and brings it back.
-            # An empty file that names no running process of its owner is not that: someone
-            # took the name before the program that will get that pid. It is claimed at once
-            # (and quarantined as empty), so that program can write its own.
-            return 0.0
+        if info.st_size == 0 and time.time() - info.st_mtime < EMPTY_FILE_GRACE_SECONDS:
+            if not squatter(name, info.st_uid):
+                # A program still running; its exit write closes the file again and brings it
+                # back.
+                return 0.0
+            # It names no running process of its owner: someone took the name before the
+            # program that will get that pid, so it is claimed (refused as squatted-name) and
+            # that program can write its own. Unless it is filled meanwhile: a forked child's or
+            # another pid namespace's exit write looks the same for a moment (squatting.py).
+            return settle_left(info) or None
         if info.st_size > 0 and isinstance(name, Arrival) and not _parses_whole(path, self.config.max_file_bytes):
             # Linked in, or written without a close yet: if it is a complete profile it is
             # done; if not, give its writer time, then take it whatever it holds.
@@ -489,8 +493,7 @@ class Engine:
             staging_name = self._claimer.claim(name)
             if staging_name is not None:
                 staged.append((staging_name, str(name)))
-                if info is not None and info.st_size == 0 and time.time() - info.st_mtime < EMPTY_FILE_GRACE_SECONDS \
-                        and squatter(name, info.st_uid):  # as _not_yet judged it: an old one is a dead program's
+                if info is not None and squat_candidate(name, info):  # as _not_yet judged it
                     squatted.add(str(name))
         self._ingest_staged(staged, squatted)
         if names:
@@ -506,7 +509,7 @@ class Engine:
     def _ingest_staged(self, staged: list[tuple[str, str]], squatted: set[str] = frozenset()) -> None:
         """Record claimed files (staging name, spool name): one transaction for the batch.
         `squatted`: spool names that were empty and named for a pid no process of their owner
-        has (engine.squatter), refused as squatted-name rather than merely empty."""
+        has (squatting.squatter), refused as squatted-name rather than merely empty."""
         if not staged:
             return
         fsync_dir(self.layout.incoming)  # the renames must be durable before rows name them
@@ -560,25 +563,6 @@ class Engine:
                 listener(kind, data)
             except Exception:  # a listener's bug must not stop the engine
                 log.exception("engine.listener_failed", kind=kind)
-
-
-_PID_NAME = re.compile(r"([1-9][0-9]{0,9})\.profraw")
-
-
-def squatter(name: str, owner_uid: int) -> bool:
-    """Does the spool entry ``name`` claim to be the profile of a process (``<pid>.profraw``, the
-    name the runtime gives it) that is not a running process of the entry's owner? Such an
-    entry was made by someone else ahead of the program that will get that pid. A name of
-    another form cannot be judged: False."""
-    matched = _PID_NAME.fullmatch(name)
-    if matched is None:
-        return False
-    try:
-        return os.stat(f"/proc/{matched.group(1)}").st_uid != owner_uid
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False  # /proc not readable here: cannot tell
 
 
 def _parses_whole(path: str, max_bytes: int) -> bool:

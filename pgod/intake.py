@@ -10,14 +10,22 @@ so another user's file waits behind at most one batch, not behind the flood. Bou
   merged gets nothing more claimed until its merges catch up. Both stay below one merge batch
   (profiles.py), so the next merge of a package always reaches other users' files.
 
+Names squatting a program's (squatting.py) wait in a queue of their own, taken first and
+never held back by their owner's pending bounds: a squatter must not keep its names in place by
+flooding. They are never pending (they are claimed and refused, or left for a moment), and are
+bounded in all by NAMES_PER_UID.
+
 On a single-user machine every name is in one queue and taken in arrival order, as before.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections import OrderedDict
 from dataclasses import dataclass, field
+
+from .squatting import squat_candidate
 
 NAMES_PER_UID = 20_000
 PENDING_FILES_PER_UID = 4_000  # below profiles.MERGE_BATCH
@@ -43,15 +51,18 @@ class FairIntake:
         self._turn: list[int] = []  # uids in the order they are served next
         self.rescan_owed = False  # names were dropped: the spool must be looked at again
         self.pending: dict[int, tuple[int, int]] = {}  # uid → (files, bytes) claimed, not merged
+        self._squats: OrderedDict = OrderedDict()  # names squatting a program's, as in UserQueue
 
     def __len__(self) -> int:
-        return sum(len(queue.names) for queue in self._queues.values())
+        return len(self._squats) + sum(len(queue.names) for queue in self._queues.values())
 
     def offer(self, names, at_start: bool = False) -> None:
-        """Queue spool names under their owners. A name already waiting keeps its place (an
-        event for it outranks a scan's sighting)."""
+        """Queue spool names under their owners, each with its lstat of now. A name already
+        waiting keeps its place, and its lstat is refreshed (an event for it also outranks a
+        scan's sighting: it is no longer "found at start")."""
         spool = self._spool
         for name in names:
+            key = str(name)
             try:
                 info = os.lstat(f"{spool}/{name}")
                 uid = info.st_uid
@@ -60,18 +71,29 @@ class FairIntake:
             except OSError:
                 continue
             queue = self._queues.get(uid)
+            if info is not None and _may_squat(info) and squat_candidate(key, info):
+                if queue is not None:
+                    queue.names.pop(key, None)
+                self._enqueue(self._squats, key, name, at_start, info)
+                continue
+            self._squats.pop(key, None)  # filled since: a program's after all
             if queue is None:
                 queue = self._queues[uid] = UserQueue()
                 self._turn.append(uid)
-            if name in queue.names:
-                if not at_start:
-                    queue.names[name] = (name, False, info)
-                continue
-            if len(queue.names) >= NAMES_PER_UID:
+            if not self._enqueue(queue.names, key, name, at_start, info):
                 queue.dropped += 1
-                self.rescan_owed = True
-                continue
-            queue.names[str(name)] = (name, at_start, info)
+
+    def _enqueue(self, names: OrderedDict, key: str, name, at_start: bool, info) -> bool:
+        """Put or refresh one entry; False if the queue is full (then a rescan is owed)."""
+        if key in names:
+            old_name, old_at_start, _old_info = names[key]
+            names[key] = (old_name, old_at_start, info) if at_start else (name, False, info)
+            return True
+        if len(names) >= NAMES_PER_UID:
+            self.rescan_owed = True
+            return False
+        names[key] = (name, at_start, info)
+        return True
 
     def over_pending(self, uid: int) -> str | None:
         files, size = self.pending.get(uid, (0, 0))
@@ -82,9 +104,11 @@ class FairIntake:
         return None
 
     def take(self, limit: int) -> list[tuple[str, bool, os.stat_result | None]]:
-        """Up to ``limit`` (name, found at start, lstat) entries, from every uid in turn that is
-        within its pending bounds."""
+        """Up to ``limit`` (name, found at start, lstat) entries: squatting names first, then
+        from every uid in turn that is within its pending bounds."""
         taken: list[tuple[str, bool, os.stat_result | None]] = []
+        while self._squats and len(taken) < limit:
+            taken.append(self._squats.popitem(last=False)[1])
         while len(taken) < limit:
             ready = [uid for uid in self._turn if self._queues[uid].names and self.over_pending(uid) is None]
             if not ready:
@@ -94,10 +118,14 @@ class FairIntake:
                 queue = self._queues[uid].names
                 files, size = self.pending.get(uid, (0, 0))
                 count = min(share, len(queue), limit - len(taken), PENDING_FILES_PER_UID - files)
-                for _ in range(count):
-                    taken.append(queue.popitem(last=False)[1])
+                served = 0
+                while served < count and size < PENDING_BYTES_PER_UID:
+                    entry = queue.popitem(last=False)[1]
+                    taken.append(entry)
+                    served += 1
+                    size += entry[2].st_size if entry[2] is not None else 0
                 # Counted as pending from now on; the next look at the database corrects it.
-                self.pending[uid] = (files + count, size)
+                self.pending[uid] = (files + served, size)
             # Whoever was served goes to the back of the line for the next batch.
             self._turn = [uid for uid in self._turn if uid not in ready] + ready
         for uid in [uid for uid in self._turn if not self._queues[uid].names and uid not in self.pending]:
@@ -114,7 +142,7 @@ class FairIntake:
 
     def waiting(self) -> bool:
         """Are there names that could be taken now?"""
-        return any(queue.names and self.over_pending(uid) is None for uid, queue in self._queues.items())
+        return bool(self._squats) or any(queue.names and self.over_pending(uid) is None for uid, queue in self._queues.items())
 
     def rescan_started(self) -> None:
         self.rescan_owed = False
@@ -142,3 +170,7 @@ class FairIntake:
         rows.sort(key=lambda row: (-len(row["over"]), -row["queued"] - row["pending_files"]))
         return rows[:limit]
 
+
+def _may_squat(info: os.stat_result) -> bool:
+    """Worth asking squatting.squat_candidate (which looks in /proc): a folder or an empty file."""
+    return stat.S_ISDIR(info.st_mode) or (stat.S_ISREG(info.st_mode) and info.st_size == 0)

@@ -35,7 +35,8 @@ import structlog
 from watchdog.observers.inotify_c import InotifyConstants as IN
 from watchdog.observers.inotify_c import inotify_add_watch, inotify_init
 
-from .engine import EMPTY_FILE_GRACE_SECONDS, Arrival, squatter
+from .engine import Arrival
+from .squatting import EMPTY_FILE_GRACE_SECONDS, squatter
 from .osthread import name_os_thread
 
 log = structlog.get_logger(__name__)
@@ -175,7 +176,7 @@ class SpoolWatcher:
             return Arrival(name)  # content already there, or an old empty file
         if squatter(name, info.st_uid):
             # Named for a pid that is no running process of its owner: someone holding a
-            # program's name ahead of it. No close event may ever come (the squatter can keep
-            # it open), so the engine frees the name now.
+            # program's name ahead of it, who need never close it, so no close event may come.
+            # The engine frees it once it has stayed empty a moment (squatting.py).
             return name
         return None  # a new, empty file being written: its close event will come

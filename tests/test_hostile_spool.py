@@ -13,6 +13,7 @@ from conftest import workload_inputs
 import sys
 
 from harness import AS_NOBODY, wait_for
+from pgod.profraw import parse_profraw
 
 SECRET = b"root-only secret\n"
 
@@ -295,3 +296,78 @@ def test_a_squatted_name_held_open_is_freed_without_waiting_for_a_close(pgod, wo
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
+
+
+FORKER_C = r"""
+#include <stdio.h>
+#include <unistd.h>
+static int work(int n) { int s = 0; for (int i = 0; i < n; i++) s += i; return s; }
+int main(void) {
+    pid_t child = fork();
+    if (child == 0) {  /* outlives its parent, then writes at exit under the parent's pid */
+        usleep(500000);
+        return work(10) & 1;
+    }
+    printf("%d %d\n", getpid(), child);
+    return work(5) & 1;
+}
+"""
+
+
+def test_a_forked_childs_profile_under_its_dead_parents_pid_is_counted(pgod, clang14, tmp_path):
+    """The runtime expands %p once, at start, so a child forked without exec writes at exit
+    under its parent's pid, which by then names no running process: the squatter's mark. Its
+    file is created empty and filled a moment later; it must be merged, not freed as squatted."""
+    program = tmp_path / "forker"
+    (program / "bin").mkdir(parents=True)
+    source = tmp_path / "forker.c"
+    source.write_text(FORKER_C)
+    clang14.compile(source, program / "bin" / "forker")
+    pgod.write_config({"forker": {"profile_build": [str(program)], "build": ["true"], "llvm_profdata": str(clang14.profdata)}})
+    pgod.spool.chmod(0o1777)
+    daemon = pgod.daemon()
+    runs = 3
+    for _ in range(runs):
+        parent, child = map(int, run_instrumented(program / "bin" / "forker", [], f"{pgod.spool}/%p.profraw").stdout.split())
+        wait_for(lambda: not Path(f"/proc/{child}").exists(), 30, "the child exited")  # noqa: B023
+    counted = wait_for(lambda: (p := daemon.package("forker"))["files"] == 2 * runs and p, 30, "parents' and children's profiles merged")
+    assert counted["quarantined"] == 0
+    assert [row for row in daemon_rejections(pgod) if row["reason"] == "squatted-name"] == []
+
+
+def test_a_file_filled_a_moment_after_it_appears_under_a_dead_pid_is_counted(pgod, clang14, tmp_path):
+    """What a forked child or a process in another pid namespace does, slowed down: the file
+    appears empty under a pid that names no process of its owner (the squatter's mark), and its
+    profile is written into it half a second later. It is merged, not freed as squatted."""
+    program = tmp_path / "forker"
+    (program / "bin").mkdir(parents=True)
+    source = tmp_path / "forker.c"
+    source.write_text(FORKER_C)
+    clang14.compile(source, program / "bin" / "forker")
+    private = tmp_path / "private"
+    private.mkdir()
+    _parent, child = map(int, run_instrumented(program / "bin" / "forker", [], f"{private}/%p.profraw").stdout.split())
+    wait_for(lambda: not Path(f"/proc/{child}").exists(), 30, "the child exited")
+    (written,) = private.iterdir()
+    profile = written.read_bytes()  # the parent's profile and the child's, appended to it
+    parts = len(parse_profraw(profile))
+    pgod.write_config({"forker": {"profile_build": [str(program)], "build": ["true"], "llvm_profdata": str(clang14.profdata)}})
+    pgod.spool.chmod(0o1777)
+    daemon = pgod.daemon()
+    slow_writer = textwrap.dedent(f"""
+        import os, sys, time
+        data = sys.stdin.buffer.read()
+        pid = os.getpid() + 7000
+        while os.path.exists(f"/proc/{{pid}}"):
+            pid += 1
+        fd = os.open(f"{pgod.spool}/{{pid}}.profraw", os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o644)
+        time.sleep(0.5)
+        os.write(fd, data)
+        os.close(fd)
+    """)
+    uid = 4321
+    subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=+dac_read_search",
+                    "--ambient-caps=+dac_read_search", sys.executable, "-c", slow_writer],
+                   input=profile, check=True, timeout=60)
+    counted = wait_for(lambda: (p := daemon.package("forker"))["files"] == parts and p, 30, "the profile merged")
+    assert counted["quarantined"] == 0 and daemon_rejections(pgod) == []

@@ -67,15 +67,52 @@ def test_names_past_the_queue_bound_are_dropped_and_a_rescan_owed(spool, monkeyp
     assert not fair.rescan_owed
 
 
-def test_the_newest_event_refreshes_what_a_queued_name_carries_to_the_claim(spool):
+def test_every_sighting_refreshes_what_a_queued_name_carries_to_the_claim(spool):
+    """A rescan is how lost close events are made good, so a scan's sighting refreshes the
+    lstat too (an old "empty" one would leave a finished profile alone for good)."""
     fair = FairIntake(str(spool))
     (name,) = make(spool, OTHER, 1, "o")
     fair.offer([name], at_start=True)  # seen by a scan while one byte long
     (spool / name).write_bytes(b"longer now")
-    fair.offer([name], at_start=True)  # a second scan sighting keeps the first entry
-    fair.offer([name])  # the close event: no longer "found at start", and the lstat is new
+    fair.offer([name], at_start=True)  # the rescan after lost events
     [(taken, at_start, info)] = fair.take(10)
-    assert (taken, at_start, info.st_size, info.st_uid) == (name, False, 10, OTHER)
+    assert (taken, at_start, info.st_size, info.st_uid) == (name, True, 10, OTHER)
+    fair.offer([name], at_start=True)
+    fair.offer([name])  # a close event: no longer "found at start"
+    [(_taken, at_start, _info)] = fair.take(10)
+    assert at_start is False
+
+
+def test_a_uids_bytes_are_counted_as_its_names_are_taken(spool, monkeypatch):
+    monkeypatch.setattr(intake, "PENDING_BYTES_PER_UID", 25)
+    fair = FairIntake(str(spool))
+    names = make(spool, OTHER, 5, "o")
+    for name in names:
+        (spool / name).write_bytes(b"x" * 10)
+    fair.offer(names)
+    assert [name for name, _a, _i in fair.take(100)] == names[:3]  # 30 bytes: at the bound
+    assert fair.pending[OTHER] == (3, 30) and fair.over_pending(OTHER) == "pending_bytes"
+
+
+def test_squatting_names_are_taken_first_whatever_their_owner_has_pending(spool):
+    """A squatter over its pending bound must not keep the pid names it took (a program that
+    later gets such a pid could not write its profile)."""
+    fair = FairIntake(str(spool))
+    fair.offer(make(spool, FLOODER, 50, "f"))
+    free_pid = next(pid for pid in range(400000, 4000000) if not os.path.exists(f"/proc/{pid}"))
+    squat = spool / f"{free_pid}.profraw"
+    squat.touch()
+    os.chown(squat, FLOODER, FLOODER)
+    fair.offer([squat.name])
+    fair.pending = {FLOODER: (intake.PENDING_FILES_PER_UID, 0)}
+    assert [name for name, _a, _i in fair.take(10)] == [squat.name]
+    assert FLOODER not in fair.pending or fair.pending[FLOODER][0] == intake.PENDING_FILES_PER_UID
+    # Filled meanwhile (a forked child's exit write, say): an ordinary name of its owner again.
+    fair.offer([squat.name])
+    squat.write_bytes(b"a profile")
+    fair.offer([squat.name])
+    fair.pending = {}
+    assert squat.name in [name for name, _a, _i in fair.take(100)]
 
 
 def test_a_name_that_vanished_is_queued_as_nobodys_without_an_lstat(spool):
