@@ -69,8 +69,9 @@ class Optimizer:
         self.running: BuildRun | None = None
         self.gating: GateRun | None = None
         self._pending_profile_sync = False  # an upgrade took an active package out at start
-        # A stage build that could not be put in place: package → when to try again (wall clock).
-        self._place_owed: dict[str, float] = {}
+        # A stage build that could not be put in place: package → (when to try again, by the
+        # wall clock; the delay until then, which doubles as build retries do).
+        self._place_owed: dict[str, tuple[float, float]] = {}
 
     @property
     def gcroots(self) -> Path:
@@ -150,6 +151,11 @@ class Optimizer:
         row.build_failures = 0
 
     def finish_start_up(self) -> None:
+        with self.sessions() as session:
+            for row in session.scalars(select(Package).where(Package.stage == stages.CONTEXT_SENSITIVE)):
+                if row.name in self.config.packages and (row.last_error or "").startswith(PLACING_STAGE_BUILD):
+                    # Its placement had not worked before the stop: try again now.
+                    self._place_owed.setdefault(row.name, (0.0, self.config.build_retry_seconds))
         if self._pending_profile_sync:
             self._pending_profile_sync = False
             try:
@@ -160,9 +166,10 @@ class Optimizer:
         # started by hand, or after a crash between record and links, finds it undone.
         self._publish_substitution()
 
-    def _publish_substitution(self, active: dict[str, str] | None = None) -> None:
+    def _publish_substitution(self, active: dict[str, str] | None = None, strict: bool = False) -> None:
         """Point the system path's stand-ins at what is in use (pgod/substitution.py): ``active``
-        (package → store path) when given, else what the database says now."""
+        (package → store path) when given, else what the database says now. A failure is
+        logged, or raised if ``strict`` (when the caller must know the links are in place)."""
         if self.config.substitute_dir is None:
             return
         if active is None:
@@ -181,20 +188,32 @@ class Optimizer:
             )
         except (OSError, nixstore.NixError) as err:
             log.error("substitution.failed", error=str(err), substitute_dir=str(self.config.substitute_dir))
+            if strict:
+                raise
 
     # ---- builds ----------------------------------------------------------------------------
     def _put_stage_build_in_place(self, name: str) -> None:
-        """Link the stage's build in the profiling build's place. Until that works, the programs
-        users run are the first stage's, whose profiles the stage refuses: so a failure (the
-        profile's folder unwritable, say) is retried every build_retry_seconds, not left until
-        the next start."""
+        """Link the stage's build in the profiling build's place: the Nix profile and the system
+        path's stand-ins. Until that works, the programs users run are the first stage's, whose
+        profiles the stage refuses: so a failure (the profile's folder unwritable, say) is tried
+        again after build_retry_seconds, doubling up to an hour, and after a restart; it is told
+        (the package's error, a "failed" event) the first time only."""
+        owed = self._place_owed.get(name)
+        delay = min(owed[1] * 2, BUILD_RETRY_MAX_SECONDS) if owed else self.config.build_retry_seconds
+        self._place_owed[name] = (time.time() + delay, delay)  # before trying: whatever happens
         try:
-            self._sync_profile()
+            self._sync_profile(strict=True)
         except (nixstore.NixError, OSError) as err:
-            self._place_owed[name] = time.time() + self.config.build_retry_seconds
-            self._set_error(name, f"{PLACING_STAGE_BUILD}: {err}")
+            error = f"{PLACING_STAGE_BUILD}: {err}"
+            if owed is None:
+                self._set_error(name, error)
+            else:
+                with self.sessions.begin() as session:
+                    session.get(Package, name).last_error = error
+                log.warning("stage.still_not_in_place", package=name, error=str(err), retry_in=delay)
             return
-        if self._place_owed.pop(name, None) is not None:
+        del self._place_owed[name]
+        if owed is not None:  # in place at last
             log.info("stage.build_in_place", package=name)
             with self.sessions.begin() as session:
                 row = session.get(Package, name)
@@ -204,13 +223,20 @@ class Optimizer:
 
     def _retry_placing(self) -> None:
         now = time.time()
-        for name, at in list(self._place_owed.items()):
-            if at <= now:
+        for name, (at, _delay) in list(self._place_owed.items()):
+            if at > now:
+                continue
+            if name not in self.config.packages:
+                del self._place_owed[name]
+                continue
+            try:
                 self._put_stage_build_in_place(name)
+            except Exception:  # the database, say: rescheduled already; builds must still start
+                log.exception("stage.placement_failed", package=name)
 
     def next_deadline(self) -> float | None:
         """Wall-clock time of the next build retry or stage placement, if one is waiting."""
-        placing = min(self._place_owed.values(), default=None)
+        placing = min((at for at, _delay in self._place_owed.values()), default=None)
         if self.running is not None or self.gating is not None:
             return placing
         with self.sessions() as session:
@@ -532,11 +558,11 @@ class Optimizer:
         log.info("activation.changed", package=name, active=active, profile=str(self.config.profile_link))
         self._emit("counters", package=name)
 
-    def _sync_profile(self) -> None:
+    def _sync_profile(self, strict: bool = False) -> None:
         with self.sessions() as session:
             wanted = sorted(self._in_use(session).values())
         nixstore.profile_set(self.config.profile_link, wanted)
-        self._publish_substitution()
+        self._publish_substitution(strict=strict)
 
     def rollback(self) -> None:
         """Return the profile to its previous generation, and believe what it now holds."""

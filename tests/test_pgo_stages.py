@@ -158,6 +158,10 @@ def test_a_stage_build_that_cannot_be_linked_in_place_at_once_is_linked_when_it_
         stuck = wait_for(lambda: (p := daemon.package("hello"))["last_error"] and p, 180, "the placement failing")
         assert stuck["stage"] == "context-sensitive" and "putting the context-sensitive build in use" in stuck["last_error"]
         assert not (profiles / "optimized").exists()
+        # A restart meanwhile forgets nothing: the new daemon tries again too.
+        assert daemon.stop() == 0
+        daemon = pgod.daemon()
+        assert daemon.package("hello")["last_error"].startswith("putting the context-sensitive build in use")
     finally:
         subprocess.run(["chattr", "-i", str(profiles)], check=True)
     in_use = profiles / "optimized" / "bin" / "hello-pgo"
