@@ -28,6 +28,11 @@ log = structlog.get_logger(__name__)
 
 INTERFACE_XML = resources.files("pgod").joinpath("data", f"{INTERFACE}.xml").read_text()
 STATUS_CACHE_SECONDS = 0.5  # a GetStatus answer is at most this old, unless the engine said more
+# Events any local user can cause at will (each refused file, each spool scan step): they do not
+# drop the cached status, or a spool full of junk beside a GetStatus flood would make every call
+# a full read of the database. What they change shows within STATUS_CACHE_SECONDS.
+USER_PACED_EVENTS = frozenset({"quarantined", "backlog"})
+BUILD_LOG_TAIL_BYTES = 1_000_000  # what GetBuildLog returns of a build's log: its end
 MAX_NAME_LENGTH = 100  # a package name is at most this long (config.py); longer is unknown at once
 
 
@@ -106,8 +111,9 @@ class DaemonService:
     @dbus_errors
     def GetStatus(self) -> str:
         """The status document, built at most once per STATUS_CACHE_SECONDS and again after every
-        change the engine reports: a flood of calls from one connection costs a lookup each, not
-        a database read each, so others' calls are not held up behind it."""
+        change the engine reports but those users pace (USER_PACED_EVENTS): a flood of calls
+        from one connection costs a lookup each, not a database read each, so others' calls are
+        not held up behind it."""
         now = time.monotonic()
         if self._status_cache is None or now - self._status_cache[0] > STATUS_CACHE_SECONDS:
             document = status_document(
@@ -129,8 +135,9 @@ class DaemonService:
         path = package_document(self._config, self._sessions, name).get("build_log")
         if not path:
             return ""
-        with open(path, encoding="utf-8", errors="replace") as log_file:
-            return log_file.read()[-1_000_000:]
+        with open(path, "rb") as log_file:  # its last part only: a big build's log is big
+            log_file.seek(max(0, os.fstat(log_file.fileno()).st_size - BUILD_LOG_TAIL_BYTES))
+            return log_file.read(BUILD_LOG_TAIL_BYTES).decode("utf-8", "replace")
 
     # ---- mutating methods: authorized here as well as by the bus policy --------------------
     @dbus_errors
@@ -192,7 +199,8 @@ class DaemonService:
         GLib.idle_add(self._emit, kind, data)
 
     def _emit(self, kind: str, data: dict) -> bool:
-        self._status_cache = None  # something changed: the next GetStatus reads it afresh
+        if kind not in USER_PACED_EVENTS:
+            self._status_cache = None  # something changed: the next GetStatus reads it afresh
         if kind in ("counters", "build-progress"):
             name = data["package"]
             try:
