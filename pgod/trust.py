@@ -115,3 +115,5 @@ def check_config(config: Config, builds: dict[str, PackageBuild]) -> None:
             tool = builds.get(name).manifest_profdata if name in builds else None
             if tool is not None and os.path.lexists(tool):
                 check(f"{prefix}.profile_build", tool, f"the llvm-profdata named in its {MANIFEST}: ")
+            elif tool is None and (on_path := shutil.which("llvm-profdata")) is not None:
+                check(f"{prefix}.llvm_profdata", Path(on_path), "not set, so the llvm-profdata on PATH is used: ")

@@ -118,3 +118,20 @@ def test_a_symlink_another_user_owns_on_the_way_is_refused(tmp_path):
     (tmp_path / "bin").symlink_to(theirs)
     line = refused(tmp_path, config_text(tmp_path, build0=str(tmp_path / "bin" / "build")))
     assert f"packages.lua.build[0]: {theirs} is owned by uid {NOBODY}" in line
+
+
+def test_an_llvm_profdata_found_on_path_that_others_can_change_is_refused(tmp_path):
+    """Neither the config nor pgo.json names the tool, so the one on PATH is used: it is held
+    to the same rule."""
+    folder = tmp_path / "path-bin"
+    make_tool(folder / "llvm-profdata")
+    folder.chmod(0o777)
+    config = tmp_path / "pgod.toml"
+    config.write_text(config_text(tmp_path))
+    result = subprocess.run(
+        [str(BIN / "pgod"), "--config", str(config), "--check-config"], capture_output=True, text=True, timeout=30,
+        env={**os.environ, "PATH": f"{folder}:{os.environ.get('PATH', '/usr/bin:/bin')}"},
+    )
+    assert result.returncode == 2, result.stderr
+    assert ("packages.lua.llvm_profdata: not set, so the llvm-profdata on PATH is used: "
+            f"{folder} is writable by others (mode 777)") in result.stderr.strip()
