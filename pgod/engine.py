@@ -493,7 +493,7 @@ class Engine:
             staging_name = self._claimer.claim(name)
             if staging_name is not None:
                 staged.append((staging_name, str(name)))
-                if info is not None and squat_candidate(name, info):  # as _not_yet judged it
+                if info is not None and info.st_size == 0 and squat_candidate(name, info):  # as _not_yet judged it
                     squatted.add(str(name))
         self._ingest_staged(staged, squatted)
         if names:
