@@ -413,19 +413,14 @@ class Engine:
         self._intake.pending = {(UNKNOWN_UID if uid is None else uid): (files, size) for uid, files, size in rows}
 
     # ---- ingest --------------------------------------------------------------------------
-    def _not_yet(self, name: str, at_start: bool, info: os.stat_result | None) -> float | None:
+    def _not_yet(self, name: str, at_start: bool, info: os.stat_result) -> float | None:
         """Seconds to wait before claiming a spool entry that is probably still being written;
         0 to leave it alone altogether (an event will bring it back), None to claim it now.
 
-        `info` is the entry's lstat from when the intake queued it (None: it had vanished). A
-        later event for the name has refreshed it, and the claim checks the file again itself,
-        so an old lstat can only make the entry wait, never let a wrong file through."""
+        `info` is the entry's lstat from when the intake last saw the name (every sighting, by an
+        event or a scan, refreshes it), and the claim checks the file again itself, so an old
+        lstat can only make the entry wait, never let a wrong file through."""
         path = f"{self._spool}/{name}"
-        if info is None:  # it had vanished when queued: look again, it may be back
-            try:
-                info = os.lstat(path)
-            except FileNotFoundError:
-                return None
         if stat.S_ISDIR(info.st_mode):
             # Never claimed: a folder cannot hold a profile, and moving another user's folder
             # needs a right the service does not keep (its ".." would change). One squatting a
@@ -472,7 +467,7 @@ class Engine:
         except OSError as err:
             log.warning("spool.squatted_name_kept", name=name, error=err.strerror)
 
-    def _ingest_names(self, names: list[tuple[str, bool, os.stat_result | None]]) -> None:
+    def _ingest_names(self, names: list[tuple[str, bool, os.stat_result]]) -> None:
         """Claim and record spool names: (name, found by a scan rather than an event, lstat)."""
         if self._disk is not None and self._restart_at is not None:
             return  # waiting for room: left in the spool, the scan of the next start-up takes them
@@ -493,7 +488,7 @@ class Engine:
             staging_name = self._claimer.claim(name)
             if staging_name is not None:
                 staged.append((staging_name, str(name)))
-                if info is not None and info.st_size == 0 and squat_candidate(name, info):  # as _not_yet judged it
+                if info.st_size == 0 and squat_candidate(name, info):  # as _not_yet judged it
                     squatted.add(str(name))
         self._ingest_staged(staged, squatted)
         if names:

@@ -31,14 +31,14 @@ NAMES_PER_UID = 20_000
 PENDING_FILES_PER_UID = 4_000  # below profiles.MERGE_BATCH
 PENDING_BYTES_PER_UID = 48 << 20  # below profiles.MERGE_BATCH_BYTES
 LIGHT_USER_FILES = 100  # a uid with fewer pending files than this, beside one with more, is merged at once
-UNKNOWN_UID = -1  # the entry vanished before it was looked at: nobody's, and gone anyway
+UNKNOWN_UID = -1  # a claimed file whose owner was not recorded (rows from before schema 3)
 
 
 @dataclass
 class UserQueue:
     """One uid's waiting names, oldest first: name → (name, found by a scan rather than an
-    event, the name's lstat when it was offered or None if it had vanished). The claim looks at
-    that lstat instead of taking another; the newest event for a name refreshes it."""
+    event, the name's lstat when it was last offered). The claim looks at that lstat instead of
+    taking another; every sighting of the name refreshes it."""
 
     names: OrderedDict = field(default_factory=OrderedDict)
     dropped: int = 0  # names not kept because the queue was full, since the last rescan
@@ -65,13 +65,13 @@ class FairIntake:
             key = str(name)
             try:
                 info = os.lstat(f"{spool}/{name}")
-                uid = info.st_uid
-            except FileNotFoundError:
-                info, uid = None, UNKNOWN_UID
             except OSError:
+                # Gone already (claimed, or deleted by its maker): nothing to claim. Should it
+                # come back, its new events bring it again.
                 continue
+            uid = info.st_uid
             queue = self._queues.get(uid)
-            if info is not None and _may_squat(info) and squat_candidate(key, info):
+            if _may_squat(info) and squat_candidate(key, info):
                 if queue is not None:
                     queue.names.pop(key, None)
                 self._enqueue(self._squats, key, name, at_start, info)
@@ -103,10 +103,10 @@ class FairIntake:
             return "pending_bytes"
         return None
 
-    def take(self, limit: int) -> list[tuple[str, bool, os.stat_result | None]]:
+    def take(self, limit: int) -> list[tuple[str, bool, os.stat_result]]:
         """Up to ``limit`` (name, found at start, lstat) entries: squatting names first, then
         from every uid in turn that is within its pending bounds."""
-        taken: list[tuple[str, bool, os.stat_result | None]] = []
+        taken: list[tuple[str, bool, os.stat_result]] = []
         while self._squats and len(taken) < limit:
             taken.append(self._squats.popitem(last=False)[1])
         while len(taken) < limit:
@@ -123,7 +123,7 @@ class FairIntake:
                     entry = queue.popitem(last=False)[1]
                     taken.append(entry)
                     served += 1
-                    size += entry[2].st_size if entry[2] is not None else 0
+                    size += entry[2].st_size
                 # Counted as pending from now on; the next look at the database corrects it.
                 self.pending[uid] = (files + served, size)
             # Whoever was served goes to the back of the line for the next batch.
