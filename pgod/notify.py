@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import structlog
 
+from .stages import PLACING_STAGE_BUILD
+
 log = structlog.get_logger(__name__)
 
 NOTIFICATIONS = "org.freedesktop.Notifications"
@@ -107,6 +109,12 @@ def step_failed(name: str, error: str) -> Message:
         return Message(
             f"{name}: could not put the optimized build in use",
             f"{error[len(ACTIVATION_FAILED):]}\nTo try again: pgoctl activate {name}",
+        )
+    if error.startswith(PLACING_STAGE_BUILD):
+        return Message(
+            f"{name}: the second stage's build is not in use yet",
+            f"{error[len(PLACING_STAGE_BUILD):].lstrip(': ')}\npgod tries again by itself; until then the "
+            f"first stage's programs run, and their profiles are not used. Details: pgoctl show {name}",
         )
     return build_failed(name, error)
 

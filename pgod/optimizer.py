@@ -35,7 +35,6 @@ from .staging import Layout
 log = structlog.get_logger(__name__)
 
 BUILD_RETRY_MAX_SECONDS = 3600.0  # the backoff doubles from config.build_retry_seconds up to this
-PLACING_STAGE_BUILD = "putting the context-sensitive build in use"  # how its last_error begins
 
 
 class OperationError(Exception):
@@ -153,7 +152,7 @@ class Optimizer:
     def finish_start_up(self) -> None:
         with self.sessions() as session:
             for row in session.scalars(select(Package).where(Package.stage == stages.CONTEXT_SENSITIVE)):
-                if row.name in self.config.packages and (row.last_error or "").startswith(PLACING_STAGE_BUILD):
+                if row.name in self.config.packages and (row.last_error or "").startswith(stages.PLACING_STAGE_BUILD):
                     # Its placement had not worked before the stop: try again now.
                     self._place_owed.setdefault(row.name, (0.0, self.config.build_retry_seconds))
         if self._pending_profile_sync:
@@ -204,7 +203,7 @@ class Optimizer:
         try:
             self._sync_profile(strict=True)
         except (nixstore.NixError, OSError) as err:
-            error = f"{PLACING_STAGE_BUILD}: {err}"
+            error = f"{stages.PLACING_STAGE_BUILD}: {err}"
             if owed is None:
                 self._set_error(name, error)
             else:
@@ -217,7 +216,7 @@ class Optimizer:
             log.info("stage.build_in_place", package=name)
             with self.sessions.begin() as session:
                 row = session.get(Package, name)
-                if row.last_error and row.last_error.startswith(PLACING_STAGE_BUILD):
+                if row.last_error and row.last_error.startswith(stages.PLACING_STAGE_BUILD):
                     row.last_error = None
             self._emit("counters", package=name)
 

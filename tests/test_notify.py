@@ -62,3 +62,6 @@ def test_a_failed_activation_is_not_called_a_failed_build():
     assert message.summary == "lua: could not put the optimized build in use"
     assert message.body == "nix-env exited 1: disk full\nTo try again: pgoctl activate lua"
     assert notify.step_failed("lua", "profile snapshot: no room").summary == "lua: optimized build failed"
+    placing = notify.step_failed("lua", "putting the context-sensitive build in use: nix-env exited 1: read-only")
+    assert placing.summary == "lua: the second stage's build is not in use yet"
+    assert placing.body.startswith("nix-env exited 1: read-only\npgod tries again by itself")
