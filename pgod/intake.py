@@ -30,6 +30,7 @@ from .squatting import squat_candidate
 NAMES_PER_UID = 20_000
 PENDING_FILES_PER_UID = 4_000  # below profiles.MERGE_BATCH
 PENDING_BYTES_PER_UID = 48 << 20  # below profiles.MERGE_BATCH_BYTES
+SQUATS_SHARE = 4  # squatting names get at most 1/4 of a claim batch: making them starves no one
 LIGHT_USER_FILES = 100  # a uid with fewer pending files than this, beside one with more, is merged at once
 UNKNOWN_UID = -1  # a claimed file whose owner was not recorded (rows from before schema 3)
 
@@ -104,10 +105,10 @@ class FairIntake:
         return None
 
     def take(self, limit: int) -> list[tuple[str, bool, os.stat_result]]:
-        """Up to ``limit`` (name, found at start, lstat) entries: squatting names first, then
-        from every uid in turn that is within its pending bounds."""
+        """Up to ``limit`` (name, found at start, lstat) entries: squatting names first (up to a
+        share of the batch), then from every uid in turn that is within its pending bounds."""
         taken: list[tuple[str, bool, os.stat_result]] = []
-        while self._squats and len(taken) < limit:
+        while self._squats and len(taken) < max(1, limit // SQUATS_SHARE):
             taken.append(self._squats.popitem(last=False)[1])
         while len(taken) < limit:
             ready = [uid for uid in self._turn if self._queues[uid].names and self.over_pending(uid) is None]

@@ -4,6 +4,7 @@ another user's profiles, the real daemon) is test_fairness.py."""
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
@@ -129,3 +130,17 @@ def test_a_single_user_is_never_a_light_user_beside_a_flood(spool):
     assert not fair.light_user_waiting()
     fair.pending = {0: (5000, 1 << 20), OTHER: (3, 1000)}
     assert fair.light_user_waiting()
+
+
+def test_squatting_names_take_no_more_than_their_share_of_a_batch(spool):
+    """Squatting names jump the queues, so making many of them must not starve anyone else."""
+    fair = FairIntake(str(spool))
+    free = list(itertools.islice((pid for pid in range(400000, 4000000) if not os.path.exists(f"/proc/{pid}")), 100))
+    for pid in free:
+        squat = spool / f"{pid}.profraw"
+        squat.touch()
+        os.chown(squat, FLOODER, FLOODER)
+    fair.offer([f"{pid}.profraw" for pid in free])
+    fair.offer(make(spool, OTHER, 50, "o"))
+    taken = [name for name, _a, _i in fair.take(40)]
+    assert len(taken) == 40 and sum(name.startswith("o") for name in taken) == 40 - 40 // intake.SQUATS_SHARE
