@@ -10,8 +10,8 @@ so another user's file waits behind at most one batch, not behind the flood. Bou
   merged gets nothing more claimed until its merges catch up. Both stay below one merge batch
   (profiles.py), so the next merge of a package always reaches other users' files.
 
-Names squatting a program's (squatting.py) wait in a queue of their own, taken first and
-never held back by their owner's pending bounds: a squatter must not keep its names in place by
+Names squatting a program's (squatting.py) wait in a queue of their own, taken first (a share
+of each batch at most: SQUATS_SHARE) and never held back by their owner's pending bounds: a squatter must not keep its names in place by
 flooding. They are never pending (they are claimed and refused, or left for a moment), and are
 bounded in all by NAMES_PER_UID.
 
