@@ -11,9 +11,9 @@ so another user's file waits behind at most one batch, not behind the flood. Bou
   (profiles.py), so the next merge of a package always reaches other users' files.
 
 Names squatting a program's (squatting.py) wait in a queue of their own, taken first (a share
-of each batch at most: SQUATS_SHARE) and never held back by their owner's pending bounds: a squatter must not keep its names in place by
-flooding. They are never pending (they are claimed and refused, or left for a moment), and are
-bounded in all by NAMES_PER_UID.
+of each batch at most: SQUATS_SHARE) and never held back by their owner's pending bounds: a
+squatter must not keep its names in place by flooding. They are never pending (they are claimed
+and refused, or left for a moment), and are bounded in all by NAMES_PER_UID.
 
 On a single-user machine every name is in one queue and taken in arrival order, as before.
 """
