@@ -28,10 +28,11 @@ log = structlog.get_logger(__name__)
 
 INTERFACE_XML = resources.files("pgod").joinpath("data", f"{INTERFACE}.xml").read_text()
 STATUS_CACHE_SECONDS = 0.5  # a GetStatus answer is at most this old, unless the engine said more
-# Events any local user can cause at will (each refused file, each spool scan step): they do not
-# drop the cached status, or a spool full of junk beside a GetStatus flood would make every call
-# a full read of the database. What they change shows within STATUS_CACHE_SECONDS.
+# Events any local user can cause at will (each refused file, each spool scan step): after them
+# the status is built again only once it is STATUS_TOUCHED_SECONDS old, or a spool full of junk
+# beside a GetStatus flood would make every call a full read of the database.
 USER_PACED_EVENTS = frozenset({"quarantined", "backlog"})
+STATUS_TOUCHED_SECONDS = 0.1
 BUILD_LOG_TAIL_BYTES = 1_000_000  # what GetBuildLog returns of a build's log: its end
 MAX_NAME_LENGTH = 100  # a package name is at most this long (config.py); longer is unknown at once
 
@@ -98,6 +99,7 @@ class DaemonService:
         self._version = version
         self._bus = bus
         self._status_cache: tuple[float, str] | None = None  # (when built, the JSON)
+        self._status_touched = False  # a user-paced event came since the cache was built
         engine.listeners.append(self._on_engine_event)
 
     @property
@@ -111,11 +113,13 @@ class DaemonService:
     @dbus_errors
     def GetStatus(self) -> str:
         """The status document, built at most once per STATUS_CACHE_SECONDS and again after every
-        change the engine reports but those users pace (USER_PACED_EVENTS): a flood of calls
-        from one connection costs a lookup each, not a database read each, so others' calls are
-        not held up behind it."""
+        change the engine reports (after those users pace, USER_PACED_EVENTS, at most every
+        STATUS_TOUCHED_SECONDS): a flood of calls from one connection costs a lookup each, not a
+        database read each, so others' calls are not held up behind it."""
         now = time.monotonic()
-        if self._status_cache is None or now - self._status_cache[0] > STATUS_CACHE_SECONDS:
+        age = now - self._status_cache[0] if self._status_cache is not None else None
+        if age is None or age > STATUS_CACHE_SECONDS or (self._status_touched and age > STATUS_TOUCHED_SECONDS):
+            self._status_touched = False
             document = status_document(
                 self._config, self._sessions, self._engine.spool_backlog, self._running(), self._engine.disk,
                 self._engine.layout, self._engine.intake, gating=self._engine.optimizer.gating,
@@ -199,7 +203,9 @@ class DaemonService:
         GLib.idle_add(self._emit, kind, data)
 
     def _emit(self, kind: str, data: dict) -> bool:
-        if kind not in USER_PACED_EVENTS:
+        if kind in USER_PACED_EVENTS:
+            self._status_touched = True  # read afresh soon, not at every call
+        else:
             self._status_cache = None  # something changed: the next GetStatus reads it afresh
         if kind in ("counters", "build-progress"):
             name = data["package"]

@@ -284,6 +284,7 @@ class Engine:
         self.optimizer.finish_start_up()
         self._scan_spool()
         self.optimizer.maybe_start_build()
+        self._emit("started")  # what status read before this (no package rows yet) is out of date
 
     def _next_work(self) -> tuple[list[str], list] | None:
         """Block until work arrives (or a deadline passes); then gather what follows (see

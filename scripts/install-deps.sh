@@ -9,7 +9,8 @@
 # (a version it lacks is reported here, and its tests skip naming the packages).
 set -euo pipefail
 
-REQUIRED=(nix-bin dbus-daemon dbus xvfb dunst libnotify-bin tmux passwd util-linux
+# e2fsprogs: chattr, with which a test makes a Nix profile's folder unwritable even to root.
+REQUIRED=(nix-bin dbus-daemon dbus xvfb dunst libnotify-bin tmux passwd util-linux e2fsprogs
           libgirepository1.0-dev libcairo2-dev pkg-config binutils python3-venv python3-dev git make)
 REQUIRED_CLANG=14
 OPTIONAL_CLANGS=(13 16 19)
