@@ -21,7 +21,6 @@ On a single-user machine every name is in one queue and taken in arrival order, 
 from __future__ import annotations
 
 import os
-import stat
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -72,7 +71,7 @@ class FairIntake:
                 continue
             uid = info.st_uid
             queue = self._queues.get(uid)
-            if _may_squat(info) and squat_candidate(key, info):
+            if squat_candidate(key, info):  # cheap first: only a folder or an empty file looks in /proc
                 if queue is not None:
                     queue.names.pop(key, None)
                 self._enqueue(self._squats, key, name, at_start, info)
@@ -170,8 +169,3 @@ class FairIntake:
             })
         rows.sort(key=lambda row: (-len(row["over"]), -row["queued"] - row["pending_files"]))
         return rows[:limit]
-
-
-def _may_squat(info: os.stat_result) -> bool:
-    """Worth asking squatting.squat_candidate (which looks in /proc): a folder or an empty file."""
-    return stat.S_ISDIR(info.st_mode) or (stat.S_ISREG(info.st_mode) and info.st_size == 0)
