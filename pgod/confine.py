@@ -3,7 +3,7 @@
 llvm-profdata parses raw profiles that any local user wrote, and crafted ones make it crash,
 allocate gigabytes or write hundreds of megabytes (issue: "one bad file blocks nothing"). So it
 never runs as root: `setpriv` drops to the merge user (no supplementary groups, no capabilities,
-no_new_privs) and `prlimit` bounds its address space, CPU time, output file size and core dumps
+no_new_privs; see `confined_argv` for why it needs no capset) and `prlimit` bounds its address space, CPU time, output file size and core dumps
 before it starts; the wall clock is bounded here, and a timeout kills its whole process group.
 Both tools are util-linux's, so the limits are in force before the first instruction of the
 tool runs, with no Python code between fork and exec.
@@ -100,16 +100,41 @@ def confined_argv(argv: Sequence[str], limits: Limits, identity: Identity | None
         "--",
     ]
     if identity is not None:
-        command += [
-            setpriv,
-            f"--reuid={identity.uid}",
-            f"--regid={identity.gid}",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--no-new-privs",
-            "--",
-        ]
+        command += drop_to(identity, setpriv)
     return command + list(argv)
+
+
+def drop_to(identity: Identity, setpriv: str) -> list[str]:
+    """The setpriv prefix that runs a command as ``identity``: its uid and primary gid, no
+    supplementary groups, no capabilities, no_new_privs."""
+    return [
+        setpriv,
+        f"--reuid={identity.uid}",
+        f"--regid={identity.gid}",
+        "--clear-groups",
+        *(["--inh-caps=-all"] if _inheritable_capabilities() else []),
+        "--no-new-privs",
+        "--",
+    ]
+
+
+def _inheritable_capabilities() -> int:
+    """Our inheritable capability set (CapInh of /proc/self/status), 0 when it cannot be read.
+
+    Leaving root for another uid clears the permitted, effective and ambient sets by itself,
+    and no_new_privs keeps an exec from gaining file capabilities, so the tool runs without
+    any. Only a non-empty inheritable set is worth clearing too, and clearing it takes the
+    capset syscall, which the unit's `~@privileged` filter refuses: under the unit (whose
+    inheritable set is empty) setpriv's `--inh-caps=-all` failed every merge with "activate
+    capabilities: Operation not permitted"."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("CapInh:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def run_confined(

@@ -142,7 +142,7 @@ def run(config, bus_kind: str) -> int:
         print(f"pgod: {err}", file=sys.stderr)
         return EXIT_FAILED
     try:
-        layout = prepare_layout(config, merge_identity.uid if merge_identity else None)
+        layout = prepare_layout(config, merge_identity.gid if merge_identity else None)
         sessions = open_database(config.db_path)
     except (StagingError, SchemaError, OSError) as err:
         print(f"pgod: {err}", file=sys.stderr)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .confine import Identity, helpers
+from .confine import Identity, drop_to, helpers
 from .osthread import name_os_thread
 
 BIN_PLACEHOLDER = "{bin}"
@@ -97,8 +97,7 @@ def run_once(argv: Sequence[str], timeout: float, identity: Identity | None,
     command = list(argv)
     if identity is not None:
         _prlimit, setpriv = helpers()
-        command = [setpriv, f"--reuid={identity.uid}", f"--regid={identity.gid}", "--clear-groups",
-                   "--inh-caps=-all", "--no-new-privs", "--", *command]
+        command = [*drop_to(identity, setpriv), *command]
     digest = hashlib.sha256()
     begun = time.perf_counter()
     try:

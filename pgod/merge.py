@@ -55,7 +55,7 @@ class MergeSandbox:
     """Whom llvm-profdata runs as and where it may write."""
 
     identity: Identity | None  # None: the daemon is not root, and runs it as itself
-    workdir: Path  # its one writable folder, owned by the merge user
+    workdir: Path  # its one writable folder: the daemon's, writable by the merge user's group
 
 
 @dataclass(frozen=True)

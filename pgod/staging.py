@@ -73,10 +73,10 @@ class Layout:
         return self.profiles / package
 
 
-def prepare_layout(config: Config, merge_uid: int | None = None) -> Layout:
+def prepare_layout(config: Config, merge_gid: int | None = None) -> Layout:
     """Create and verify the folders; raise StagingError when they cannot be trusted.
 
-    ``merge_uid``: the user llvm-profdata runs as (None: the daemon's own)."""
+    ``merge_gid``: the primary group of the user llvm-profdata runs as (None: the daemon's own)."""
     for directory in (config.state_dir, config.spool_dir):
         directory.mkdir(parents=True, exist_ok=True)
     os.chmod(config.state_dir, 0o700)
@@ -87,15 +87,22 @@ def prepare_layout(config: Config, merge_uid: int | None = None) -> Layout:
     layout = Layout(config.spool_dir, staging, config.state_dir)
     for directory in (layout.incoming, layout.parts, layout.quarantine, layout.unattributed, layout.profiles):
         _make_private_dir(directory)
-    _make_merge_work(layout.merge_work, os.geteuid() if merge_uid is None else merge_uid)
+    _make_merge_work(layout.merge_work, os.getegid() if merge_gid is None else merge_gid)
     return layout
 
 
-def _make_merge_work(path: Path, uid: int) -> None:
-    """llvm-profdata's one writable folder: owned by the merge user, emptied of what a run left."""
+def _make_merge_work(path: Path, gid: int) -> None:
+    """llvm-profdata's one writable folder, emptied of what a run left.
+
+    The daemon owns it and gives the merge user's group write access (0770). Under its unit
+    pgod is root without CAP_FOWNER and CAP_DAC_OVERRIDE: had it handed the folder to the merge
+    user, it could neither chmod it (start-up failed with EPERM) nor delete the tool's output
+    and leftovers in it (every merge failed with EACCES). As the owner it needs neither, and
+    CAP_CHOWN only for the group, or to take back a folder an older pgod gave away. The owner
+    changes first: a new folder is 0700 until then, never open to the group under a wider mode."""
     _existing_dir(path)
-    os.chown(path, uid, -1, follow_symlinks=False)
-    os.chmod(path, 0o700)
+    os.chown(path, os.geteuid(), gid, follow_symlinks=False)
+    os.chmod(path, 0o770)
     with os.scandir(path) as scan:
         for entry in scan:
             if not entry.is_dir(follow_symlinks=False):

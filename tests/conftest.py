@@ -84,8 +84,8 @@ class PgodSetup:
         }
         return write_config(self.config_path, settings, packages)
 
-    def daemon(self, **kwargs) -> Daemon:
-        daemon = Daemon(self.config_path, self.bus, self.log_path)
+    def daemon(self, prefix: list[str] | None = None, **kwargs) -> Daemon:
+        daemon = Daemon(self.config_path, self.bus, self.log_path, prefix=prefix or [])
         self.daemons.append(daemon)
         return daemon.start(**kwargs)
 

@@ -179,6 +179,8 @@ class Daemon:
     log_path: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
+    #: A command the daemon runs under, e.g. setpriv with the unit's capability set.
+    prefix: list[str] = field(default_factory=list)
 
     @property
     def bus_kind(self) -> str:
@@ -190,7 +192,7 @@ class Daemon:
     def start(self, wait: bool = True, env: dict[str, str] | None = None) -> "Daemon":
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [str(BIN / "pgod"), "--config", str(self.config), "--bus", self.bus_kind, "--log-level", "debug"],
+            [*self.prefix, str(BIN / "pgod"), "--config", str(self.config), "--bus", self.bus_kind, "--log-level", "debug"],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**self.env(), **(env or {})},

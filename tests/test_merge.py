@@ -60,12 +60,12 @@ def test_a_batch_the_environment_fails_counts_nothing_and_blames_no_input(tmp_pa
 
 
 def _sandbox(tmp_path: Path) -> MergeSandbox:
-    """Confinement as the daemon sets it up: the merge user and a work folder it owns."""
+    """Confinement as the daemon sets it up: the merge user and a work folder its group may write."""
     identity = Identity.for_user("pgod-merge")
     work = tmp_path / "merge-work"
-    work.mkdir()
+    work.mkdir(mode=0o770)
     if identity is not None:
-        os.chown(work, identity.uid, identity.gid)
+        os.chown(work, -1, identity.gid)
     return MergeSandbox(identity, work)
 
 
