@@ -20,6 +20,7 @@
   pytestCheckHook,
   hypothesis,
   dbus,
+  coreutils,
 }:
 
 assert lib.assertMsg (lib ? fileset) "pgod: this nixpkgs is too old (its lib has no `fileset`). Use nixpkgs 23.11 or newer.";
@@ -73,9 +74,10 @@ buildPythonApplication {
     makeWrapperArgs+=("''${gappsWrapperArgs[@]}")
   '';
 
+  # The unit, user unit, spool generator, tmpfiles, sysctl and D-Bus files, as every
+  # installation gets them: the NixOS module takes them through systemd.packages.
   postInstall = ''
-    install -Dm644 pgod/data/org.pgod.Daemon1.conf \
-      $out/share/dbus-1/system.d/org.pgod.Daemon1.conf
+    sh pgod/data/install-system-files.sh pgod/data $out $out/bin ${lib.makeBinPath [ coreutils ]}
   '';
 
   # The test suite runs as the flake's `checks.pytest`; tests that need tools

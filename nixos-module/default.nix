@@ -190,6 +190,15 @@ let
     replaceStrings [ (adminPolicyTag "wheel") ] [ (adminPolicyTag cfg.adminGroup) ] shippedPolicy
   );
 
+  # The folders of pgod/data/tmpfiles.d/pgod.conf, and those the settings put elsewhere.
+  shippedDirs = [ "/var/spool/pgod" "/var/lib/pgod" "/nix/var/nix/profiles/pgod" "/run/pgod/packages" ];
+  movedDirs = filter (dir: !(builtins.elem dir.path shippedDirs)) [
+    { path = spoolDir; mode = "1777"; }
+    { path = stateDir; mode = "0700"; }
+    { path = profileDir; mode = "0755"; }
+    { path = substituteDir; mode = "0755"; }
+  ];
+
   isAbsolute = path: hasPrefix "/" path && builtins.match ".*[[:space:]].*" path == null;
 
   # settings.packages tables that no entry of `packages` generates and that
@@ -507,23 +516,20 @@ in
     };
     users.groups.${mergeUser} = { };
 
-    # The spool is world-writable and sticky: these keep one user's planted symlink, FIFO or
-    # file from turning another's (root's) profile write into a write somewhere else.
-    boot.kernel.sysctl = {
-      "fs.protected_symlinks" = lib.mkDefault 1;
-      "fs.protected_regular" = lib.mkDefault 2;
-      "fs.protected_fifos" = lib.mkDefault 2;
-    };
+    # The unit, its tmpfiles and sysctl settings, the notify agent's user unit and the spool
+    # generator come with the package (pgod/data/), the same files every installation runs;
+    # this module adds only what Nix or the settings decide, as drop-ins.
+    systemd.packages = [ cfg.package ];
+    systemd.tmpfiles.packages = [ cfg.package ];
+    # Hardened services (ProtectSystem=strict, DynamicUser) get write access to the spool.
+    systemd.generators.pgod-spool = "${cfg.package}/lib/systemd/system-generators/pgod-spool-generator";
+    # 50-: boot.kernel.sysctl (60-nixos.conf) overrides them.
+    environment.etc."sysctl.d/50-pgod.conf".source = "${cfg.package}/lib/sysctl.d/50-pgod.conf";
 
-    systemd.tmpfiles.rules = [
-      "d ${spoolDir} 1777 root root -"
-      "d ${stateDir} 0700 root root -"
-      "d ${profileDir} 0755 root root -"
-      "d ${substituteDir} 0755 root root -"
-    ];
+    # Folders the settings move away from the shipped defaults.
+    systemd.tmpfiles.rules = map (dir: "d ${dir.path} ${dir.mode} root root -") movedDirs;
 
     systemd.services.pgod = {
-      description = "pgod profile-guided optimization daemon";
       wantedBy = [ "multi-user.target" ];
       requires = [ "nix-daemon.socket" ];
       after = [ "nix-daemon.socket" ];
@@ -533,89 +539,13 @@ in
         config.nix.package
         pkgs.util-linux
       ];
-      environment = {
-        # Build through nix-daemon: the store is read-only in here.
-        NIX_REMOTE = "daemon";
-        HOME = "/var/cache/pgod";
-        XDG_CACHE_HOME = "/var/cache/pgod";
-      };
-      serviceConfig = {
-        Type = "dbus";
-        BusName = busName;
-        ExecStart = "${getExe' cfg.package "pgod"} --config /etc/pgod/config.toml --bus system";
-        Restart = "on-failure";
-        Nice = 10;
-
-        # pgod runs as root: it moves files out of the root-owned sticky spool
-        # and switches the system-wide profile `profile_link`. It keeps the
-        # capability to read raw profiles that processes with a private umask
-        # (many services) wrote, and those to hand llvm-profdata's inputs to
-        # the merge user's group and drop to that user (setpriv).
-        CapabilityBoundingSet = [
-          "CAP_DAC_READ_SEARCH"
-          "CAP_CHOWN"
-          "CAP_SETUID"
-          "CAP_SETGID"
-        ];
-        NoNewPrivileges = true;
-        UMask = "0077";
-
-        ProtectSystem = "strict";
-        # The profile's own directory only, never /nix/var/nix/profiles (the system profile).
-        ReadWritePaths = [
-          spoolDir
-          stateDir
-          profileDir
-          substituteDir
-        ];
-        CacheDirectory = "pgod";
-        ProtectHome = true;
-        PrivateTmp = true;
-        PrivateDevices = true;
-        DeviceAllow = [ "" ];
-        PrivateMounts = true;
-
-        # No network: D-Bus and nix-daemon are Unix sockets in the file system.
-        PrivateNetwork = true;
-        IPAddressDeny = "any";
-        RestrictAddressFamilies = [ "AF_UNIX" ];
-
-        ProtectClock = true;
-        ProtectControlGroups = true;
-        ProtectHostname = true;
-        ProtectKernelLogs = true;
-        ProtectKernelModules = true;
-        ProtectKernelTunables = true;
-        # Processes stay visible: an empty spool file named after a pid that is no running
-        # process of its owner is a squatted name, and pgod frees it (engine.py `squatter`).
-        ProtectProc = "default";
-        ProcSubset = "pid";
-        LockPersonality = true;
-        MemoryDenyWriteExecute = true;
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        SystemCallArchitectures = "native";
-        SystemCallFilter = [
-          "@system-service"
-          "~@privileged"
-          "@chown"
-          "@setuid"
-        ];
-        SystemCallErrorNumber = "EPERM";
-      };
+      # Writable beside the shipped unit's defaults: the folders the settings moved.
+      serviceConfig.ReadWritePaths = map (dir: dir.path) movedDirs;
     };
 
+    # The user unit comes with the package; enabled here, in every graphical session.
     systemd.user.services.pgod-notify-agent = mkIf cfg.notifyAgent.enable {
-      description = "pgod desktop notifications";
       wantedBy = [ "graphical-session.target" ];
-      partOf = [ "graphical-session.target" ];
-      after = [ "graphical-session.target" ];
-      serviceConfig = {
-        ExecStart = "${getExe' cfg.package "pgoctl"} notify-agent";
-        Restart = "on-failure";
-        RestartSec = 10;
-      };
     };
   };
 }

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from pgod.config import load_config
+from unitfile import PGOD_UNIT, settings
 
 REPO = Path(__file__).resolve().parent.parent
 ENTRY = REPO / "nix" / "tests" / "module-eval.nix"
@@ -112,58 +113,56 @@ def test_module_evaluates_without_failed_assertions_or_warnings(summary):
     assert summary["warnings"] == []
 
 
-def test_daemon_runs_as_a_hardened_dbus_service(summary, tmp):
+@pytest.fixture(scope="module")
+def package(system, tmp) -> Path:
+    """The (placeholder) pgod package, with its system files installed as nix/package.nix does."""
+    return system.build("config.services.pgod.package", tmp / "pgod-package")
+
+
+def test_the_unit_is_the_shipped_file_with_a_drop_in_for_what_nix_decides(summary, package, tmp):
+    # systemd.packages: the unit every installation runs, its ExecStart pointing into the package.
+    assert summary["systemdPackages"] == [summary["package"]]
+    unit_file = package / "lib" / "systemd" / "system" / "pgod.service"
+    assert settings(unit_file) == {
+        **settings(PGOD_UNIT),
+        "ExecStart": [f"{summary['package']}/bin/pgod --config /etc/pgod/config.toml --bus system"],
+    }
+    unit = settings(unit_file)
+    assert unit["Type"] == ["dbus"] and unit["BusName"] == ["org.pgod.Daemon1"]
+    # Builds go through nix-daemon: the store and everything else is read-only but what pgod writes.
+    assert "NIX_REMOTE=daemon" in unit["Environment"][0].split()
+    assert unit["ProtectSystem"] == ["strict"]
+    # The drop-in: enabled, ordered after nix-daemon, its PATH, and the folders the settings moved.
     service = summary["service"]
-    unit = service["serviceConfig"]
-    assert unit["Type"] == "dbus" and unit["BusName"] == "org.pgod.Daemon1"
-    assert unit["ExecStart"].endswith("/bin/pgod --config /etc/pgod/config.toml --bus system")
     assert service["wantedBy"] == ["multi-user.target"]
     assert "nix-daemon.socket" in service["requires"] and "nix-daemon.socket" in service["after"]
-    # Builds go through nix-daemon: the store and everything else is read-only but what pgod writes.
-    assert service["environment"]["NIX_REMOTE"] == "daemon"
-    assert unit["ProtectSystem"] == "strict"
+    assert "/usr" in service["path"]  # the fixture's util-linux (prlimit, setpriv)
+    assert service["serviceConfig"] == {"ReadWritePaths": [str(tmp / "spool"), str(tmp / "state")]}
     # Of /nix/var/nix/profiles only the daemon's own profile's folder, never the system profile.
-    assert unit["ReadWritePaths"] == [str(tmp / "spool"), str(tmp / "state"), "/nix/var/nix/profiles/pgod", "/run/pgod/packages"]
-    # No network at all: D-Bus and nix-daemon are Unix sockets.
-    assert unit["RestrictAddressFamilies"] == ["AF_UNIX"]
-    assert unit["PrivateNetwork"] is True and unit["IPAddressDeny"] == "any"
-    assert "IPAddressAllow" not in unit
-    # Reading any user's raw profile, and handing them to llvm-profdata run as the merge user.
-    assert unit["CapabilityBoundingSet"] == ["CAP_DAC_READ_SEARCH", "CAP_CHOWN", "CAP_SETUID", "CAP_SETGID"]
-    assert unit["SystemCallFilter"] == ["@system-service", "~@privileged", "@chown", "@setuid"]
+    assert unit["ReadWritePaths"] == ["/var/spool/pgod /var/lib/pgod /nix/var/nix/profiles/pgod /run/pgod/packages"]
     # llvm-profdata runs as a system user of its own, confined by util-linux's prlimit and setpriv.
     assert summary["users"]["pgod-merge"] == {"isSystemUser": True, "group": "pgod-merge", "description": "pgod's llvm-profdata runs"}
-    assert "/usr" in service["path"]  # the fixture's util-linux
-    for option in (
-        "NoNewPrivileges",
-        "PrivateTmp",
-        "PrivateDevices",
-        "ProtectHome",
-        "ProtectKernelTunables",
-        "ProtectKernelModules",
-        "ProtectControlGroups",
-        "RestrictNamespaces",
-        "RestrictSUIDSGID",
-        "LockPersonality",
-        "MemoryDenyWriteExecute",
-    ):
-        assert unit[option] is True, option
-    assert unit["SystemCallFilter"][0] == "@system-service"
 
 
-def test_tmpfiles_create_a_sticky_world_writable_spool_and_a_private_state_dir(summary, tmp):
-    assert summary["tmpfiles"] == [
-        f"d {tmp / 'spool'} 1777 root root -",
-        f"d {tmp / 'state'} 0700 root root -",
-        "d /nix/var/nix/profiles/pgod 0755 root root -",
-        "d /run/pgod/packages 0755 root root -",
-    ]
+def test_tmpfiles_create_a_sticky_world_writable_spool_and_a_private_state_dir(summary, package, tmp):
+    assert summary["tmpfilesPackages"] == [summary["package"]]
+    shipped = (package / "lib" / "tmpfiles.d" / "pgod.conf").read_text()
+    assert "d /var/spool/pgod 1777 root root -" in shipped.splitlines()
+    # The settings here move the spool and state folders: rules of their own.
+    assert summary["tmpfiles"] == [f"d {tmp / 'spool'} 1777 root root -", f"d {tmp / 'state'} 0700 root root -"]
 
 
-def test_the_kernel_protects_the_sticky_spool_from_planted_links_fifos_and_files(summary):
-    assert summary["sysctl"] == {"fs.protected_symlinks": 1, "fs.protected_regular": 2, "fs.protected_fifos": 2}
-    # pgod sees processes, to tell a program's own empty profile from a squatted name.
-    assert summary["service"]["serviceConfig"]["ProtectProc"] == "default"
+def test_the_kernel_protects_the_sticky_spool_from_planted_links_fifos_and_files(summary, package):
+    sysctl = summary["etc"]["sysctl.d/50-pgod.conf"]
+    assert sysctl == f"{summary['package']}/lib/sysctl.d/50-pgod.conf"
+    lines = (package / "lib" / "sysctl.d" / "50-pgod.conf").read_text().splitlines()
+    assert {"fs.protected_symlinks = 1", "fs.protected_regular = 2", "fs.protected_fifos = 2"} <= set(lines)
+
+
+def test_hardened_services_get_the_spool_through_the_shipped_generator(summary, package):
+    generator = summary["generators"]["pgod-spool"]
+    assert generator == f"{summary['package']}/lib/systemd/system-generators/pgod-spool-generator"
+    assert os.access(package / "lib" / "systemd" / "system-generators" / "pgod-spool-generator", os.X_OK)
 
 
 def test_llvm_profile_file_is_set_for_login_sessions_and_system_services(summary, tmp):
@@ -199,11 +198,12 @@ def test_the_stand_in_mirrors_every_file_through_the_substitution_links(system, 
     assert (stand_in / "nix-support" / "pgod-substitute").read_text().split() == [profiling[0]]
 
 
-def test_notify_agent_runs_in_graphical_sessions(summary, tmp):
+def test_notify_agent_runs_in_graphical_sessions(summary, package, tmp):
     agent = summary["userService"]
     assert agent["wantedBy"] == ["graphical-session.target"]
-    assert agent["partOf"] == ["graphical-session.target"]
-    assert agent["serviceConfig"]["ExecStart"].endswith("/bin/pgoctl notify-agent")
+    shipped = package / "lib" / "systemd" / "user" / "pgod-notify-agent.service"
+    assert settings(shipped)["ExecStart"] == [f"{summary['package']}/bin/pgoctl notify-agent"]
+    assert settings(shipped, "Unit")["PartOf"] == ["graphical-session.target"]
     without = System(pgod_configuration(tmp, notifyAgent={"enable": False})).eval("summary")
     assert without["userService"] is None
 

@@ -22,6 +22,7 @@ let
   pkgs = import ./fixture {
     inherit lib;
     overlays = overlays.${testOverlay};
+    pgodData = ../../pgod/data;
   };
 
   system = lib.evalModules {
@@ -65,6 +66,10 @@ in
     service = unitSummary service;
     userService = if config.systemd.user.services ? pgod-notify-agent then unitSummary userService else null;
     tmpfiles = config.systemd.tmpfiles.rules;
+    tmpfilesPackages = map toString config.systemd.tmpfiles.packages;
+    systemdPackages = map toString config.systemd.packages;
+    generators = config.systemd.generators;
+    package = toString config.services.pgod.package;
     sessionVariables = config.environment.sessionVariables;
     globalEnvironment = config.systemd.globalEnvironment;
     sysctl = config.boot.kernel.sysctl;

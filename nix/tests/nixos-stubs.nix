@@ -77,6 +77,12 @@ in
         default = { };
       };
       tmpfiles.rules = listOption types.str;
+      tmpfiles.packages = listOption types.package;
+      packages = listOption types.package;
+      generators = mkOption {
+        type = types.attrsOf types.path;
+        default = { };
+      };
       globalEnvironment = mkOption {
         type = types.attrsOf (types.nullOr (types.either types.str types.path));
         default = { };
