@@ -69,7 +69,9 @@ class Config:
     build_retry_seconds: float
     packages: dict[str, PackageConfig] = field(default_factory=dict)
     merge_user: str = DEFAULT_MERGE_USER  # whom llvm-profdata runs as when the daemon is root
-    keep_free_bytes: int = 64 * MB  # intake pauses while staging or state has less free space
+    # Intake pauses while staging or state has less free space than this; None: 15 % of each
+    # file system's size, at most 4 GiB, as systemd's KeepFree (room.py).
+    keep_free_bytes: int | None = None
     kept_max_bytes: int = 64 * MB  # quarantine and unattributed copies, each, at most
     # Where the system path's stand-in links for each package live (pgod/substitution.py);
     # None: no binary substitution, the optimized builds are only in profile_link.
@@ -250,7 +252,7 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
         unattributed_max_files=unattributed_max_files,
         packages=packages,
         merge_user=top.get("merge_user", str, DEFAULT_MERGE_USER),
-        keep_free_bytes=top.megabytes("keep_free_mb", 64, allow_zero=True),
+        keep_free_bytes=top.megabytes("keep_free_mb", allow_zero=True) if "keep_free_mb" in document else None,
         kept_max_bytes=top.megabytes("kept_max_mb", 64, allow_zero=True),
         substitute_dir=top.absolute_path("substitute_dir", None),
         max_counter=max_counter,

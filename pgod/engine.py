@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .attribution import Attributor, resolve_profdata
 from .builds import BuildProgressed, BuildResult
 from .claim import Claimer
-from .config import MB, Config
+from .config import Config
 from .db import Package, SpoolFile
 from .failpoints import failpoint
 from .gate import GateResult
@@ -48,7 +48,8 @@ from .profiles import MergeDone, ProfileMerger
 from .profraw import ProfrawError, parse_profraw
 from .recovery import move_if_present, recover, unlink_if_present
 from .squatting import EMPTY_FILE_GRACE_SECONDS, settle_left, squat_candidate, squatter
-from .staging import Layout, free_bytes, prune_oldest
+from .room import Shortage, shortage
+from .staging import Layout, prune_oldest
 
 log = structlog.get_logger(__name__)
 
@@ -127,7 +128,8 @@ class Engine:
         self._restart_at: float | None = None  # set when a step failed: redo start-up then
         self._names_at = float("-inf")  # monotonic time spool names last came
         self._thread: threading.Thread | None = None
-        self._disk: tuple[str, str] | None = None  # ("full" or "low", why) while intake waits for room
+        # While intake waits for room: {"state": "full" or "low", "detail": why, …figures}.
+        self._disk: dict | None = None
         self.optimizer = Optimizer(
             config, layout, sessions, self._emit, self._queue.put, merging=self.merger.busy,
             attributor=attributor, bench_identity=sandbox.identity,
@@ -164,12 +166,9 @@ class Engine:
 
     @property
     def disk(self) -> dict:
-        """For status: {"state": "ok"}; "full" with what failed, or "low" (less free than
-        keep_free_mb), while intake waits for room."""
-        if self._disk is None:
-            return {"state": "ok"}
-        state, detail = self._disk
-        return {"state": state, "detail": detail}
+        """For status: {"state": "ok"}; "full" with what failed, or "low" (less free than the
+        margin, room.py) with what intake waits for, while intake waits for room."""
+        return self._disk or {"state": "ok"}
 
     @property
     def spool_backlog(self) -> int:
@@ -250,30 +249,24 @@ class Engine:
             log.exception("engine.step_failed", step=step.__name__, retry_in=RETRY_BASE_SECONDS)
             self._restart_at = time.monotonic() + RETRY_BASE_SECONDS
 
-    def _wait_for_room(self, state: str, detail: str) -> None:
+    def _wait_for_room(self, state: str, detail: str, **figures) -> None:
         """The disk is full: nothing is rejected for it. Whatever the failed step did was rolled
         back with its transaction (claimed files stay in staging); intake pauses, and start-up
-        (recovery, then a spool scan) is redone every few seconds until there is room."""
-        if self._disk is None or self._disk[0] != state:
+        (recovery, then a spool scan) is redone every few seconds until there is room. Logged
+        when the state changes, not at each retry: status carries the latest figures."""
+        if self._disk is None or self._disk["state"] != state:
             log.warning(f"disk.{state}", detail=detail, retry_every=DISK_RETRY_SECONDS)
-        self._disk = (state, detail)
+        self._disk = {"state": state, "detail": detail, **figures}
         self._restart_at = time.monotonic() + DISK_RETRY_SECONDS
 
-    def _short_of_room(self) -> str | None:
-        """Why intake should wait (less free space than keep_free_mb where it writes), or None:
-        the copies, rows and profiles it makes must not fill the disk for everyone else."""
-        keep = self.config.keep_free_bytes
-        if keep == 0:
-            return None
-        for folder in (self.layout.staging, self.layout.state):
-            free = free_bytes(folder)
-            if free < keep:
-                return f"{free / MB:.1f} MB free on the file system of {folder}, less than keep_free_mb = {keep / MB:g}"
-        return None
+    def _short_of_room(self) -> Shortage | None:
+        """Where free space is below the margin (room.py), or None: the copies, rows and
+        profiles intake makes must not fill the disk for everyone else."""
+        return shortage((self.layout.staging, self.layout.state), self.config.keep_free_bytes)
 
     def _room_again(self) -> None:
         if self._disk is not None:
-            log.info("disk.room_again", was=self._disk[1])
+            log.info("disk.room_again", was=self._disk["detail"])
             self._disk = None
 
     def _start_up(self) -> None:
@@ -361,7 +354,10 @@ class Engine:
         if self._restart_at is not None and time.monotonic() >= self._restart_at:
             self._restart_at = None
             self._start_up()
-            if self._restart_at is None:  # start-up went through, with room for intake
+            # Start-up went through: room again, unless free space is still below the margin
+            # (then the state stays as it is, and the claim step below says "low" if it was
+            # "full"): a state that did not change is not logged again every retry.
+            if self._restart_at is None and self._short_of_room() is None:
                 self._room_again()
         self._intake.offer(names)
         self._scan_step()
@@ -473,7 +469,7 @@ class Engine:
         if self._disk is not None and self._restart_at is not None:
             return  # waiting for room: left in the spool, the scan of the next start-up takes them
         if (low := self._short_of_room()) is not None:
-            self._wait_for_room("low", low)
+            self._wait_for_room("low", low.detail(), **low.document())
             return
         staged = []
         squatted: set[str] = set()  # empty files made ahead of the program their name is for

@@ -135,6 +135,9 @@ def render_status(document: dict, now: float | None = None, log_lines: int = 3, 
             ]
         )
     lines = [f"pgod {daemon['version']}, spool backlog: {daemon['spool_backlog']}", ""]
+    disk = daemon.get("disk") or {"state": "ok"}
+    if disk["state"] != "ok":  # intake waits: say for what, above the table that stands still
+        lines[-1:] = [f"intake paused, disk {disk['state']}: {disk.get('detail', '')}", ""]
     if rows:
         lines.append(_table(["PACKAGE", "STATE", "PROGRESS", "RAW DATA", "FILES", "REJECTED", "SPEEDUP", "LAST ACTIVITY"], rows))
     else:

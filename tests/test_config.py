@@ -51,6 +51,10 @@ def test_good_config_is_typed():
     # One stage and no gate unless asked for.
     assert lua.cs_build is None and lua.cs_threshold_bytes is None
     assert lua.benchmark is None and lua.baseline_build is None and lua.min_speedup == 1.0
+    # No keep_free_mb: the margin scales with each file system (room.py); one written is kept.
+    assert config.keep_free_bytes is None
+    assert parse_config(tomllib.loads("keep_free_mb = 0\n" + GOOD), config_path).keep_free_bytes == 0
+    assert parse_config(tomllib.loads("keep_free_mb = 64\n" + GOOD), config_path).keep_free_bytes == 64 * MB
 
 
 def test_the_stage_and_gate_keys_are_typed():

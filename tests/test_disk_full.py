@@ -3,6 +3,7 @@ empties again while profiles arrive; nothing good is quarantined and every file 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,9 @@ import pytest
 
 from clangs import run_instrumented
 from conftest import workload_inputs
-from harness import one_shot_merge, profdata_show, wait_for
+from harness import AS_NOBODY, one_shot_merge, profdata_show, wait_for
+from pgod.config import MB
+from pgod.room import KEEP_FREE_CAP, keep_free
 
 
 @pytest.fixture
@@ -20,6 +23,17 @@ def small_state(pgod):
     """The daemon's state folder on a tmpfs of its own, 8 MiB."""
     pgod.state.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "pgod-test-state", str(pgod.state)], check=True)
+    yield pgod.state
+    for daemon in pgod.daemons:
+        daemon.stop()
+    subprocess.run(["umount", "-l", str(pgod.state)], check=True)
+
+
+@pytest.fixture
+def state_16m(pgod):
+    """The daemon's state folder on a tmpfs of its own, 16 MiB: less than the old fixed margin."""
+    pgod.state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "pgod-test-state", str(pgod.state)], check=True)
     yield pgod.state
     for daemon in pgod.daemons:
         daemon.stop()
@@ -140,3 +154,57 @@ def test_two_part_files_survive_a_full_disk_under_spool_and_state(pgod, clang14,
         for daemon in pgod.daemons:
             daemon.stop()
         subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_the_default_margin_is_systemds_share_of_the_file_system_capped():
+    assert keep_free(16 * MB, None) == int(16 * MB * 0.15)
+    assert keep_free(1 << 40, None) == KEEP_FREE_CAP == 4 << 30  # a 1 TiB /var keeps 4 GiB, not 150 GiB
+    assert keep_free(1 << 40, 64 * MB) == 64 * MB and keep_free(16 * MB, 0) == 0  # keep_free_mb as written
+
+
+def log_events(daemon, name: str) -> list[dict]:
+    return [event for line in daemon.log().splitlines() if line.startswith("{")
+            and (event := json.loads(line))["event"] == name]
+
+
+def as_nobody(exe: Path, args: list[str], spool: Path) -> None:
+    subprocess.run([*AS_NOBODY, str(exe), *args], check=True, capture_output=True,
+                   env={"LLVM_PROFILE_FILE": f"{spool}/%p.profraw", "PATH": "/usr/bin:/bin"})
+
+
+def test_a_small_state_file_system_takes_profiles_and_waits_once_below_its_margin(pgod, state_16m, workload, llvm_profdata_14):
+    """No keep_free_mb, state on 16 MiB: profiles (written by nobody) are taken, as the fixed 64 MB
+    margin never let them be; filled below 15 % of 16 MiB, intake waits, says for what, logs it
+    once across its retries, and takes the files by itself once there is room."""
+    exe = workload / "bin" / "workload"
+    os.chmod(pgod.spool, 0o1777)
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
+    daemon = pgod.daemon()
+    inputs = workload_inputs(10)
+    for args in inputs[:5]:
+        as_nobody(exe, args, pgod.spool)
+    wait_for(lambda: daemon.package("workload")["files"] == 5, 30, "profiles taken on a 16 MiB state file system")
+    assert daemon.status()["daemon"]["disk"] == {"state": "ok"}
+
+    info = os.statvfs(state_16m)
+    ballast = state_16m / "ballast"
+    ballast.write_bytes(b"\0" * (info.f_bavail * info.f_frsize - (1 << 20)))  # 1 MiB left, the margin is 2.4
+    for args in inputs[5:]:
+        as_nobody(exe, args, pgod.spool)
+    disk = wait_for(lambda: (d := daemon.status()["daemon"]["disk"])["state"] == "low" and d, 30, "intake waiting for room")
+    assert disk["folder"] == str(state_16m) and disk["keep_free_bytes"] == int(16 * MB * 0.15)
+    assert disk["free_bytes"] < disk["keep_free_bytes"] and disk["filesystem_bytes"] == 16 * MB
+    assert "15 % of its 16.0 MB" in disk["detail"] and "intake waits until 2.4 MB are free" in disk["detail"]
+    assert "intake paused, disk low: " + disk["detail"] in daemon.pgoctl("status").stdout
+    # Start-up is redone every 5 s while intake waits (a spool scan each time): after two of
+    # them, the state was logged once and never taken back.
+    scans_before = len(log_events(daemon, "spool.scan"))
+    wait_for(lambda: len(log_events(daemon, "spool.scan")) >= scans_before + 2, 30, "two retries while low", interval=0.5)
+    assert len(log_events(daemon, "disk.low")) == 1 and log_events(daemon, "disk.room_again") == []
+    assert len(list(pgod.spool.glob("*.profraw"))) == 5 and daemon.package("workload")["files"] == 5
+
+    ballast.unlink()
+    wait_for(lambda: daemon.package("workload")["files"] == 10, 30, "taken once there is room")
+    status = daemon.status()
+    assert status["daemon"]["disk"] == {"state": "ok"} and status["quarantine"]["files"] == 0
+    assert len(log_events(daemon, "disk.low")) == 1 and len(log_events(daemon, "disk.room_again")) == 1
