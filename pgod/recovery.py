@@ -75,7 +75,8 @@ def recover(layout: Layout, sessions: sessionmaker[Session], reingest: Callable[
         current_profiles = {
             name: path for name, path in session.execute(select(Package.name, Package.profile_path)) if path
         }
-    settle_files(layout, sessions, [name for name, done in known.items() if done])
+    settled = [name for name, done in known.items() if done]
+    settle_files(layout, sessions, settled)
     for entry in os.listdir(layout.parts):
         owner = entry.split(".", 1)[0]
         if known.get(owner, True):
@@ -86,12 +87,17 @@ def recover(layout: Layout, sessions: sessionmaker[Session], reingest: Callable[
     if unseen:
         log.info("recovery.reingest", files=len(unseen))
         reingest(unseen)
+    uncommitted = 0
     for name, current in current_profiles.items():
         directory = layout.package_profiles(name)
         if directory.is_dir():
             for entry in os.listdir(directory):
                 if str(directory / entry) != current:
                     unlink_if_present(directory / entry)  # a generation never committed, or superseded
+                    uncommitted += 1
+    # One line an admin (and the power-loss test) reads after a crash: what the stop left.
+    log.info("recovery.summary", settled=len(settled), reexamined=len(unseen), uncommitted_generations=uncommitted,
+             claimed_pending=len(known) - len(settled))
 
 
 def _finish_quarantine_moves(layout: Layout, sessions: sessionmaker[Session], unseen: list[tuple[str, str]]) -> list:

@@ -1,8 +1,9 @@
 #!/bin/sh
-# Install pgod's system integration files under PREFIX: the system unit, the notify agent's user
-# unit, the spool generator, tmpfiles and sysctl settings, and the D-Bus policy. The one way
-# they are installed, by the Nix package (nix/package.nix, so the NixOS module's
-# systemd.packages finds them) and by the booted-machine tests (tests/guest, PREFIX=/usr/local).
+# Install pgod's system integration files under PREFIX: the system unit; the boot-time
+# substitution unit (for other systems: NixOS's activation script does that); the notify
+# agent's user unit; the spool generator; tmpfiles and sysctl settings; the D-Bus policy. The
+# one way they are installed, by the Nix package (nix/package.nix, so the NixOS module's
+# systemd.packages finds them) and by the booted-machine tests (tests/guest, PREFIX=/usr).
 #
 #   install-system-files.sh DATA_DIR PREFIX BINDIR [GENERATOR_PATH]
 #
@@ -19,6 +20,7 @@ substituted() {  # substituted SOURCE TARGET MODE: @bindir@ and @path@ replaced
 }
 
 substituted "$data/systemd/pgod.service" "$prefix/lib/systemd/system/pgod.service" 644
+substituted "$data/systemd/pgod-substitute.service" "$prefix/lib/systemd/system/pgod-substitute.service" 644
 substituted "$data/systemd/pgod-notify-agent.service" "$prefix/lib/systemd/user/pgod-notify-agent.service" 644
 substituted "$data/systemd/pgod-spool-generator" "$prefix/lib/systemd/system-generators/pgod-spool-generator" 755
 substituted "$data/tmpfiles.d/pgod.conf" "$prefix/lib/tmpfiles.d/pgod.conf" 644

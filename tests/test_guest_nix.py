@@ -1,0 +1,159 @@
+"""The whole loop in a booted guest, through the real nix-daemon: a profiled package installed
+behind its stand-in, its profiles merged under pgod's unit, the optimized build made by the Nix
+daemon (Debian's nix-bin, the fixture's hello), activated, run by whatever starts the program
+through the system path, told once to a user's notify agent in a real user session, and put
+back in place by the next boot.
+
+The guest is Debian, not NixOS: what the NixOS module does at activation is done here by the
+shipped pgod-substitute.service at boot, and /usr/local/bin/hello-pgo stands for the system
+path (a Nix profile holding the stand-in, as /run/current-system/sw holds it on NixOS).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from guest.machine import Machine, guest_unavailable
+from guest.pgod_in_guest import REPO, install, journal, package, prepare_share
+
+pytestmark = [pytest.mark.guest, pytest.mark.slow, pytest.mark.skipif(bool(guest_unavailable()), reason=guest_unavailable() or "")]
+
+LOOP = "/opt/pgod-nix/tests/nix/loop.nix"
+SPOOL = "/var/spool/pgod"
+NIX = "NIX_REMOTE=daemon"
+#: The fixture's stdenv compiles with the guest's /usr/bin/clang-14 and /bin/bash: no sandbox.
+NIX_CONF = """\
+build-users-group = nixbld
+sandbox = false
+substituters =
+"""
+DUNSTRC = """\
+[global]
+    font = Monospace 8
+[pgod]
+    appname = pgod
+    script = /home/alice/record-notification
+"""
+RECORD = '#!/bin/sh\nprintf "%s|%s|%s\\n" "$1" "$2" "$3" >> /home/alice/notifications.log\n'
+THRESHOLD_MB = 0.008  # a few runs of hello cross it (tests/test_closed_loop.py)
+
+
+def _copy_nix_sources(share) -> None:
+    """The fixture nixpkgs, the adapters, the stand-in and loop.nix, at their relative places."""
+    target = share / "nix-src"
+    for part in ("nix/tests/fixture", "stdenv-adapters", "tests/nix"):
+        shutil.copytree(REPO / part, target / part, dirs_exist_ok=True)
+    (target / "nixos-module").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO / "nixos-module" / "substitute.nix", target / "nixos-module" / "substitute.nix")
+
+
+@pytest.fixture(scope="module")
+def guest(tmp_path_factory, clang14, request):
+    machine = Machine(tmp_path_factory.mktemp("guest-nix"))
+    hello = {
+        "profile_build": ["@PROFILING@"],
+        "build": ["nix-build", LOOP, "-A", "optimized.out", "--argstr", "spoolDir", SPOOL,
+                  "--argstr", "profile", "{profile}", "--out-link", "/var/lib/pgod/result-hello"],
+        "llvm_profdata": "/usr/bin/llvm-profdata-14",
+        "threshold_mb": THRESHOLD_MB,
+    }
+    prepare_share(machine.share, clang14, {"hello": hello}, activation="auto")
+    _copy_nix_sources(machine.share)
+    (machine.share / "nix.conf").write_text(NIX_CONF)
+    (machine.share / "dunstrc").write_text(DUNSTRC)
+    (machine.share / "record-notification").write_text(RECORD)
+    try:
+        machine.start()
+        machine.succeed("install -m 644 /mnt/host/nix.conf /etc/nix/nix.conf && systemctl restart nix-daemon.socket"
+                        " && rm -rf /opt/pgod-nix && cp -r /mnt/host/nix-src /opt/pgod-nix && chown -R root:root /opt/pgod-nix")
+        yield machine
+    finally:
+        if request.session.testsfailed:
+            print("\n----- guest journal (pgod) -----\n" + journal(machine, "pgod.service", lines=400))
+            print("\n----- console (tail) -----\n" + machine.console_tail())
+        machine.close()
+
+
+def _realpath(guest, path: str) -> str:
+    return guest.succeed(f"readlink -f {path}").strip()
+
+
+def _writes_a_profile(guest) -> bool:
+    """Run hello-pgo as a service finds it, through the system path; True when it wrote a raw
+    profile (the profiling build does, the optimized one does not)."""
+    guest.succeed("rm -rf /tmp/probe && mkdir /tmp/probe && LLVM_PROFILE_FILE=/tmp/probe/%p.profraw hello-pgo 7 probe >/dev/null")
+    return guest.succeed("ls /tmp/probe").strip() != ""
+
+
+def _start_notification_session(guest) -> None:
+    """alice (lingering) gets a screen, a real notification server and pgod's agent, all as
+    systemd user units in her user manager."""
+    user = "systemctl --user -M alice@"
+    guest.succeed("install -o alice -m 644 /mnt/host/dunstrc -D /home/alice/.config/dunst/dunstrc"
+                  " && install -o alice -m 755 /mnt/host/record-notification /home/alice/record-notification")
+    guest.succeed(f"{user} set-environment DISPLAY=:7")
+    guest.succeed("systemd-run --user -M alice@ --unit=xvfb Xvfb :7 -nolisten tcp")
+    guest.wait_until_succeeds("test -S /tmp/.X11-unix/X7", timeout=60)
+    guest.succeed("systemd-run --user -M alice@ --unit=dunst dunst")
+    guest.wait_until_succeeds("busctl --user -M alice@ status org.freedesktop.Notifications >/dev/null", timeout=60)
+    guest.succeed(f"{user} start pgod-notify-agent.service")
+    guest.wait_until_succeeds("journalctl -b --user-unit pgod-notify-agent.service -o cat -M alice@ 2>/dev/null | grep -qx running"
+                              " || journalctl -b _SYSTEMD_USER_UNIT=pgod-notify-agent.service -o cat | grep -qx running", timeout=120)
+
+
+def _notifications(guest) -> list[str]:
+    return guest.run("cat /home/alice/notifications.log")[1].splitlines()
+
+
+def test_a_profiled_package_is_built_by_the_nix_daemon_activated_and_run_through_the_system_path(guest):
+    profiling = guest.succeed(f"{NIX} nix-build {LOOP} -A profiling --argstr spoolDir {SPOOL} -o /root/hello-profiling",
+                              timeout=900).split()[-1]
+    stand_in = guest.succeed(f"{NIX} nix-build {LOOP} -A standIn --argstr spoolDir {SPOOL} -o /root/stand-in",
+                             timeout=600).split()[-1]
+    guest.succeed(f"{NIX} nix-env -p /nix/var/nix/profiles/guest-system -i {stand_in}"
+                  " && ln -sf /nix/var/nix/profiles/guest-system/bin/hello-pgo /usr/local/bin/hello-pgo")
+    guest.succeed(f"sed -i 's|@PROFILING@|{profiling}|' /mnt/host/config.toml")
+    install(guest)
+    _start_notification_session(guest)
+    # At boot (here: its first start) the links behind the stand-in point at the profiling build.
+    assert _realpath(guest, "/usr/local/bin/hello-pgo") == f"{profiling}/bin/hello-pgo"
+    assert _writes_a_profile(guest)
+
+    for n in range(12):
+        guest.succeed(f"hello-pgo {n * 3 + 1} some text", user="bob")
+    active = guest.wait_until_succeeds(
+        "pgoctl status --json | python3 -c 'import json,sys; "
+        "p=[p for p in json.load(sys.stdin)[\"packages\"] if p[\"name\"]==\"hello\"][0]; "
+        "print(p[\"optimized\"]) if p[\"state\"]==\"active\" else sys.exit(1)'", timeout=1200)
+    optimized = active.strip()
+    assert optimized.startswith("/nix/store/") and optimized != profiling
+    assert _realpath(guest, "/usr/local/bin/hello-pgo") == f"{optimized}/bin/hello-pgo"
+    assert not _writes_a_profile(guest)
+    # The Nix daemon built it: its build log names the store path and no local store was used.
+    assert guest.succeed("ls /nix/var/log/nix/drvs").strip() != ""
+    assert "LLVM Profile Error" not in guest.succeed("journalctl -b --no-pager -o cat")
+
+
+def test_the_notify_agent_in_a_user_session_tells_the_finished_build_once(guest):
+    guest.wait_until_succeeds("grep -q 'pgod|hello' /home/alice/notifications.log", timeout=120)
+    told = [line for line in _notifications(guest) if line.startswith("pgod|hello")]
+    assert len(told) == 1, told
+
+
+def test_a_reboot_puts_the_links_back_and_nothing_is_told_again(guest):
+    optimized = package(guest, "hello")["optimized"]
+    guest.reboot()
+    guest.wait_until_succeeds("systemctl is-active pgod.service", timeout=120)
+    assert guest.succeed("systemctl is-active pgod-substitute.service").strip() == "active"
+    assert _realpath(guest, "/usr/local/bin/hello-pgo") == f"{optimized}/bin/hello-pgo"
+    assert not _writes_a_profile(guest)
+    assert package(guest, "hello")["state"] == "active"
+    # The agent comes back with alice's lingering user manager and says nothing new.
+    _start_notification_session(guest)
+    told = [line for line in _notifications(guest) if line.startswith("pgod|hello")]
+    assert len(told) == 1, told
+    status = json.loads(guest.succeed("pgoctl status --json", user="bob"))
+    assert {p["name"]: p["state"] for p in status["packages"]}["hello"] == "active"
