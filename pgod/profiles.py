@@ -12,6 +12,7 @@ is counted.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -176,10 +177,12 @@ class ProfileMerger:
     def _next_batch(self, name: str) -> tuple[list, bool]:
         """The package's first pending parts by id, within the batch's count and bytes, and
         whether more may wait behind them. Each carries its file's owner uid, for the users'
-        shares the merge's commit records (history.add_contributions)."""
+        shares the merge's commit records (history.add_contributions), and the name its program
+        wrote, which a culprit is quarantined under (pgod's staging name means nothing to anyone)."""
         with self.sessions() as session:
             parts = session.execute(
-                select(Part.id, Part.path, Part.size, Part.file_id, Part.digest, SpoolFile.owner_uid)
+                select(Part.id, Part.path, Part.size, Part.file_id, Part.digest, Part.part_index,
+                       SpoolFile.owner_uid, SpoolFile.original_name)
                 .outerjoin(SpoolFile, SpoolFile.id == Part.file_id)
                 .where(Part.package == name, Part.status == "pending")
                 .order_by(Part.id)
@@ -272,8 +275,9 @@ class ProfileMerger:
                 session.execute(update(Part).where(among(Part.id, [p.id for p in rejected])).values(status="quarantined"))
                 session.add_all(
                     Quarantine(
-                        original_name=Path(p.path).name,
+                        original_name=self._culprit_name(p),
                         package=name,
+                        owner_uid=p.owner_uid,
                         size=p.size,
                         reason=outcome.rejected[p.path][0],
                         detail=outcome.rejected[p.path][1],
@@ -336,12 +340,24 @@ class ProfileMerger:
         )
         for part in rejected:
             reason, detail = outcome.rejected[part.path]
-            log.warning("profile.rejected", package=name, file=Path(part.path).name, reason=reason, detail=detail)
-            self._emit("quarantined", file=Path(part.path).name, reason=reason, package=name)
+            shown = self._culprit_name(part)
+            log.warning("profile.rejected", package=name, file=shown, staged=Path(part.path).name, uid=part.owner_uid,
+                        reason=reason, detail=detail)
+            self._emit("quarantined", file=shown, reason=reason, package=name)
         self._emit("counters", package=name, **snapshot)
         if crossed:
             log.info("package.threshold_reached", package=name, raw_bytes=snapshot["raw_bytes"])
             self._emit("threshold", package=name, raw_bytes=snapshot["raw_bytes"])
+
+    def _culprit_name(self, part) -> str:
+        """The spool name a rejected part came in as; a part split out of a file with several
+        profiles (an executable's and its libraries') says which one. A row without the file's
+        name (its file row pruned, which no pending part allows) keeps the staging name."""
+        if part.original_name is None:
+            return Path(part.path).name
+        if os.path.dirname(part.path) == os.fsdecode(self.layout.parts):
+            return f"{part.original_name} (part {part.part_index + 1})"
+        return part.original_name
 
     @staticmethod
     def _mark_done(session: Session, file_ids: set[int]) -> list[str]:

@@ -218,5 +218,6 @@ def render_package(document: dict) -> str:
     if rejected:
         lines.append("  recent rejections:")
         for item in rejected[:10]:
-            lines.append(f"    {item['file']}: {item['reason']}: {item['detail']}")
+            owner = "" if item.get("owner_uid") is None else f" ({_user_name(item['owner_uid'])})"
+            lines.append(f"    {item['file']}{owner}: {item['reason']}: {item['detail']}")
     return "\n".join(lines)

@@ -233,7 +233,8 @@ def package_document(
             )
         ]
         document["quarantine"] = [
-            {"file": q.original_name, "reason": q.reason, "detail": q.detail, "size": q.size, "at": q.at}
+            {"file": q.original_name, "owner_uid": q.owner_uid, "reason": q.reason, "detail": q.detail,
+             "size": q.size, "at": q.at}
             for q in session.scalars(
                 select(Quarantine).where(Quarantine.package == name).order_by(Quarantine.id.desc()).limit(history)
             )

@@ -4,7 +4,9 @@ with its reason, and every other file is merged and counted once (real daemon, r
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import pwd
 import signal
 import sqlite3
 import subprocess
@@ -97,6 +99,29 @@ def test_a_file_that_breaks_llvm_profdata_is_quarantined_and_the_rest_counted_on
     # Later files of the same package are merged as usual: nothing waits behind the bad one.
     run_instrumented(exe, ["3", "after"], spool_for_everyone / "%p.profraw")
     wait_for(lambda: daemon.package("workload")["files"] == 2 * GOOD_RUNS + 1, 30, "a later file merged")
+
+
+def test_a_culprit_is_shown_under_the_name_its_program_wrote_and_its_owner(
+    pgod, spool_for_everyone, workload, llvm_profdata_14, sample_profile
+):
+    """Files nobody writes that make llvm-profdata crash are quarantined by the merge: `pgoctl show`
+    names each as it came into the spool, with its owner, never by pgod's staging name; a part of
+    a file holding several profiles says which part, and the file's good part is counted."""
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
+    daemon = pgod.daemon()
+    bad = crafted.names_length_crash(sample_profile)
+    write_as_nobody(spool_for_everyone / "crashes-it.profraw", bad)
+    write_as_nobody(spool_for_everyone / "two-profiles.profraw", sample_profile + bad)
+    package = wait_for(lambda: (p := daemon.package("workload"))["files"] + p["quarantined"] == 3 and p, 60, "every part settled")
+    assert package["files"] == 1 and package["quarantined"] == 2
+    shown = json.loads(daemon.pgoctl("show", "workload", "--json").stdout)["quarantine"]
+    nobody = pwd.getpwnam("nobody").pw_uid
+    assert sorted((q["file"], q["owner_uid"], q["reason"]) for q in shown) == [
+        ("crashes-it.profraw", nobody, "merge-crash"), ("two-profiles.profraw (part 2)", nobody, "merge-crash"),
+    ]
+    text = daemon.pgoctl("show", "workload").stdout
+    assert f"crashes-it.profraw (nobody (uid {nobody})): merge-crash" in text, text
+    assert f"two-profiles.profraw (part 2) (nobody (uid {nobody})): merge-crash" in text, text
 
 
 @pytest.mark.parametrize("restart", [False, True], ids=["kept-in-memory", "read-again-after-a-restart"])
