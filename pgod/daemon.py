@@ -123,8 +123,11 @@ def run(config, bus_kind: str) -> int:
     from .busnames import BUS_NAME, OBJECT_PATH
     from .dbus_service import DaemonService
     from .engine import Engine
+    from .heap import return_large_allocations
     from .spool import SpoolWatcher
     from .staging import StagingError, prepare_layout
+
+    return_large_allocations()  # before any thread or large buffer: see heap.py
 
     # Before anything is logged or created: a refused path is one line and nothing started.
     builds = scan_packages(config)
