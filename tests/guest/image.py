@@ -41,6 +41,9 @@ PACKAGES = [
     "procps", "util-linux", "e2fsprogs",
     "llvm-14", "nix-bin",
     "xvfb", "xauth", "dunst", "libnotify-bin",
+    # For the guest tests' Nix loop (tests/test_guest_nix.py): nix-daemon's units and the
+    # nixbld users, and the clang its fixture stdenv compiles with, with the profile runtime.
+    "nix-setup-systemd", "clang-14", "libclang-rt-14-dev",
 ]
 # pgod's own dependencies, less PyGObject (Debian's python3-gi, seen through
 # --system-site-packages) and matplotlib (pgoctl report's charts; not needed in the guest).
@@ -161,7 +164,21 @@ def ensure_image(progress=print) -> Image:
         build(building, progress)
         building.rename(image.folder)
         progress(f"guest image: ready in {image.folder}")
+        prune(root, progress)
         return image
+
+
+def prune(root: Path, progress, keep: int = 3) -> None:
+    """Drop all but the `keep` newest images (about 1.5 GB each), and builds left unfinished.
+
+    More than one is kept because checkouts of different commits may share the cache. Called
+    under the cache's lock, so no build is under way.
+    """
+    images = sorted((p for p in root.iterdir() if (p / "complete").exists()),
+                    key=lambda p: (p / "complete").stat().st_mtime, reverse=True)
+    for old in images[keep:] + list(root.glob("*.building")):
+        progress(f"guest image: removing {old}")
+        shutil.rmtree(old, ignore_errors=True)
 
 
 class Steps:
