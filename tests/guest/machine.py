@@ -17,14 +17,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
 
-from .image import ensure_image
+from .image import cached_image, ensure_image
 
 PORT_NAME = "org.pgod.guest.agent"
 KERNEL_CMDLINE = ("root=/dev/vda rw console=ttyS0 quiet loglevel=4 panic=-1 "
@@ -41,7 +40,6 @@ def guest_unavailable() -> str | None:
         return "qemu-system-x86_64 not found: apt-get install qemu-system-x86"
     if not shutil.which("qemu-img"):
         return "qemu-img not found: apt-get install qemu-utils"
-    from .image import cached_image
     if cached_image() is None:
         if not shutil.which("mmdebstrap"):
             return "mmdebstrap not found (needed to build the guest image): apt-get install mmdebstrap"
@@ -57,14 +55,14 @@ def accelerator() -> list[str]:
     stock kernel `-cpu host` aborts and other models run ~1,000x slower than TCG. So KVM only with
     vmx/svm in /proc/cpuinfo and no kvm_pvm module. qemu64 boots ~10 % faster than max under TCG.
     """
-    forced = os.environ.get("PGOD_GUEST_ACCEL")
+    forced = os.environ.get("PGOD_GUEST_ACCEL")  # "kvm" or "tcg", to override the guess
     try:
         flags = set(Path("/proc/cpuinfo").read_text().split())
-        modules = Path("/proc/modules").read_text()
     except OSError:
-        flags, modules = set(), ""
+        flags = set()
+    # /sys/module, not /proc/modules: a kernel without module support has no /proc/modules.
     real_kvm = (os.access("/dev/kvm", os.R_OK | os.W_OK) and flags & {"vmx", "svm"}
-                and "kvm_pvm" not in modules)
+                and not Path("/sys/module/kvm_pvm").exists())
     if forced == "kvm" or (real_kvm and forced != "tcg"):
         return ["-accel", "kvm", "-cpu", "host"]
     return ["-accel", "tcg,thread=multi", "-cpu", "qemu64"]
