@@ -534,7 +534,7 @@ in
       requires = [ "nix-daemon.socket" ];
       after = [ "nix-daemon.socket" ];
       restartTriggers = [ configFile ];
-      # util-linux: prlimit and setpriv confine each llvm-profdata run.
+      # util-linux: prlimit bounds each llvm-profdata run.
       path = [
         config.nix.package
         pkgs.util-linux

@@ -2,15 +2,21 @@
 
 llvm-profdata parses raw profiles that any local user wrote, and crafted ones make it crash,
 allocate gigabytes or write hundreds of megabytes (issue: "one bad file blocks nothing"). So it
-never runs as root: `setpriv` drops to the merge user (no supplementary groups, no capabilities,
-no_new_privs; see `confined_argv` for why it needs no capset) and `prlimit` bounds its address space, CPU time, output file size and core dumps
-before it starts; the wall clock is bounded here, and a timeout kills its whole process group.
-Both tools are util-linux's, so the limits are in force before the first instruction of the
-tool runs, with no Python code between fork and exec.
-"""
+never runs as root: the spawn itself drops to the merge user (no supplementary groups, and so no
+capabilities: `as_identity`), no_new_privs comes from the process that spawns it (pgod sets it
+for itself at start, as its unit does: `set_no_new_privs`), and util-linux's `prlimit` bounds
+its address space, CPU time, output file size and core dumps before it starts; the wall clock
+is bounded here, and a timeout kills its whole process group. The drop happens in C between
+fork and exec, so everything is in force before the first instruction of the tool runs, with
+no Python code between fork and exec.
+
+Not util-linux's setpriv: whatever it is asked to do, it ends by applying its capability sets
+(capset), which pgod's unit refuses (`~@privileged`): under the unit every merge failed with
+"setpriv: activate capabilities: Operation not permitted", even for `setpriv --no-new-privs`."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pwd
 import shutil
@@ -79,62 +85,50 @@ class Finished:
             return f"signal {-self.returncode}"
 
 
-def helpers() -> tuple[str, str]:
-    """Paths of prlimit and setpriv; raises ConfineError naming the package when one is missing."""
-    found = {name: shutil.which(name) for name in ("prlimit", "setpriv")}
-    missing = [name for name, path in found.items() if path is None]
-    if missing:
-        raise ConfineError(f"{' and '.join(missing)} not found in PATH (util-linux): llvm-profdata cannot run confined")
-    return found["prlimit"], found["setpriv"]
+def prlimit_path() -> str:
+    """Path of prlimit; raises ConfineError naming the package when it is missing."""
+    found = shutil.which("prlimit")
+    if found is None:
+        raise ConfineError("prlimit not found in PATH (util-linux): llvm-profdata cannot run confined")
+    return found
 
 
-def confined_argv(argv: Sequence[str], limits: Limits, identity: Identity | None) -> list[str]:
-    """`argv` behind prlimit (and setpriv when dropping to `identity`)."""
-    prlimit, setpriv = helpers()
-    command = [
-        prlimit,
+def confined_argv(argv: Sequence[str], limits: Limits) -> list[str]:
+    """`argv` behind prlimit. Whom it runs as is the spawn's: pass `as_identity(identity)`."""
+    return [
+        prlimit_path(),
         f"--as={limits.memory_bytes}",
         f"--cpu={limits.cpu_seconds}",
         f"--fsize={limits.output_bytes}",
         "--core=0",
         "--",
-    ]
-    if identity is not None:
-        command += drop_to(identity, setpriv)
-    return command + list(argv)
-
-
-def drop_to(identity: Identity, setpriv: str) -> list[str]:
-    """The setpriv prefix that runs a command as ``identity``: its uid and primary gid, no
-    supplementary groups, no capabilities, no_new_privs."""
-    return [
-        setpriv,
-        f"--reuid={identity.uid}",
-        f"--regid={identity.gid}",
-        "--clear-groups",
-        *(["--inh-caps=-all"] if _inheritable_capabilities() else []),
-        "--no-new-privs",
-        "--",
+        *argv,
     ]
 
 
-def _inheritable_capabilities() -> int:
-    """Our inheritable capability set (CapInh of /proc/self/status), 0 when it cannot be read.
+def as_identity(identity: Identity | None) -> dict:
+    """Popen arguments that start the child as ``identity``: its uid and primary gid, no
+    supplementary groups (setgroups, setregid, setreuid between fork and exec, in C).
 
-    Leaving root for another uid clears the permitted, effective and ambient sets by itself,
-    and no_new_privs keeps an exec from gaining file capabilities, so the tool runs without
-    any. Only a non-empty inheritable set is worth clearing too, and clearing it takes the
-    capset syscall, which the unit's `~@privileged` filter refuses: under the unit (whose
-    inheritable set is empty) setpriv's `--inh-caps=-all` failed every merge with "activate
-    capabilities: Operation not permitted"."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("CapInh:"):
-                    return int(line.split()[1], 16)
-    except (OSError, ValueError):
-        pass
-    return 0
+    Leaving root for another uid clears the permitted, effective and ambient capability sets
+    by itself, so the child has none; no_new_privs, inherited, keeps an exec from gaining any
+    back (set-user-ID bits and file capabilities do nothing)."""
+    if identity is None:
+        return {}
+    return {"user": identity.uid, "group": identity.gid, "extra_groups": []}
+
+
+_PR_SET_NO_NEW_PRIVS = 38
+
+
+def set_no_new_privs() -> None:
+    """Set no_new_privs on this process and so on everything it will start: what pgod's unit
+    (NoNewPrivileges=yes) does, done by pgod itself wherever it runs. It needs no privilege,
+    cannot be undone, and costs pgod nothing: it never needs an exec to raise its privileges."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise ConfineError(f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(err)}")
 
 
 def run_confined(
@@ -148,7 +142,8 @@ def run_confined(
     """Run `argv` confined, with no input; its stdout is discarded, stderr kept (its last
     `stderr_bytes`). Low CPU priority: a merge must not slow down what the user runs."""
     process = subprocess.Popen(
-        confined_argv(argv, limits, identity),
+        confined_argv(argv, limits),
+        **as_identity(identity),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -117,7 +117,7 @@ def run(config, bus_kind: str) -> int:
     from pydbus import SessionBus, SystemBus
 
     from .attribution import Attributor, scan_packages
-    from .confine import ConfineError, Identity, helpers
+    from .confine import ConfineError, Identity, prlimit_path, set_no_new_privs
     from .merge import MergeSandbox
     from .db import SchemaError, open_database
     from .busnames import BUS_NAME, OBJECT_PATH
@@ -140,7 +140,8 @@ def run(config, bus_kind: str) -> int:
         print(f"pgod: {config.path}: merge_user: {err}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        helpers()
+        prlimit_path()
+        set_no_new_privs()  # as the unit's NoNewPrivileges=yes: the merge user's runs inherit it
     except ConfineError as err:
         print(f"pgod: {err}", file=sys.stderr)
         return EXIT_FAILED

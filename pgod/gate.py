@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .confine import Identity, drop_to, helpers
+from .confine import Identity, as_identity
 from .osthread import name_os_thread
 
 BIN_PLACEHOLDER = "{bin}"
@@ -95,14 +95,11 @@ def run_once(argv: Sequence[str], timeout: float, identity: Identity | None,
     exits even if a child it left keeps the pipes open; its process group is killed after every
     run, before the process is reaped (so the group's id cannot have been reused)."""
     command = list(argv)
-    if identity is not None:
-        _prlimit, setpriv = helpers()
-        command = [*drop_to(identity, setpriv), *command]
     digest = hashlib.sha256()
     begun = time.perf_counter()
     try:
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            command, **as_identity(identity), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             process_group=0, close_fds=True,
             # Nothing the candidate runs may write profiles into the spool, or be counted.
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "LLVM_PROFILE_FILE": "/dev/null"},

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .confine import ConfineError, Identity, Limits, confined_argv
+from .confine import ConfineError, Identity, Limits, as_identity, confined_argv, set_no_new_privs
 
 TIMEOUT_SECONDS = 120.0
 OUTPUT_BYTES = 256 << 20  # `show --all-functions --counts` of a big program (~1 KB a function)
@@ -37,14 +37,16 @@ def run_tool(argv: Sequence[str], pass_fds: Sequence[int] = (), timeout: float =
     printing more than ``max_bytes`` is killed (with its process group) and raises ToolError,
     as does an exit other than 0, with the tail of its stderr."""
     try:
-        command = confined_argv(argv, LIMITS, identity)
+        command = confined_argv(argv, LIMITS)
+        if identity is not None:
+            set_no_new_privs()  # pgoctl's own: the tool inherits it
     except ConfineError as err:
         if identity is not None:  # never run it as root instead
             raise ToolError(f"cannot run {argv[0]} as {identity.name}: {err}") from None
         command = list(argv)  # no prlimit: the timeout and output cap still hold
     try:
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            command, **as_identity(identity), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             pass_fds=tuple(pass_fds), process_group=0, close_fds=True,
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "LLVM_DISABLE_SYMBOLIZATION": "1"},
         )

@@ -70,8 +70,10 @@ def guest(tmp_path_factory, clang14, request):
 
 def test_pgod_runs_under_the_shipped_unit_with_its_capabilities_and_filter(guest):
     assert guest.succeed("systemctl is-active pgod.service").strip() == "active"
-    fragment = guest.succeed("systemctl show -p FragmentPath --value pgod.service").strip()
+    # The file install-system-files.sh put there (Debian's /lib is /usr/lib), no drop-in.
+    fragment = guest.succeed("readlink -f \"$(systemctl show -p FragmentPath --value pgod.service)\"").strip()
     assert fragment == "/usr/lib/systemd/system/pgod.service"
+    assert guest.succeed("systemctl show -p DropInPaths --value pgod.service").strip() == ""
     pid = guest.succeed("systemctl show -p MainPID --value pgod.service").strip()
     fields = dict(line.split(":\t", 1) for line in guest.succeed(f"cat /proc/{pid}/status").splitlines() if ":\t" in line)
     assert int(fields["CapBnd"], 16) == UNIT_CAPABILITIES

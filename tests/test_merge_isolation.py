@@ -205,30 +205,43 @@ def _part_statuses(state: Path) -> list[str]:
         return [row[0] for row in connection.execute("SELECT status FROM parts ORDER BY id")]
 
 
+PROBE = """
+import json, sys
+from pgod.confine import Identity, run_confined, set_no_new_privs
+from pgod.merge import limits_for
+set_no_new_privs()  # what the daemon does at its start
+identity = Identity.for_user("pgod-merge")
+limits = limits_for(10 << 20)
+probe = run_confined(
+    ["sh", "-c", "{ id -u; id -G; grep -E '^(Cap(Eff|Prm|Amb)|NoNewPrivs):' /proc/self/status; "
+     "prlimit --noheadings --output RESOURCE,SOFT,HARD --as --cpu --fsize --core; } >&2; exit 3"],
+    limits, identity,
+)
+print(json.dumps({"returncode": probe.returncode, "stderr": probe.stderr, "uid": identity.uid, "gid": identity.gid,
+                  "limits": [limits.memory_bytes, limits.cpu_seconds, limits.output_bytes]}))
+"""
+
+
 def test_llvm_profdata_runs_as_the_merge_user_without_capabilities_and_inside_limits():
     """What the confined child is, read from inside it: uid, groups, capabilities, limits.
-    (Its stdout is discarded by design, so it reports on stderr.)"""
-    from pgod.confine import Identity, run_confined
-    from pgod.merge import limits_for
+    (Its stdout is discarded by design, so it reports on stderr.) Run from a process of its own
+    that sets no_new_privs first, as the daemon does at its start (the test process must not)."""
+    from pgod.confine import Identity
 
-    identity = Identity.for_user("pgod-merge")
-    assert identity is not None, "the suite runs as root, so pgod drops to its merge user"
-    limits = limits_for(10 << 20)
-    probe = run_confined(
-        ["sh", "-c", "{ id -u; id -G; grep -E '^(Cap(Eff|Prm|Amb)|NoNewPrivs):' /proc/self/status; "
-         "prlimit --noheadings --output RESOURCE,SOFT,HARD --as --cpu --fsize --core; } >&2; exit 3"],
-        limits, identity,
-    )
-    assert probe.returncode == 3, probe.stderr
-    uid, groups, *rest = probe.stderr.strip().split("\n")
-    assert int(uid) == identity.uid and groups.split() == [str(identity.gid)]
+    assert Identity.for_user("pgod-merge") is not None, "the suite runs as root, so pgod drops to its merge user"
+    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True)
+    report = json.loads(done.stdout)
+    assert report["returncode"] == 3, report["stderr"]
+    uid, groups, *rest = report["stderr"].strip().split("\n")
+    assert int(uid) == report["uid"] and groups.split() == [str(report["gid"])]
     status = dict(line.split(":\t") for line in rest if ":\t" in line)
     assert status["CapEff"] == status["CapPrm"] == status["CapAmb"] == "0000000000000000"
     assert status["NoNewPrivs"] == "1"
     seen = {line.split()[0]: line.split()[1:] for line in rest if ":\t" not in line}
-    assert seen["AS"] == [str(limits.memory_bytes)] * 2
-    assert seen["CPU"] == [str(limits.cpu_seconds)] * 2
-    assert seen["FSIZE"] == [str(limits.output_bytes)] * 2
+    memory, cpu, output = report["limits"]
+    assert seen["AS"] == [str(memory)] * 2
+    assert seen["CPU"] == [str(cpu)] * 2
+    assert seen["FSIZE"] == [str(output)] * 2
     assert seen["CORE"] == ["0", "0"]
 
 

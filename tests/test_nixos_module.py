@@ -136,11 +136,11 @@ def test_the_unit_is_the_shipped_file_with_a_drop_in_for_what_nix_decides(summar
     service = summary["service"]
     assert service["wantedBy"] == ["multi-user.target"]
     assert "nix-daemon.socket" in service["requires"] and "nix-daemon.socket" in service["after"]
-    assert "/usr" in service["path"]  # the fixture's util-linux (prlimit, setpriv)
+    assert "/usr" in service["path"]  # the fixture's util-linux (prlimit)
     assert service["serviceConfig"] == {"ReadWritePaths": [str(tmp / "spool"), str(tmp / "state")]}
     # Of /nix/var/nix/profiles only the daemon's own profile's folder, never the system profile.
     assert unit["ReadWritePaths"] == ["/var/spool/pgod /var/lib/pgod /nix/var/nix/profiles/pgod /run/pgod/packages"]
-    # llvm-profdata runs as a system user of its own, confined by util-linux's prlimit and setpriv.
+    # llvm-profdata runs as a system user of its own, inside util-linux's prlimit.
     assert summary["users"]["pgod-merge"] == {"isSystemUser": True, "group": "pgod-merge", "description": "pgod's llvm-profdata runs"}
 
 
