@@ -121,26 +121,19 @@ class Machine:
         ours, theirs = socket.socketpair()
         with self.console_log.open("a") as console:
             console.write(f"\n===== pgod guest boot at {time.strftime('%H:%M:%S')} =====\n")
-        argv = [
-            "qemu-system-x86_64", *accelerator(), "-machine", "pc",
-            "-smp", str(self.cpus), "-m", str(self.memory_mb),
-            "-nodefaults", "-display", "none", "-no-user-config", "-nic", "none",
-            "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", KERNEL_CMDLINE,
-            "-drive", f"file={self.overlay},if=virtio,format=qcow2,cache={self.disk_cache},discard=unmap",
-            "-chardev", f"file,id=console,path={self.console_log},append=on", "-serial", "chardev:console",
-            "-device", "virtio-serial",
-            "-chardev", f"socket,id=agent,fd={theirs.fileno()}",
-            "-device", f"virtserialport,chardev=agent,name={PORT_NAME}",
-            "-virtfs", f"local,path={self.share},mount_tag=host0,security_model=none,id=host0",
-            "-device", "virtio-rng-pci",
-        ]
+        argv = self.qemu_argv(image, theirs.fileno())
         began = time.monotonic()
-        with self.qemu_log.open("a") as log:
-            log.write("$ " + " ".join(argv) + "\n")
-            log.flush()
-            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                          pass_fds=[theirs.fileno()])
-        theirs.close()
+        try:
+            with self.qemu_log.open("a") as log:
+                log.write("$ " + " ".join(argv) + "\n")
+                log.flush()
+                self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                              pass_fds=[theirs.fileno()])
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()  # QEMU has its copy
         self._sock = ours
         with self._cond:
             self._gone = None
@@ -151,6 +144,22 @@ class Machine:
         self._reader.start()
         self._wait_ready(0, timeout, "boot")
         self.boot_seconds.append(time.monotonic() - began)
+
+    def qemu_argv(self, image, agent_fd: int) -> list[str]:
+        """QEMU's command line: no network, no display; the serial console to console.log."""
+        return [
+            "qemu-system-x86_64", *accelerator(), "-machine", "pc",
+            "-smp", str(self.cpus), "-m", str(self.memory_mb),
+            "-nodefaults", "-display", "none", "-no-user-config", "-nic", "none",
+            "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", KERNEL_CMDLINE,
+            "-drive", f"file={self.overlay},if=virtio,format=qcow2,cache={self.disk_cache},discard=unmap",
+            "-chardev", f"file,id=console,path={self.console_log},append=on", "-serial", "chardev:console",
+            "-device", "virtio-serial",
+            "-chardev", f"socket,id=agent,fd={agent_fd}",
+            "-device", f"virtserialport,chardev=agent,name={PORT_NAME}",
+            "-virtfs", f"local,path={self.share},mount_tag=host0,security_model=none,id=host0",
+            "-device", "virtio-rng-pci",
+        ]
 
     def power_cut(self) -> None:
         """SIGKILL QEMU: no shutdown, nothing flushed by the guest."""
