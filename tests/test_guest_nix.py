@@ -67,7 +67,7 @@ def guest(tmp_path_factory, clang14, request):
     (machine.share / "record-notification").write_text(RECORD)
     try:
         machine.start()
-        machine.succeed("install -m 644 /mnt/host/nix.conf /etc/nix/nix.conf && systemctl restart nix-daemon.socket"
+        machine.succeed("install -m 644 /mnt/host/nix.conf /etc/nix/nix.conf && systemctl restart nix-daemon.service"
                         " && rm -rf /opt/pgod-nix && cp -r /mnt/host/nix-src /opt/pgod-nix && chown -R root:root /opt/pgod-nix")
         yield machine
     finally:

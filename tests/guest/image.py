@@ -42,8 +42,8 @@ PACKAGES = [
     "llvm-14", "nix-bin",
     "xvfb", "xauth", "dunst", "libnotify-bin",
     # For the guest tests' Nix loop (tests/test_guest_nix.py): nix-daemon's units and the
-    # nixbld users, and the clang its fixture stdenv compiles with, with the profile runtime.
-    "nix-setup-systemd", "clang-14", "libclang-rt-14-dev",
+    # nixbld users, and the clang and make its fixture stdenv builds with, with the profile runtime.
+    "nix-setup-systemd", "clang-14", "libclang-rt-14-dev", "make",
 ]
 # pgod's own dependencies, less PyGObject (Debian's python3-gi, seen through
 # --system-site-packages) and matplotlib (pgoctl report's charts; not needed in the guest).
