@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from guest.machine import Machine, guest_unavailable
+from guest.machine import GuestError, Machine, guest_unavailable
 
 pytestmark = pytest.mark.guest
 
@@ -21,9 +21,14 @@ def machine(tmp_path, request):
     guest = Machine(tmp_path / "guest")
     failed_before = request.session.testsfailed
     yield guest
-    guest.close()
     if request.session.testsfailed > failed_before:
+        if guest.running:
+            try:
+                print(guest.run("journalctl -b --no-pager -p warning | tail -n 60", timeout=30)[1])
+            except GuestError as error:
+                print(f"(no journal: {error})")
         print(guest.console_tail(80))
+    guest.close()
 
 
 def timed(function, *args, **kwargs):
