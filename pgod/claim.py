@@ -9,7 +9,8 @@ operations is what makes this safe:
 2. ``lstat`` the staged entry: anything but a regular file with exactly one link is rejected
    without ever being opened.
 3. ``open(O_RDONLY|O_NOFOLLOW|O_NONBLOCK)`` and ``fstat`` the descriptor: it must be the very
-   inode we checked, still a regular single-link file, within the size cap.
+   inode we checked, still a regular single-link file, within the size cap, and hold what its
+   size says (no more holes than sparse.py allows), all before a byte of it is read.
 
 The daemon never opens a spool file for writing.
 """
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+
+from .sparse import too_sparse
 
 log = structlog.get_logger(__name__)
 
@@ -110,6 +113,8 @@ def check_staged(path: str, original_name: str, max_bytes: int) -> tuple[Checked
         if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
             raise Rejected("swapped", "the file changed between check and open", after.st_uid, after.st_size)
         _require_plain_file(after, max_bytes)
+        if (why := too_sparse(fd, after)) is not None:
+            raise Rejected("sparse", why, after.st_uid, after.st_size)
     except BaseException:
         os.close(fd)
         raise

@@ -248,7 +248,8 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
         threshold_bytes=threshold_bytes,
         activation=activation,
         admin_group=top.get("admin_group", str, "wheel"),
-        max_file_bytes=top.megabytes("max_file_mb", 256),
+        # A file is read whole to be checked: this cap bounds pgod's memory (profiles.py).
+        max_file_bytes=top.megabytes("max_file_mb", 64),
         unattributed_max_files=unattributed_max_files,
         packages=packages,
         merge_user=top.get("merge_user", str, DEFAULT_MERGE_USER),

@@ -47,6 +47,7 @@ from .osthread import name_os_thread
 from .profiles import MergeDone, ProfileMerger
 from .profraw import ProfrawError, parse_profraw
 from .recovery import move_if_present, recover, unlink_if_present
+from .sparse import too_sparse
 from .squatting import EMPTY_FILE_GRACE_SECONDS, settle_left, squat_candidate, squatter
 from .room import Shortage, shortage
 from .staging import Layout, prune_oldest
@@ -115,7 +116,7 @@ class Engine:
         }
         self.merger = ProfileMerger(config, layout, sessions, profdata, self._emit, sandbox, self._queue.put)
         self._ingestor = Ingestor(
-            layout, attributor, config.max_file_bytes, keep=self.merger.remember,
+            layout, attributor, config.max_file_bytes, keep=self.merger.remember, make_room=self.merger.make_room,
             max_counter=config.max_counter, accept_uids=config.accept_uids,
         )
         self._deferred: dict[str, float] = {}  # spool name → when to look at it again
@@ -437,7 +438,9 @@ class Engine:
             # that program can write its own. Unless it is filled meanwhile: a forked child's or
             # another pid namespace's exit write looks the same for a moment (squatting.py).
             return settle_left(info) or None
-        if info.st_size > 0 and isinstance(name, Arrival) and not _parses_whole(path, self.config.max_file_bytes):
+        if info.st_size > 0 and isinstance(name, Arrival) and not _parses_whole(
+            path, self.config.max_file_bytes, self.merger.make_room
+        ):
             # Linked in, or written without a close yet: if it is a complete profile it is
             # done; if not, give its writer time, then take it whatever it holds.
             return ARRIVAL_SETTLE_SECONDS
@@ -557,17 +560,19 @@ class Engine:
                 log.exception("engine.listener_failed", kind=kind)
 
 
-def _parses_whole(path: str, max_bytes: int) -> bool:
+def _parses_whole(path: str, max_bytes: int, make_room: Callable[[int], None]) -> bool:
     """Is the spool file, as it is now, one or more complete raw profiles? A readiness hint
-    only: the claimed copy is checked again from scratch."""
+    only: the claimed copy is checked again from scratch (a file too large or too sparse to read
+    is let through at once, for the claim to refuse). ``make_room``: as ingest's, before reading."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return True  # let the claim find out and say why
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
+        if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes or too_sparse(fd, info) is not None:
             return True
+        make_room(info.st_size)
         parse_profraw(os.read(fd, info.st_size))
         return True
     except ProfrawError:

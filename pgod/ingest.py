@@ -24,7 +24,7 @@ from .durable import fsync_dir, is_disk_full, sync_filesystem, write_file
 from .history import add_tallies
 from .merge import part_digest
 from .config import DEFAULT_MAX_COUNTER
-from .profraw import ProfrawError, RawProfile, counter_over, parse_profraw
+from .profraw import ProfrawError, RawProfile, counter_over, parse_profraw, part_bytes
 from .staging import Layout, safe_component
 
 log = structlog.get_logger(__name__)
@@ -64,6 +64,7 @@ class Ingestor:
         attributor: Attributor,
         max_file_bytes: int,
         keep: Callable[[str, bytes], None] = lambda _p, _d: None,
+        make_room: Callable[[int], None] = lambda _size: None,
         max_counter: int = DEFAULT_MAX_COUNTER,
         accept_uids: frozenset[int] | None = None,
     ) -> None:
@@ -71,6 +72,7 @@ class Ingestor:
         self.max_counter = max_counter
         self.accept_uids = accept_uids
         self._keep = keep  # hands a pending part's checked bytes on to its merge
+        self._make_room = make_room  # drops kept bytes so a file this size fits beside them
         self.attributor = attributor
         self.max_file_bytes = max_file_bytes
         # Per-file paths are built as strings (see claim.py for why).
@@ -177,7 +179,9 @@ class Ingestor:
             )
         try:
             # Read, never mmap: the owner may still hold the file open and truncate it, and a
-            # mapped page past the new end would kill the daemon with SIGBUS.
+            # mapped page past the new end would kill the daemon with SIGBUS. What ingest holds
+            # and what it kept for merges stay within one budget (profiles.CHECKED_CACHE_BYTES).
+            self._make_room(checked.size)
             data = _read_bounded(fd, checked.size, self.max_file_bytes)
         finally:
             os.close(fd)
@@ -199,6 +203,9 @@ class Ingestor:
 
     def _split(self, staging_name: str, path: str, data: bytes, profiles: list[RawProfile]) -> list[dict]:
         """One part row per raw profile; a lone, attributed profile is merged from the file itself.
+        The parts of a several-profile file are written to files of pgod's own from views of the
+        bytes read (no copy in memory), and read again for their merge: only a lone profile's
+        bytes are kept for it (a kept view would hold the whole file while counting one part).
 
         Each part records the digest of the bytes checked here: a lone part stays in the claimed
         file, whose writer may still hold it open and rewrite it, so the merge reads it again
@@ -207,7 +214,7 @@ class Ingestor:
         whole_file = len(profiles) == 1
         for index, profile in enumerate(profiles):
             package = self.attributor.package_for(profile.binary_ids)
-            content = data if whole_file else data[profile.offset : profile.offset + profile.length]
+            content = data if whole_file else part_bytes(data, profile)
             if package is None:
                 if not profile.binary_ids:
                     log.warning("profile.no_binary_id", file=staging_name, version=profile.version,
@@ -222,7 +229,8 @@ class Ingestor:
                 else:
                     part_path = f"{self._parts}/{staging_name}.{index}.profraw"
                     write_file(part_path, content)
-                self._keep(part_path, content)
+                if whole_file:
+                    self._keep(part_path, content)
             parts.append(
                 dict(
                     part_index=index,

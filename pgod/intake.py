@@ -8,7 +8,10 @@ so another user's file waits behind at most one batch, not behind the flood. Bou
   scanned again later (the files are still there: an overflow costs a rescan, not memory);
 - a uid with PENDING_FILES_PER_UID files (or PENDING_BYTES_PER_UID bytes) claimed but not yet
   merged gets nothing more claimed until its merges catch up. Both stay below one merge batch
-  (profiles.py), so the next merge of a package always reaches other users' files.
+  (profiles.py), so the next merge of a package always reaches other users' files. A file's
+  bytes (its size when last seen) count before it is taken, so they are never read past the
+  bound: a file that would cross it waits, unless its uid has nothing pending (then it goes
+  alone, within the per-file cap), so a file larger than the bound is not stuck for good.
 
 Names squatting a program's (squatting.py) wait in a queue of their own, taken first (a share
 of each batch at most: SQUATS_SHARE) and never held back by their owner's pending bounds: a
@@ -96,11 +99,17 @@ class FairIntake:
         return True
 
     def over_pending(self, uid: int) -> str | None:
+        """The bound that holds this uid's next name back, or None: its files, or its bytes,
+        counting the next file's size before it is read (unless nothing of the uid's waits)."""
         files, size = self.pending.get(uid, (0, 0))
         if files >= PENDING_FILES_PER_UID:
             return "pending_files"
         if size >= PENDING_BYTES_PER_UID:
             return "pending_bytes"
+        queue = self._queues.get(uid)
+        if files and queue is not None and queue.names:
+            if size + next(iter(queue.names.values()))[2].st_size > PENDING_BYTES_PER_UID:
+                return "pending_bytes"
         return None
 
     def take(self, limit: int) -> list[tuple[str, bool, os.stat_result]]:
@@ -119,8 +128,11 @@ class FairIntake:
                 files, size = self.pending.get(uid, (0, 0))
                 count = min(share, len(queue), limit - len(taken), PENDING_FILES_PER_UID - files)
                 served = 0
-                while served < count and size < PENDING_BYTES_PER_UID:
-                    entry = queue.popitem(last=False)[1]
+                while served < count:
+                    key, entry = next(iter(queue.items()))
+                    if (files or served) and size + entry[2].st_size > PENDING_BYTES_PER_UID:
+                        break  # counted before it is read: it waits for this uid's merges
+                    del queue[key]
                     taken.append(entry)
                     served += 1
                     size += entry[2].st_size

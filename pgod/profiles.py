@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +40,10 @@ from .staging import Layout
 log = structlog.get_logger(__name__)
 
 MERGE_BATCH = 5000  # raw parts per llvm-profdata call
-CHECKED_CACHE_BYTES = 64 << 20  # checked bytes kept in memory from ingest to merge
+# Raw-profile bytes pgod holds in memory at once: those ingest checked and keeps for their merge,
+# and the one file or part being read (make_room). With the per-file cap at most this, the
+# daemon's RSS stays about this much above its idle size, whatever the spool holds.
+CHECKED_CACHE_BYTES = 64 << 20
 MERGE_BATCH_BYTES = 64 << 20  # and their bytes, read into memory for it (merge.py), its limits scaled to them
 # Every llvm-profdata call costs ~26 ms of CPU just to start, so a trickle of files is merged
 # in groups: at once when this many parts wait, else when the first has waited this long.
@@ -203,6 +206,8 @@ class ProfileMerger:
         kind = instrumentation_family(package.profile_kind) if package.profile_kind else None
         if kind == "ir" and package.stage == stages.CONTEXT_SENSITIVE:
             kind = "cs-ir"  # the stage's own profiles only (optimizer._enter_context_sensitive)
+        if unkept := [p.size for p in parts if p.path not in self._checked]:
+            self.make_room(max(unkept), spare={p.path for p in parts})  # each is read again, one at a time
         gathered = gather_inputs([MergeInput(p.path, p.size, p.digest) for p in parts], self._checked, kind)
         for part in parts:
             self._forget(part.path)
@@ -216,6 +221,20 @@ class ProfileMerger:
             self._forget(path)
             self._checked[path] = data
             self._checked_bytes += len(data)
+
+    def make_room(self, size: int, spare: Collection[str] = ()) -> None:
+        """Drop kept bytes, oldest first (those in ``spare`` last), until ``size`` more bytes fit
+        beside them within CHECKED_CACHE_BYTES (engine thread). Called before any whole file or
+        part is read into memory, so what pgod holds of raw profiles stays within that budget,
+        whatever the spool holds; a dropped part is read again for its merge and matched to its
+        digest, as after a restart."""
+        if self._checked_bytes + size <= CHECKED_CACHE_BYTES:
+            return
+        order = [path for path in self._checked if path not in spare] + [path for path in self._checked if path in spare]
+        for path in order:
+            self._forget(path)
+            if self._checked_bytes + size <= CHECKED_CACHE_BYTES:
+                return
 
     def _forget(self, path: str) -> None:
         data = self._checked.pop(path, None)

@@ -8,6 +8,8 @@ and changes only what pgod leaves to llvm-profdata (pgod/profraw.py checks the f
   aborts with "LLVM ERROR: out of memory".
 - `shared_counters`: records may share counters, so N records over the same C counters make an
   indexed profile of N × C counters: 56 KB of raw profile become 8 MB (1,000 × 1,000).
+- `padded_after_counters`: the padding after the counters (taken as written) grown to make the
+  profile any size; written with a hole there, it costs its writer a few KB of disk.
 """
 
 from __future__ import annotations
@@ -75,3 +77,16 @@ def poisoned_count(profile: bytes, value: int = 4611686018427387909) -> bytes:
     header, records, _names = _layout(profile)
     counters = records + _RECORD.size * header[_NUM_DATA] + header[4]
     return profile[:counters] + struct.pack("<Q", value) + profile[counters + 8 :]
+
+
+def padded_after_counters(profile: bytes, size: int) -> tuple[bytes, int, bytes]:
+    """A profile of ``size`` bytes whose padding after the counters makes up the difference, as
+    (what comes before the padding, the padding's length, what comes after): a writer that seeks
+    over the padding leaves a sparse file of len(profile) bytes on disk."""
+    header, records, _names = _layout(profile)
+    counters_end = records + _RECORD.size * header[_NUM_DATA] + header[4] + 8 * header[_NUM_COUNTERS]
+    grow = size - len(profile)
+    fields = list(header)
+    fields[6] += grow  # PaddingBytesAfterCounters
+    head = _HEADER.pack(*fields) + profile[_HEADER.size : counters_end]
+    return head, header[6] + grow, profile[counters_end + header[6] :]

@@ -91,8 +91,23 @@ def test_a_uids_bytes_are_counted_as_its_names_are_taken(spool, monkeypatch):
     for name in names:
         (spool / name).write_bytes(b"x" * 10)
     fair.offer(names)
-    assert [name for name, _a, _i in fair.take(100)] == names[:3]  # 30 bytes: at the bound
-    assert fair.pending[OTHER] == (3, 30) and fair.over_pending(OTHER) == "pending_bytes"
+    # Counted before they are read: a third file would make 30 bytes, past the bound of 25.
+    assert [name for name, _a, _i in fair.take(100)] == names[:2]
+    assert fair.pending[OTHER] == (2, 20) and fair.over_pending(OTHER) == "pending_bytes"
+    assert not fair.waiting() and fair.take(100) == []
+
+
+def test_a_file_larger_than_the_bytes_bound_goes_alone(spool, monkeypatch):
+    """Else it would wait for good; alone, what is read stays one file (within the per-file cap)."""
+    monkeypatch.setattr(intake, "PENDING_BYTES_PER_UID", 25)
+    fair = FairIntake(str(spool))
+    names = make(spool, OTHER, 3, "o")
+    (spool / names[0]).write_bytes(b"x" * 100)
+    fair.offer(names)
+    assert [name for name, _a, _i in fair.take(100)] == names[:1]
+    assert fair.take(100) == [] and fair.over_pending(OTHER) == "pending_bytes"
+    fair.pending = {}  # merged
+    assert [name for name, _a, _i in fair.take(100)] == names[1:]
 
 
 def test_squatting_names_are_taken_first_whatever_their_owner_has_pending(spool):
