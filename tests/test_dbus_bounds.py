@@ -50,12 +50,19 @@ def rss_mb(pid: int) -> float:
     return int(line.split()[1]) / 1024
 
 
-def test_a_hundred_thousand_calls_leave_the_daemon_as_big_as_it_was(pgod, workload, llvm_profdata_14):
+def warmed_up(pgod, workload, llvm_profdata_14):
+    """A daemon that has answered enough calls to have loaded what calls load (imports, caches,
+    SQLite's page cache): what it grows by after that is what calls leave."""
     pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
     daemon = pgod.daemon()
+    call(pgod.bus.address, "GetStatus", 2_000)
+    call(pgod.bus.address, "GetPackage", 500, size=len("workload"))
+    return daemon
+
+
+def test_a_hundred_thousand_calls_leave_the_daemon_as_big_as_it_was(pgod, workload, llvm_profdata_14):
+    daemon = warmed_up(pgod, workload, llvm_profdata_14)
     address = pgod.bus.address
-    call(address, "GetStatus", 2_000)  # warm up: imports, caches, SQLite's page cache
-    call(address, "GetPackage", 500, size=len("workload"))
     before = rss_mb(daemon.process.pid)
     assert call(address, "GetStatus", 25_000, callers=4) == [(0, 0)] * 4
     after_status = rss_mb(daemon.process.pid)
@@ -78,11 +85,8 @@ def test_ninety_ten_megabyte_arguments_leave_less_than_twenty_megabytes(pgod, wo
     first huge message on: each refused with a short error, and the daemon at most 20 MB bigger
     after them. What stays is GDBus's read buffer, as large as the largest message (heap.py);
     without the fixed mmap threshold, glibc's heap kept as much again (19 MB here)."""
-    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
-    daemon = pgod.daemon()
+    daemon = warmed_up(pgod, workload, llvm_profdata_14)
     address = pgod.bus.address
-    call(address, "GetStatus", 2_000)  # warm up: imports, caches, SQLite's page cache
-    call(address, "GetPackage", 500, size=len("workload"))
     before = rss_mb(daemon.process.pid)
     for method in ("GetPackage", "GetBuildLog", "Rebuild"):
         refused, longest = call(address, method, 30, size=10_000_000)[0]

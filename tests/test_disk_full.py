@@ -18,26 +18,25 @@ from pgod.config import MB
 from pgod.room import KEEP_FREE_CAP, keep_free
 
 
-@pytest.fixture
-def small_state(pgod):
-    """The daemon's state folder on a tmpfs of its own, 8 MiB."""
+def state_on_tmpfs(pgod, size: str):
+    """The daemon's state folder on a tmpfs of its own of ``size`` (mount's words: "8m")."""
     pgod.state.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "pgod-test-state", str(pgod.state)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "pgod-test-state", str(pgod.state)], check=True)
     yield pgod.state
     for daemon in pgod.daemons:
         daemon.stop()
     subprocess.run(["umount", "-l", str(pgod.state)], check=True)
+
+
+@pytest.fixture
+def small_state(pgod):
+    yield from state_on_tmpfs(pgod, "8m")
 
 
 @pytest.fixture
 def state_16m(pgod):
-    """The daemon's state folder on a tmpfs of its own, 16 MiB: less than the old fixed margin."""
-    pgod.state.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "pgod-test-state", str(pgod.state)], check=True)
-    yield pgod.state
-    for daemon in pgod.daemons:
-        daemon.stop()
-    subprocess.run(["umount", "-l", str(pgod.state)], check=True)
+    """Less than the old fixed margin of 64 MB."""
+    yield from state_on_tmpfs(pgod, "16m")
 
 
 def fill(directory: Path) -> Path:
