@@ -10,8 +10,9 @@ ifeq ($(shell id -u),0)
 AS_ROOT :=
 PYTEST_NO_CACHE :=
 else
-# The opt-in test inputs (NIXPKGS_LIB, NIXPKGS, NIX_BIN_DIR) go along: sudo drops the rest.
-AS_ROOT := sudo env PYTHONDONTWRITEBYTECODE=1 $(foreach v,NIXPKGS_LIB NIXPKGS NIX_BIN_DIR,$(if $($(v)),$(v)=$($(v))))
+# The opt-in test inputs (NIXPKGS_LIB, NIXPKGS, NIX_BIN_DIR) and the guest tests' settings
+# (PGOD_GUEST_TESTS, PGOD_GUEST_CACHE, PGOD_POWER_CUTS) go along: sudo drops the rest.
+AS_ROOT := sudo env PYTHONDONTWRITEBYTECODE=1 $(foreach v,NIXPKGS_LIB NIXPKGS NIX_BIN_DIR PGOD_GUEST_TESTS PGOD_GUEST_CACHE PGOD_POWER_CUTS,$(if $($(v)),$(v)=$($(v))))
 PYTEST_NO_CACHE := -p no:cacheprovider
 endif
 

@@ -95,13 +95,14 @@ def _start_notification_session(guest) -> None:
     guest.succeed("install -o alice -m 644 /mnt/host/dunstrc -D /home/alice/.config/dunst/dunstrc"
                   " && install -o alice -m 755 /mnt/host/record-notification /home/alice/record-notification")
     guest.succeed(f"{user} set-environment DISPLAY=:7")
-    guest.succeed("systemd-run --user -M alice@ --unit=xvfb Xvfb :7 -nolisten tcp")
+    guest.succeed("systemd-run --user -M alice@ --unit=pgod-test-xvfb Xvfb :7 -nolisten tcp")
     guest.wait_until_succeeds("test -S /tmp/.X11-unix/X7", timeout=60)
-    guest.succeed("systemd-run --user -M alice@ --unit=dunst dunst")
+    guest.succeed("systemd-run --user -M alice@ --unit=pgod-test-dunst dunst")
     guest.wait_until_succeeds("busctl --user -M alice@ status org.freedesktop.Notifications >/dev/null", timeout=60)
     guest.succeed(f"{user} start pgod-notify-agent.service")
-    guest.wait_until_succeeds("journalctl -b --user-unit pgod-notify-agent.service -o cat -M alice@ 2>/dev/null | grep -qx running"
-                              " || journalctl -b _SYSTEMD_USER_UNIT=pgod-notify-agent.service -o cat | grep -qx running", timeout=120)
+    # Its state line, once it has caught up with the daemon (this boot's journal).
+    guest.wait_until_succeeds("journalctl -b -o cat _SYSTEMD_USER_UNIT=pgod-notify-agent.service"
+                              " | grep -qx 'pgoctl: notify-agent running'", timeout=120)
 
 
 def _notifications(guest) -> list[str]:
