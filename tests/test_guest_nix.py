@@ -123,7 +123,7 @@ def test_a_profiled_package_is_built_by_the_nix_daemon_activated_and_run_through
     assert _realpath(guest, "/usr/local/bin/hello-pgo") == f"{profiling}/bin/hello-pgo"
     assert _writes_a_profile(guest)
 
-    for n in range(12):
+    for n in range(20):
         guest.succeed(f"hello-pgo {n * 3 + 1} some text", user="bob")
     active = guest.wait_until_succeeds(
         "pgoctl status --json | python3 -c 'import json,sys; "
