@@ -97,8 +97,10 @@ def test_the_pre_fix_pgod_fails_each_of_the_three_ways_under_the_unit(guest):
 def test_todays_pgod_runs_and_merges_under_the_unit_as_it_ships(guest):
     guest.succeed("systemctl stop pgod.service && rm -rf /etc/systemd/system/pgod.service.d /var/lib/pgod/* "
                   "&& systemctl daemon-reload && rm -rf /mnt/host/src/pgod && cp -r /mnt/host/new-pgod /mnt/host/src/pgod")
+    since = guest.succeed("date +%s").strip()
     install(guest)
     guest.succeed("/opt/workload/bin/workload 7 today >/dev/null", user="bob")
     guest.wait_until_succeeds("pgoctl status --json | python3 -c 'import json,sys; "
                               "sys.exit(json.load(sys.stdin)[\"packages\"][0][\"files\"] < 1)'", timeout=120)
-    assert "merge_failed" not in journal(guest, "pgod.service", lines=2000)
+    today = guest.succeed(f"journalctl -u pgod.service -o cat --since @{since}")
+    assert "profile.merged" in today and "merge_failed" not in today
