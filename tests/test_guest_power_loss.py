@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.guest, pytest.mark.slow, pytest.mark.skipif(bool(guest
 
 def test_a_guest_cut_off_at_random_moments_counts_every_sent_profile_exactly_once(tmp_path, clang14):
     cuts = int(os.environ.get("PGOD_POWER_CUTS", "3"))
-    result = power_loss.run(tmp_path, clang14, cuts=cuts, files=150, max_delay_s=20.0)
+    result = power_loss.run(tmp_path, clang14, cuts=cuts, files=300, max_delay_s=20.0)
     print(result.summary())
     assert len(result.cuts) == cuts
     assert result.files_sent > 0

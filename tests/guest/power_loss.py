@@ -97,6 +97,11 @@ def run(workdir: Path, clang: Clang, cuts: int, files: int = 300, max_delay_s: f
     (share / "workload" / "bin" / "workload").unlink()
     (share / "raw-workload").rename(share / "workload" / "bin" / "workload")
     (share / "sender.py").write_bytes((Path(__file__).parent / "sender.py").read_bytes())
+    # The sender runs as bob: it reads the share and appends to its log there.
+    for path in (share, share / "raw"):
+        path.chmod(0o755)
+    (share / "sent.log").touch(mode=0o666)
+    (share / "sent.log").chmod(0o666)
     history: list[Cut] = []
     try:
         machine.start()
@@ -106,7 +111,8 @@ def run(workdir: Path, clang: Clang, cuts: int, files: int = 300, max_delay_s: f
             machine.succeed(SENDER)
             delay = rng.uniform(1.0, max_delay_s)
             time.sleep(delay)  # a random moment is the point: no event to wait for
-            merging = machine.run("pgrep -x llvm-profdata-14 >/dev/null || pgrep -f 'llvm-profdata' >/dev/null", timeout=10)[0] == 0
+            # Anchored: the agent's own bash, whose command line holds this text, must not match.
+            merging = machine.run("pgrep -f '^/usr/bin/llvm-profdata-14 merge' >/dev/null", timeout=10)[0] == 0
             machine.power_cut()
             cut = Cut(delay, merging, _sent(share))
             history.append(cut)
