@@ -19,8 +19,8 @@ order rotates, all must print the same; instrumented runs write their profile to
 (a) pgod's activated build, the manual ones: speedup over plain -O2 (demo/lua.nix -A plain);
 (b) pgod speedup / manual IR+CS speedup (target >= 98 %); pgod against manual FE (target: faster);
 (c) the instrumented phase: FE-, IR- and CS-instrumented (by hand, plain counters) and IR with
-    -fprofile-update=atomic, slowdown against plain; pgod's own profiling and CS-stage builds
-    (Nix, atomic counters, the adapters' default);
+    atomic counters (lock prefixes, what the adapters' atomicCounters gives), slowdown against
+    plain; pgod's own profiling and CS-stage builds (Nix, plain counters, the adapters' default);
 (d) the gate's own cost (status benchmark.seconds) and its verdict; the latency of each stage's
     build from pgod's log.
 
@@ -135,8 +135,8 @@ INSTRUMENTED = ("pgod-profiling", "pgod-cs-stage", "fe-instr", "ir-instr", "ir-i
 LABELS = {
     "plain": "plain -O2 (nix, clangStdenv)",
     "pgod": "pgod, activated (IR + CS, nix)",
-    "pgod-profiling": "pgod's profiling build (IR, atomic, nix)",
-    "pgod-cs-stage": "pgod's CS-stage build (CS, atomic, nix)",
+    "pgod-profiling": "pgod's profiling build (IR, nix)",
+    "pgod-cs-stage": "pgod's CS-stage build (CS, nix)",
     **MANUAL_LABELS,
 }
 

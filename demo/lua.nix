@@ -8,7 +8,7 @@
     nix-build demo/lua.nix -A csProfiling --argstr src … --argstr spoolDir … --argstr profile /nix/store/…profdata
     nix-build demo/lua.nix -A plain     --argstr src … --argstr spoolDir …
 
-  `profiling` is IR-instrumented (the adapters' default, atomic counters);
+  `profiling` is IR-instrumented (the adapters' default, plain counters);
   `csProfiling` is the context-sensitive stage: optimized with the first
   stage's IR profile and instrumented again after inlining
   (-fcs-profile-generate); pgod builds it at the first threshold and puts it in
