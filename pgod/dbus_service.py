@@ -123,6 +123,7 @@ class DaemonService:
             document = status_document(
                 self._config, self._sessions, self._engine.spool_backlog, self._running(), self._engine.disk,
                 self._engine.layout, self._engine.intake, gating=self._engine.optimizer.gating,
+                starting=not self._engine.started_up,
             )
             self._status_cache = (now, json.dumps(document))
         return self._status_cache[1]

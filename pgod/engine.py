@@ -99,6 +99,7 @@ class Engine:
         self, config: Config, layout: Layout, sessions: sessionmaker[Session], attributor: Attributor, sandbox: MergeSandbox
     ) -> None:
         self.config = config
+        self.started_up = False  # the start-up (recovery, upgrades, first scan) is over; status says so
         self.layout = layout
         self.sessions = sessions
         self.attributor = attributor
@@ -278,6 +279,7 @@ class Engine:
         self.optimizer.finish_start_up()
         self._scan_spool()
         self.optimizer.maybe_start_build()
+        self.started_up = True
         self._emit("started")  # what status read before this (no package rows yet) is out of date
 
     def _next_work(self) -> tuple[list[str], list] | None:

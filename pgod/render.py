@@ -134,7 +134,7 @@ def render_status(document: dict, now: float | None = None, log_lines: int = 3, 
                 human_age(package.get("last_activity")),
             ]
         )
-    lines = [f"pgod {daemon['version']}, spool backlog: {daemon['spool_backlog']}", ""]
+    lines = [f"pgod {daemon['version']}{', starting up' if daemon.get('starting') else ''}, spool backlog: {daemon['spool_backlog']}", ""]
     disk = daemon.get("disk") or {"state": "ok"}
     if disk["state"] != "ok":  # intake waits: say for what, above the table that stands still
         lines[-1:] = [f"intake paused, disk {disk['state']}: {disk.get('detail', '')}", ""]

@@ -140,10 +140,12 @@ def _database(config: Config) -> dict:
 
 def status_document(
     config: Config, sessions: sessionmaker[Session], spool_backlog: int, running=None, disk: dict | None = None,
-    layout: Layout | None = None, intake: list[dict] | None = None, gating=None,
+    layout: Layout | None = None, intake: list[dict] | None = None, gating=None, starting: bool = False,
 ) -> dict:
     """The whole-daemon status: every configured package, in configuration order. ``disk``:
-    whether intake waits for room ({"state": "ok"} or {"state": "full", "detail": …})."""
+    whether intake waits for room ({"state": "ok"} or {"state": "full", "detail": …}).
+    ``starting``: the engine's start-up (recovery, upgrades, the first spool scan) is not over,
+    so the packages may not yet show what it will settle."""
     with sessions() as session:
         rows = {row.name: row for row in session.scalars(select(Package))}
         packages = [
@@ -155,6 +157,7 @@ def status_document(
         "daemon": {
             "version": __version__,
             "spool_backlog": spool_backlog,
+            "starting": starting,
             "activation": config.activation,
             "disk": disk or {"state": "ok"},
             "database": _database(config),

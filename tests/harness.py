@@ -205,7 +205,9 @@ class Daemon:
     def _answers(self) -> bool:
         if self.process.poll() is not None:
             raise AssertionError(f"pgod exited with {self.process.returncode}:\n{self.log()}")
-        return self.pgoctl("status", "--json", check=False).returncode == 0
+        answer = self.pgoctl("status", "--json", check=False)
+        # Answering, and its start-up (recovery, upgrades, the first scan) over.
+        return answer.returncode == 0 and not json.loads(answer.stdout)["daemon"]["starting"]
 
     def pgoctl_argv(self) -> list[str]:
         return [str(BIN / "pgoctl"), "--bus", self.bus_kind]
