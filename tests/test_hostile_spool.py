@@ -225,7 +225,7 @@ def test_names_are_bytes_and_folders_stop_nothing(pgod, workload, clang14, tmp_p
 
 
 def test_squatted_pid_names_are_freed_and_the_other_users_profiles_counted(pgod, workload, clang14, tmp_path):
-    """nobody takes every free pid's profile name (empty, 0644: nobody else may write them) and
+    """A user takes every free pid's profile name (empty, 0644: nobody else may write them) and
     a folder for some; the names are freed quickly, and another user's programs, getting those
     pids, write and are counted as theirs."""
     pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": str(clang14.profdata)}})
@@ -248,7 +248,12 @@ def test_squatted_pid_names_are_freed_and_the_other_users_profiles_counted(pgod,
             except OSError:
                 pass
     """)
-    subprocess.run([*AS_NOBODY, sys.executable, "-c", squat], check=True, timeout=120)
+    # A uid of the test's own, not nobody: a name is a squatter's only while no process of its
+    # owner has that pid, and any other nobody process on the machine (a benchmark's flood)
+    # would, rightly, keep pgod from freeing the name it got (seen once, pid 15767).
+    squatter_uid = 4322
+    as_squatter = ["setpriv", f"--reuid={squatter_uid}", f"--regid={squatter_uid}", *AS_NOBODY[3:]]
+    subprocess.run([*as_squatter, sys.executable, "-c", squat], check=True, timeout=120)
     squatted = lambda: [e for e in os.scandir(pgod.spool) if e.name.endswith(".profraw")]  # noqa: E731
     assert len(squatted()) > 1000
     wait_for(lambda: not squatted(), 120, "squatted names freed", interval=0.5)
