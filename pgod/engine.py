@@ -38,8 +38,8 @@ from .db import Package, SpoolFile
 from .failpoints import failpoint
 from .gate import GateResult
 from .history import History
-from .ingest import Ingestor
-from .intake import NAMES_PER_UID, UNKNOWN_UID, FairIntake
+from .ingest import REJECTIONS_LOGGED_PER_BATCH, Ingestor
+from .intake import LIGHT_USER_FILES, NAMES_PER_UID, UNKNOWN_UID, FairIntake
 from .durable import fsync_dir, is_disk_full
 from .merge import MergeSandbox
 from .optimizer import Optimizer
@@ -112,6 +112,7 @@ class Engine:
         self._names_dropped = False  # the watcher dropped names: a Rescan is queued
         self._claimer = Claimer(layout.spool, layout.incoming)
         self._spool = os.fsdecode(layout.spool)
+        self._incoming = os.fsdecode(layout.incoming)
         profdata = {
             name: resolve_profdata(package, attributor.builds.get(name)) for name, package in config.packages.items()
         }
@@ -309,7 +310,13 @@ class Engine:
                 if not isinstance(item, BuildProgressed):  # progress can wait for the burst's end
                     gather_until = None  # a command or build result: answer it now
             if len(names) >= CLAIM_BATCH:
-                break
+                # Enough for a claim batch: stop waiting, but take every name already queued,
+                # so all of them reach the per-uid intake this cycle. Left in this queue, which
+                # knows no owners, a flood's names would fill it, and its overflow drops every
+                # user's names (another user's then waited for a rescan of the whole spool).
+                gather_until = None
+                if len(names) >= MAX_QUEUED_NAMES:
+                    break
             try:
                 if gather_until is None:
                     item = self._queue.get_nowait()
@@ -364,12 +371,19 @@ class Engine:
                 self._room_again()
         self._intake.offer(names)
         self._scan_step()
-        self._ingest_names(self._intake.take(CLAIM_BATCH))
+        few, many = few_first(self._intake.take(CLAIM_BATCH))
+        if few and many:
+            # Another user's few files beside a flood's many: recorded in a transaction of their
+            # own, and their merge started, before the flood's batch is worked through.
+            self._ingest_names(few)
+            self.merger.merge_when_due(light=True)
+        self._ingest_names(many or few)
         # Another user's few files beside a flood are merged without waiting to gather more.
-        self.merger.merge_when_due(quiet=self._spool_quiet() or self._intake.light_user_waiting())
+        self.merger.merge_when_due(quiet=self._spool_quiet(), light=self._intake.light_user_waiting())
         self.optimizer.maybe_start_build()
         self._history.prune_if_due()
         self._intake_report = self._intake.report()
+        self._intake.cycle_done()
 
     def _scan_spool(self) -> None:
         """Look at the whole spool (at start, after lost events, after dropped names): a step of
@@ -518,12 +532,22 @@ class Engine:
                 session.execute(update(Package).where(Package.name == name).values(last_activity=now))
         failpoint("after-ingest-commit")
         self._room_again()
-        for staging_name, target in report.to_quarantine:
-            move_if_present(self.layout.incoming / staging_name, target)
-        # Rows for entirely-unattributed files are born done; their staging copies can go.
+        # Rows for entirely-unattributed files are born done; their staging copies can go, or,
+        # a whole file that is one unattributed profile, be the copy kept to look at: a rename,
+        # where writing a copy cost a flood of such files a file creation each (a crash before
+        # the move leaves it in staging, where recovery deletes it, as any born-done file's).
+        incoming = self._incoming
         for staging_name in report.born_done:
-            unlink_if_present(self.layout.incoming / staging_name)
-        if report.born_done or report.quarantined:
+            unlink_if_present(f"{incoming}/{staging_name}")
+        keep = self.config.unattributed_max_files
+        for moves in (report.to_quarantine, report.to_unattributed):
+            # Past the number kept, the oldest would be pruned right after: deleted where they are.
+            excess = max(0, len(moves) - keep)
+            for staging_name, _target in moves[:excess]:
+                unlink_if_present(f"{incoming}/{staging_name}")
+            for staging_name, target in moves[excess:]:
+                move_if_present(f"{incoming}/{staging_name}", target)
+        if report.born_done or report.to_unattributed or report.quarantined:
             self._history.owe()
         if report.unattributed:
             prune_oldest(self.layout.unattributed, self.config.unattributed_max_files, self.config.kept_max_bytes)
@@ -536,7 +560,10 @@ class Engine:
             unattributed=report.unattributed,
             quarantined=len(report.quarantined),
         )
-        for original_name, reason in report.quarantined:
+        # A FileRejected signal (and a StatusChanged) each, as many as are logged one by one: a
+        # flood of junk once made a signal storm of every file, and the main loop sending it
+        # answered GetStatus in up to 2.7 s. The rest are in status's counts and pgoctl show.
+        for original_name, reason in report.quarantined[:REJECTIONS_LOGGED_PER_BATCH]:
             self._emit("quarantined", file=original_name, reason=reason, package="")
 
     # ---- start-up ------------------------------------------------------------------------
@@ -560,6 +587,20 @@ class Engine:
                 listener(kind, data)
             except Exception:  # a listener's bug must not stop the engine
                 log.exception("engine.listener_failed", kind=kind)
+
+
+def few_first(taken: list[tuple[str, bool, os.stat_result]]) -> tuple[list, list]:
+    """A claim batch split in two: the entries of uids with fewer than LIGHT_USER_FILES in it,
+    when another uid has at least that many (else none), and the rest."""
+    counts: dict[int, int] = {}
+    for _name, _at_start, info in taken:
+        counts[info.st_uid] = counts.get(info.st_uid, 0) + 1
+    if not counts or max(counts.values()) < LIGHT_USER_FILES:
+        return [], taken
+    light = {uid for uid, count in counts.items() if count < LIGHT_USER_FILES}
+    if not light:
+        return [], taken
+    return [e for e in taken if e[2].st_uid in light], [e for e in taken if e[2].st_uid not in light]
 
 
 def _parses_whole(path: str, max_bytes: int, make_room: Callable[[int], None]) -> bool:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 
 import structlog
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .attribution import Attributor
@@ -29,6 +29,10 @@ from .staging import Layout, safe_component
 
 log = structlog.get_logger(__name__)
 
+# Rejections logged one by one in a batch; past that, one line counts the rest by reason (a flood
+# of junk once wrote a log line per file, an eighth of the time its batches took).
+REJECTIONS_LOGGED_PER_BATCH = 20
+
 
 @dataclass
 class IngestReport:
@@ -39,6 +43,9 @@ class IngestReport:
     unattributed: int = 0
     quarantined: list[tuple[str, str]] = field(default_factory=list)  # (original name, reason)
     born_done: list[str] = field(default_factory=list)  # staging names with no part to merge
+    # (staging name, unattributed path): a whole file that is one unattributed profile, moved
+    # there once its rows are committed (the copy to look at, made by a rename, not a write)
+    to_unattributed: list[tuple[str, str]] = field(default_factory=list)
     # (staging name, quarantine path): moved once the rows that say so are committed
     to_quarantine: list[tuple[str, str]] = field(default_factory=list)
 
@@ -52,7 +59,8 @@ class _Row:
     owner_uid: int | None
     size: int
     parts: list[dict]
-    copied: bool  # some part was written to a file of its own (a part or an unattributed copy)
+    copied: bool  # some part to merge was written to a file of its own (a part of a several-profile file)
+    keep_as: str | None = None  # where the whole file goes when it is one unattributed profile
 
 
 class Ingestor:
@@ -79,6 +87,7 @@ class Ingestor:
         self._incoming = os.fsdecode(layout.incoming)
         self._parts = os.fsdecode(layout.parts)
         self._unattributed = os.fsdecode(layout.unattributed)
+        self._quarantine = os.fsdecode(layout.quarantine)
 
     def ingest(self, session: Session, staged: list[tuple[str, str]], squatted: Set[str] = frozenset()) -> IngestReport:
         """Record a batch of staging files (staging name, original spool name) in the caller's
@@ -91,6 +100,7 @@ class Ingestor:
         report = IngestReport()
         rows: list[_Row] = []
         quarantine_rows: list[dict] = []
+        unlogged: dict[str, int] = {}  # reason → rejections past REJECTIONS_LOGGED_PER_BATCH
         for staging_name, spool_name in staged:
             report.files += 1
             original_name = display_name(spool_name)
@@ -112,8 +122,15 @@ class Ingestor:
                 log.exception("spool.examine_failed", file=original_name)
                 rejection = Rejected("internal-error", f"{type(err).__name__}: {err}")
             quarantine_rows.append(self._quarantine_file(staging_name, original_name, rejection))
+            if len(quarantine_rows) <= REJECTIONS_LOGGED_PER_BATCH:
+                log.warning("spool.rejected", file=original_name, reason=rejection.reason, detail=rejection.detail,
+                            uid=rejection.owner_uid)
+            else:
+                unlogged[rejection.reason] = unlogged.get(rejection.reason, 0) + 1
             report.quarantined.append((original_name, rejection.reason))
             report.to_quarantine.append((staging_name, quarantine_rows[-1]["path"]))
+        if unlogged:
+            log.warning("spool.rejected_more", reasons=unlogged, hint="each is in pgoctl show and the quarantine table")
         if rows:
             if any(row.copied for row in rows):
                 # Copies of parts are written unsynced; one syncfs makes the batch's durable
@@ -126,7 +143,7 @@ class Ingestor:
             now = time.time()
             for q in quarantine_rows:
                 q["at"] = now
-            session.execute(insert(Quarantine), quarantine_rows)
+            insert_many(session, Quarantine.__tablename__, quarantine_rows)
             add_tallies(session, rejected_files=len(quarantine_rows), rejected_bytes=sum(q["size"] for q in quarantine_rows))
         return report
 
@@ -150,7 +167,9 @@ class Ingestor:
                 elif status == "unattributed":
                     report.unattributed += 1
                 part_rows.append(part)
-            if done:
+            if done and row.keep_as is not None:
+                report.to_unattributed.append((row.staging_name, row.keep_as))
+            elif done:
                 report.born_done.append(row.staging_name)
             file_rows.append(
                 dict(
@@ -198,8 +217,11 @@ class Ingestor:
                     " (no run counts that high)", checked.owner_uid, len(data),
                 )
         parts = self._split(staging_name, path, data, profiles)
-        copied = any(part["path"] != path for part in parts)
-        return _Row(staging_name, original_name, checked.owner_uid, len(data), parts, copied)
+        # Unattributed copies are kept to be looked at, never merged: no sync for them (a flood of
+        # unattributed files once cost a syncfs of the spool's whole file system per batch).
+        copied = any(part["path"] != path and part["status"] == "pending" for part in parts)
+        keep_as = parts[0]["path"] if len(parts) == 1 and parts[0]["status"] == "unattributed" else None
+        return _Row(staging_name, original_name, checked.owner_uid, len(data), parts, copied, keep_as)
 
     def _split(self, staging_name: str, path: str, data: bytes, profiles: list[RawProfile]) -> list[dict]:
         """One part row per raw profile; a lone, attributed profile is merged from the file itself.
@@ -221,7 +243,8 @@ class Ingestor:
                                 hint="raw profile names no build-id (clang 13 or older, or linked without --build-id)")
                 status = "unattributed"
                 part_path = f"{self._unattributed}/{staging_name}.{index}.profraw"
-                write_file(part_path, content)
+                if not whole_file:  # a whole file is moved there after the commit (to_unattributed)
+                    write_file(part_path, content)
             else:
                 status = "pending"
                 if whole_file:
@@ -247,10 +270,7 @@ class Ingestor:
     def _quarantine_file(self, staging_name: str, original_name: str, rejection: Rejected) -> dict:
         """The quarantine row of a rejected file. The file itself is moved only after the row is
         committed (a full disk may roll it back: the file must then still be in staging)."""
-        target = quarantine_path(self.layout, staging_name, original_name)
-        log.warning(
-            "spool.rejected", file=original_name, reason=rejection.reason, detail=rejection.detail, uid=rejection.owner_uid
-        )
+        target = quarantine_path(self._quarantine, staging_name, original_name)
         return dict(
             original_name=original_name,
             package=None,
@@ -262,9 +282,10 @@ class Ingestor:
         )
 
 
-def quarantine_path(layout: Layout, staging_name: str, original_name: str) -> str:
-    """Where a rejected file goes: its staging name first, so recovery can match it again."""
-    return str(layout.quarantine / f"{staging_name}-{safe_component(original_name)}")
+def quarantine_path(quarantine: str, staging_name: str, original_name: str) -> str:
+    """Where a rejected file goes in the ``quarantine`` folder: its staging name first, so
+    recovery can match it again. Plain strings: this runs once per rejected file."""
+    return f"{quarantine}/{staging_name}-{safe_component(original_name)}"
 
 
 def _read_bounded(fd: int, size: int, limit: int) -> bytes:

@@ -55,6 +55,7 @@ class FairIntake:
         self.rescan_owed = False  # names were dropped: the spool must be looked at again
         self.pending: dict[int, tuple[int, int]] = {}  # uid → (files, bytes) claimed, not merged
         self._squats: OrderedDict = OrderedDict()  # names squatting a program's, as in UserQueue
+        self.offered: dict[int, int] = {}  # uid → names offered this cycle (cycle_done clears it)
 
     def __len__(self) -> int:
         return len(self._squats) + sum(len(queue.names) for queue in self._queues.values())
@@ -80,6 +81,7 @@ class FairIntake:
                 self._enqueue(self._squats, key, name, at_start, info)
                 continue
             self._squats.pop(key, None)  # filled since: a program's after all
+            self.offered[uid] = self.offered.get(uid, 0) + 1
             if queue is None:
                 queue = self._queues[uid] = UserQueue()
                 self._turn.append(uid)
@@ -148,9 +150,25 @@ class FairIntake:
     def light_user_waiting(self) -> bool:
         """Do a few files of one uid wait to be merged beside the many of another (a flood)?
         Then the merge should not wait to gather more: that would hold the few up behind the
-        flood. Never on a single-user machine."""
-        counts = [files for uid, (files, _size) in self.pending.items() if files and uid != UNKNOWN_UID]
-        return len(counts) >= 2 and min(counts) < LIGHT_USER_FILES <= max(counts)
+        flood. A flood counts by its files pending and its names queued: one of files that are
+        never merged (unattributed, junk) has none pending, and the spool is never quiet while
+        it lasts. Never on a single-user machine."""
+        pending = {uid: files for uid, (files, _size) in self.pending.items() if files and uid != UNKNOWN_UID}
+        light = [uid for uid, files in pending.items() if files < LIGHT_USER_FILES]
+        if not light:
+            return False
+        load = dict(pending)
+        for uid, queue in self._queues.items():
+            load[uid] = load.get(uid, 0) + len(queue.names)
+        for uid, count in self.offered.items():  # a flood pgod keeps up with queues few names
+            load[uid] = load.get(uid, 0) + count
+        return any(
+            files >= LIGHT_USER_FILES and any(uid != other for uid in light)
+            for other, files in load.items() if other != UNKNOWN_UID
+        )
+
+    def cycle_done(self) -> None:
+        self.offered.clear()
 
     def waiting(self) -> bool:
         """Are there names that could be taken now?"""

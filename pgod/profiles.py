@@ -125,9 +125,12 @@ class ProfileMerger:
         times = [when for when, _ in self._retry.values()] + [self._merge_at]
         return min((t for t in times if t is not None), default=None)
 
-    def merge_when_due(self, force: bool = False, quiet: bool = False) -> None:
+    def merge_when_due(self, force: bool = False, quiet: bool = False, light: bool = False) -> None:
         """Merge waiting parts if enough wait, or the first has waited long enough, or a burst
-        has just ended (``quiet``: no spool file arrived for a moment), or ``force``."""
+        has just ended (``quiet``: no spool file arrived for a moment), or ``force``, or ``light``:
+        another user's few files wait beside a flood (intake.light_user_waiting), merged now
+        whatever their number (a flood of files never merged, unattributed or junk, leaves them
+        alone in the batch, below a burst's 100 parts, and the spool is never quiet meanwhile)."""
         now = time.monotonic()
         with self.sessions() as session:
             waiting = dict(
@@ -147,7 +150,7 @@ class ProfileMerger:
             self._merge_at = now + MERGE_DELAY_SECONDS
         waiting_parts = sum(ready.values())
         burst_over = quiet and waiting_parts >= MERGE_BURST_PARTS
-        if force or waiting_parts >= MERGE_MIN_PARTS or burst_over or now >= self._merge_at:
+        if force or light or waiting_parts >= MERGE_MIN_PARTS or burst_over or now >= self._merge_at:
             self._merge_at = None
             if force:
                 self._forced.update(ready)

@@ -147,6 +147,16 @@ def test_a_single_user_is_never_a_light_user_beside_a_flood(spool):
     assert fair.light_user_waiting()
 
 
+def test_a_flood_of_files_never_merged_still_makes_another_user_light(spool):
+    """Unattributed files or junk are never pending: the flood's queued names say it is one."""
+    fair = FairIntake(str(spool))
+    fair.offer(make(spool, FLOODER, 200, "f"))
+    fair.pending = {OTHER: (1, 100)}
+    assert fair.light_user_waiting()
+    fair.pending = {FLOODER: (1, 100)}  # its own names make no one else wait
+    assert not fair.light_user_waiting()
+
+
 def test_squatting_names_take_no_more_than_their_share_of_a_batch(spool):
     """Squatting names jump the queues, so making many of them must not starve anyone else."""
     fair = FairIntake(str(spool))
