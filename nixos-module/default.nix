@@ -493,7 +493,7 @@ in
 
     # At boot (substitute_dir is on /run), at every switch and at every rollback: this
     # generation's stand-ins point at its own profiling builds, or at an active optimized build
-    # that was made from exactly those (pgod/substitution.py).
+    # that was made from exactly those (pgod/optimize/substitution.py).
     system.activationScripts.pgod-substitute = {
       deps = [ "specialfs" ];
       text = ''

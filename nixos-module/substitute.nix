@@ -1,6 +1,6 @@
 /*
   The stand-in the system path holds for a profiled package (binary
-  substitution, see pgod/substitution.py and DESIGN.md).
+  substitution, see pgod/optimize/substitution.py and DESIGN.md).
 
   It has the package's outputs and file tree, but every file is a symlink
   through `<substituteDir>/<name>/<output's store name>`, a link pgod points at
@@ -29,7 +29,7 @@ name: package:
 
 let
   outputs = package.outputs or [ "out" ];
-  # A store path's name without its hash, as pgod/substitution.py store_name.
+  # A store path's name without its hash, as pgod/optimize/substitution.py store_name.
   storeName = output: builtins.substring 33 (-1) (baseNameOf output);
   sources = map (output: {
     inherit output;

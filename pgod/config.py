@@ -73,7 +73,7 @@ class Config:
     # file system's size, at most 4 GiB, as systemd's KeepFree (room.py).
     keep_free_bytes: int | None = None
     kept_max_bytes: int = 64 * MB  # quarantine and unattributed copies, each, at most
-    # Where the system path's stand-in links for each package live (pgod/substitution.py);
+    # Where the system path's stand-in links for each package live (pgod/optimize/substitution.py);
     # None: no binary substitution, the optimized builds are only in profile_link.
     substitute_dir: Path | None = None
     # A counter above this is no real run's (2^56: a billion increments a second for two

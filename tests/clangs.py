@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgod.attribution import elf_build_id  # noqa: F401 (the helper tests read build-ids with)
+from pgod.intake.attribution import elf_build_id  # noqa: F401 (the helper tests read build-ids with)
 
 #: The LLVM releases whose raw-profile formats pgod must read (v7, v8, v8, v10).
 CLANG_VERSIONS: tuple[int, ...] = (13, 14, 16, 19)

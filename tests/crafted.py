@@ -1,7 +1,7 @@
 """Raw profiles crafted from a real one: they pass pgod's framing checks and hurt llvm-profdata.
 
 Each starts from a clang-14 (raw format v8) profile of the workload program, made at test time,
-and changes only what pgod leaves to llvm-profdata (pgod/profraw.py checks the framing):
+and changes only what pgod leaves to llvm-profdata (pgod/intake/profraw.py checks the framing):
 - `names_length_crash`: the names section says it holds 1 MiB of uncompressed names; reading
   them runs off the buffer and llvm-profdata-14 dies of SIGSEGV (readPGOFuncNameStrings).
 - `names_allocation`: the names say they uncompress to 1 TiB; llvm-profdata-14 asks for it and

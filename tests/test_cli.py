@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from harness import Daemon
-from pgod.render import human_bytes, progress_bar, render_status
+from pgod.ctl.render import human_bytes, progress_bar, render_status
 
 
 def test_status_without_daemon_exits_3_and_says_how_to_start_it(bus, tmp_path):

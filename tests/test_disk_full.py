@@ -15,7 +15,7 @@ from clangs import run_instrumented
 from conftest import workload_inputs
 from harness import AS_NOBODY, one_shot_merge, profdata_show, wait_for
 from pgod.config import MB
-from pgod.room import KEEP_FREE_CAP, keep_free
+from pgod.intake.room import KEEP_FREE_CAP, keep_free
 
 
 def state_on_tmpfs(pgod, size: str):
@@ -107,7 +107,7 @@ def test_two_part_files_survive_a_full_disk_under_spool_and_state(pgod, clang14,
     written), and once it empties every part counts once for its package; nothing is quarantined."""
     from test_hostile_spool import app_and_library
 
-    from pgod.profraw import parse_profraw
+    from pgod.intake.profraw import parse_profraw
 
     disk = tmp_path / "disk"
     disk.mkdir()

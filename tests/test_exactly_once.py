@@ -13,7 +13,7 @@ import pytest
 from clangs import run_instrumented
 from conftest import workload_inputs
 from harness import one_shot_merge, profdata_show, wait_for
-from pgod.failpoints import POINTS
+from pgod.state.failpoints import POINTS
 
 
 def reference(tmp_path: Path, exe: Path, inputs, profdata: str) -> Path:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pgod.gate import BenchmarkFailed, GateResult, measure
+from pgod.optimize.gate import BenchmarkFailed, GateResult, measure
 
 
 def test_rounds_alternate_which_side_runs_first(tmp_path):

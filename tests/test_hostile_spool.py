@@ -13,7 +13,7 @@ from conftest import workload_inputs
 import sys
 
 from harness import AS_NOBODY, wait_for
-from pgod.profraw import parse_profraw
+from pgod.intake.profraw import parse_profraw
 
 SECRET = b"root-only secret\n"
 
@@ -124,7 +124,7 @@ def test_one_file_with_executable_and_library_profiles_is_split_between_packages
     probe = tmp_path / "probe"
     probe.mkdir()
     run_instrumented(exe, ["7"], probe / "x.profraw")
-    from pgod.profraw import parse_profraw
+    from pgod.intake.profraw import parse_profraw
 
     assert len(parse_profraw((probe / "x.profraw").read_bytes())) == 2, "the runtime wrote one file with two profiles"
 

@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from pgod import intake
-from pgod.intake import FairIntake
+from pgod.intake import fair as intake
+from pgod.intake.fair import FairIntake
 
 FLOODER, OTHER = 65534, 4321
 

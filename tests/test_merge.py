@@ -11,7 +11,7 @@ from clangs import run_instrumented
 from conftest import WORKLOAD_C, require_clang, workload_inputs
 from harness import wait_for
 from pgod.confine import Identity
-from pgod.merge import MergeInput, MergeSandbox, gather_inputs, merge_batch
+from pgod.merge.confined import MergeInput, MergeSandbox, gather_inputs, merge_batch
 
 
 @pytest.fixture(scope="module")

@@ -208,7 +208,7 @@ def _part_statuses(state: Path) -> list[str]:
 PROBE = """
 import json, sys
 from pgod.confine import Identity, run_confined, set_no_new_privs
-from pgod.merge import limits_for
+from pgod.merge.confined import limits_for
 set_no_new_privs()  # what the daemon does at its start
 identity = Identity.for_user("pgod-merge")
 limits = limits_for(10 << 20)

@@ -18,7 +18,7 @@ import pytest
 
 from benchmarks.atomic import counter_updates
 from clangs import elf_build_id
-from pgod.profraw import parse_profraw
+from pgod.intake.profraw import parse_profraw
 
 REPO = Path(__file__).resolve().parent.parent
 ENTRY = REPO / "nix" / "tests" / "adapters.nix"

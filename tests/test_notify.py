@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pgod import notify
+from pgod.ctl import notify
 
 OUT = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-lua-5.4.7"
 

@@ -282,7 +282,7 @@ class GoneMidCall:
         self.on_owner = on_owner
 
     def _answer(self, document: dict) -> dict:
-        from pgod.client import DaemonUnreachable
+        from pgod.ctl.client import DaemonUnreachable
 
         if self.gone:
             raise DaemonUnreachable("org.freedesktop.DBus.Error.NoReply")
@@ -311,8 +311,8 @@ class RecordingServer:
 def test_a_daemon_gone_mid_call_sends_the_agent_back_to_waiting_and_nothing_is_lost(tmp_path, monkeypatch):
     from gi.repository import GLib
 
-    from pgod import notify_agent
-    from pgod.notify_record import NotifiedRecord
+    from pgod.ctl import notify_agent
+    from pgod.ctl.notify_record import NotifiedRecord
 
     monkeypatch.setattr(notify_agent, "RETRY_SECONDS", 0)
     client, server, said = GoneMidCall(), RecordingServer(), []

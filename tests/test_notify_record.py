@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pgod import notify_record
-from pgod.notify_record import NotifiedRecord, build_key, default_path
+from pgod.ctl import notify_record
+from pgod.ctl.notify_record import NotifiedRecord, build_key, default_path
 
 
 def test_it_lives_under_xdg_state_home_or_the_xdg_default(monkeypatch, tmp_path):

@@ -224,7 +224,7 @@ def test_a_raw_profile_of_the_other_kind_is_left_out_of_a_merge(tmp_path, clang1
     the merge's input gathering refuses it, with a reason, and keeps the IR one."""
     from clangs import run_instrumented
     from conftest import WORKLOAD_C
-    from pgod.merge import MergeInput, gather_inputs
+    from pgod.merge.confined import MergeInput, gather_inputs
 
     source = tmp_path / "workload.c"
     source.write_text(WORKLOAD_C)

@@ -27,7 +27,7 @@ from clangs import (
     missing_packages_message,
     run_instrumented,
 )
-from pgod.profraw import RAW_MAGIC, ProfrawError, RawProfile, parse_profraw, part_bytes
+from pgod.intake.profraw import RAW_MAGIC, ProfrawError, RawProfile, parse_profraw, part_bytes
 
 #: The raw-profile version each release writes.
 RAW_VERSION = {13: 7, 14: 8, 16: 8, 19: 10}

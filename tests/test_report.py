@@ -216,7 +216,7 @@ def test_report_usage_errors_exit_2_naming_the_argument(pgod, program, llvm_prof
 def test_report_after_a_real_optimized_build_shows_change_match_builds_and_generation(pgod, tmp_path):
     from test_closed_loop import configure, nix_build, run_hello
 
-    from pgod.nixstore import profile_generation
+    from pgod.optimize.nixstore import profile_generation
 
     profiling = nix_build("profiling", pgod.spool)
     configure(pgod, profiling, "auto")
@@ -283,7 +283,7 @@ def test_report_after_a_real_optimized_build_shows_change_match_builds_and_gener
 
 
 def test_llvm_profdata_runs_are_bounded_in_time_and_output():
-    from pgod.report_tool import ToolError, run_tool
+    from pgod.report.tool import ToolError, run_tool
 
     with pytest.raises(ToolError, match="printed more than 1 MiB"):
         run_tool(["yes", "a line that llvm-profdata could print"], max_bytes=1 << 20)
@@ -315,7 +315,7 @@ def test_show_and_overlap_are_read_alike_from_every_llvm_release(version, ir, tm
     of instrumentation: the functions, their counts summed, what ran."""
     from conftest import require_clang
 
-    from pgod.report_tool import parse_overlap, parse_show, percent, run_tool
+    from pgod.report.tool import parse_overlap, parse_show, percent, run_tool
 
     clang = require_clang(version)
     exe = clang.compile(PROGRAM_C, tmp_path / "prog", ir=ir)

@@ -14,7 +14,7 @@ from pathlib import Path
 import crafted
 from conftest import workload_inputs
 from harness import AS_NOBODY, wait_for
-from pgod import sparse
+from pgod.intake import sparse
 from test_dbus_bounds import rss_mb
 from test_fairness import AS_OTHER, OTHER_UID, shares
 from test_hostile_spool import daemon_rejections

@@ -67,7 +67,7 @@ def test_planted_staging_and_probe_names_do_not_stop_the_daemon(pgod, workload, 
 
 
 def test_pruning_keeps_the_newest_within_count_and_bytes_and_steps_over_folders(tmp_path):
-    from pgod.staging import prune_oldest
+    from pgod.state.layout import prune_oldest
 
     kept = tmp_path / "kept"
     kept.mkdir()

@@ -22,10 +22,10 @@ import pytest
 
 from clangs import run_instrumented
 from harness import wait_for
-from pgod import build_progress
-from pgod.build_progress import BuildProgress, bounded_lines
-from pgod.builds import NIX_LOG_FLAGS, Throttle, is_nix_build, supports_internal_json, with_nix_log
-from pgod.render import build_line, render_status
+from pgod.optimize import build_progress
+from pgod.optimize.build_progress import BuildProgress, bounded_lines
+from pgod.optimize.builds import NIX_LOG_FLAGS, Throttle, is_nix_build, supports_internal_json, with_nix_log
+from pgod.ctl.render import build_line, render_status
 
 DATA = Path(__file__).parent / "data"
 WATCH_NIX = Path(__file__).parent / "nix" / "watch.nix"
