@@ -34,7 +34,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pgod.busnames import BUS_NAME, OBJECT_PATH
+from pgod.contract import BUS_NAME, OBJECT_PATH
 
 BIN = Path(sys.executable).parent
 CLANG = Path("/usr/bin/clang-14")

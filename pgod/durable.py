@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+from pathlib import Path
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -68,3 +69,17 @@ def replace_file(path: str | os.PathLike[str], content: bytes) -> None:
         os.close(fd)
     os.replace(temporary, path)
     fsync_dir(directory)
+
+
+def unlink_if_present(path: str | Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def move_if_present(source: str | Path, target: str | Path) -> None:
+    try:
+        os.rename(source, target)
+    except FileNotFoundError:
+        pass

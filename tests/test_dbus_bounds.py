@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pgod.busnames import BUS_NAME, INTERFACE, OBJECT_PATH
+from pgod.contract import BUS_NAME, INTERFACE, OBJECT_PATH
 
 CALLER = f"""
 import sys

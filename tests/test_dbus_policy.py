@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness import AS_NOBODY, Daemon, SystemLikeBus
-from pgod.busnames import BUS_NAME, INTERFACE, OBJECT_PATH
+from pgod.contract import BUS_NAME, INTERFACE, OBJECT_PATH
 
 POLICY = Path(__file__).resolve().parents[1] / "pgod" / "data" / f"{BUS_NAME}.conf"
 

@@ -15,6 +15,7 @@ import pytest
 
 from clangs import run_instrumented
 from harness import wait_for
+from test_layers import client_side_loads, run_with_import_list
 
 PROGRAM_C = Path(__file__).parent / "programs" / "report_workload.c"
 RUNS = [["3", "alpha"], ["7", "banana"], ["5", "x"], ["40", "aeiou aeiou"], ["2", ""], ["11", "report"]]
@@ -76,7 +77,10 @@ def test_report_figures_match_llvm_profdata_with_and_without_the_daemon(pgod, pr
     wait_for(lambda: daemon.package("prog")["total_files"] == len(RUNS), 60, "every run merged")
 
     out = tmp_path / "report"
-    done = report(daemon, "prog", "--config", str(pgod.config_path), "--output", str(out), "--top", str(TOP))
+    done, loaded = run_with_import_list(daemon, "report", "prog", "--config", str(pgod.config_path), "--output", str(out), "--top", str(TOP))
+    assert done.returncode == 0, done.stderr[-2000:]
+    # The report reads the state itself: none of the daemon's code, no pyelftools (test_layers.py).
+    assert {"pgod.report.collect", "pgod.report.charts"} <= loaded and client_side_loads(loaded) == []
     assert done.stdout.strip().splitlines()[-1] == f"report: {out}"
     document = json.loads((out / "report.json").read_text())
     package = document["packages"][0]

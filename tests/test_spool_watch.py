@@ -16,8 +16,8 @@ from conftest import workload_inputs
 from harness import wait_for
 from test_daemon_ingest import run_workload
 
-from pgod.daemon.engine import Arrival
-from pgod.exitcodes import EXIT_FAILED
+from pgod.intake.spool import Arrival
+from pgod.contract import EXIT_FAILED
 from pgod.intake.spool import SpoolWatcher
 
 MAX_EVENTS = Path("/proc/sys/fs/inotify/max_queued_events")

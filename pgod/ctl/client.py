@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from pgod.busnames import BUS_NAME, OBJECT_PATH
+from pgod.contract import BUS_NAME, OBJECT_PATH
 
 BUS_DRIVER = "org.freedesktop.DBus"  # the bus itself: names, their owners, NameOwnerChanged
 

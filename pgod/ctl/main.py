@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from pgod.ctl.client import AccessDenied, Client, DaemonUnreachable, OperationFailed
 from pgod.config import DEFAULT_CONFIG_PATH
-from pgod.exitcodes import EXIT_DENIED, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from pgod.contract import EXIT_DENIED, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from pgod.ctl.client import AccessDenied, Client, DaemonUnreachable, OperationFailed
 from pgod.ctl.render import render_package, render_status
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from pgod.optimize.stages import PLACING_STAGE_BUILD
+from pgod.contract import PLACING_STAGE_BUILD
 
 log = structlog.get_logger(__name__)
 

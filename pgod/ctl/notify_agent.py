@@ -18,9 +18,9 @@ from collections.abc import Callable
 
 import structlog
 
+from pgod.contract import EXIT_FAILED, EXIT_OK
 from pgod.ctl import notify
 from pgod.ctl.client import AccessDenied, DaemonUnreachable, OperationFailed
-from pgod.exitcodes import EXIT_FAILED, EXIT_OK
 from pgod.ctl.notify_record import NotifiedRecord, build_key, default_path
 
 log = structlog.get_logger(__name__)

@@ -5,17 +5,9 @@ from __future__ import annotations
 import pwd
 import time
 
+from pgod.humanize import human_bytes
+
 BAR_WIDTH = 20
-
-
-def human_bytes(count: int | float) -> str:
-    """1536 → '1.5 KiB'; exact bytes below 1 KiB."""
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def progress_bar(done: int, total: int, width: int = BAR_WIDTH) -> str:

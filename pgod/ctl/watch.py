@@ -12,8 +12,8 @@ import shutil
 import signal
 import sys
 
+from pgod.contract import EXIT_OK, EXIT_UNREACHABLE
 from pgod.ctl.client import DaemonUnreachable
-from pgod.exitcodes import EXIT_OK, EXIT_UNREACHABLE
 from pgod.ctl.render import render_status
 
 CLEAR = "\x1b[H\x1b[2J"

@@ -30,27 +30,29 @@ import structlog
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from pgod.intake.attribution import Attributor, resolve_profdata
-from pgod.optimize.builds import BuildProgressed, BuildResult
-from pgod.intake.claim import Claimer
 from pgod.config import Config
-from pgod.state.db import Package, SpoolFile
-from pgod.state.failpoints import failpoint
-from pgod.optimize.gate import GateResult
-from pgod.state.history import History
-from pgod.intake.ingest import REJECTIONS_LOGGED_PER_BATCH, Ingestor
+from pgod.durable import fsync_dir, is_disk_full, move_if_present, unlink_if_present
+from pgod.intake.attribution import Attributor
+from pgod.intake.claim import Claimer
 from pgod.intake.fair import LIGHT_USER_FILES, NAMES_PER_UID, UNKNOWN_UID, FairIntake
-from pgod.durable import fsync_dir, is_disk_full
+from pgod.intake.ingest import REJECTIONS_LOGGED_PER_BATCH, Ingestor
+from pgod.intake.profraw import ProfrawError, parse_profraw
+from pgod.intake.room import Shortage, shortage
+from pgod.intake.sparse import too_sparse
+from pgod.intake.spool import Arrival
+from pgod.intake.squatting import EMPTY_FILE_GRACE_SECONDS, settle_left, squat_candidate, squatter
+from pgod.manifest import resolve_profdata
 from pgod.merge.confined import MergeSandbox
+from pgod.merge.merger import MergeDone, ProfileMerger
+from pgod.optimize.builds import BuildProgressed, BuildResult
+from pgod.optimize.gate import GateResult
 from pgod.optimize.optimizer import Optimizer
 from pgod.osthread import name_os_thread
-from pgod.merge.merger import MergeDone, ProfileMerger
-from pgod.intake.profraw import ProfrawError, parse_profraw
-from pgod.state.recovery import move_if_present, recover, unlink_if_present
-from pgod.intake.sparse import too_sparse
-from pgod.intake.squatting import EMPTY_FILE_GRACE_SECONDS, settle_left, squat_candidate, squatter
-from pgod.intake.room import Shortage, shortage
+from pgod.state.db import Package, SpoolFile
+from pgod.state.failpoints import failpoint
+from pgod.state.history import History
 from pgod.state.layout import Layout, prune_oldest
+from pgod.state.recovery import recover
 
 log = structlog.get_logger(__name__)
 
@@ -72,11 +74,6 @@ RETRY_BASE_SECONDS = 5.0  # after an unexpected failure, redo start-up this much
 DISK_RETRY_SECONDS = 5.0  # while the disk is full, look again for room this often
 
 Listener = Callable[[str, dict], None]
-
-
-class Arrival(str):
-    """A spool name that appeared with content but no close event (linked in, for one): taken
-    once it parses whole, or after ARRIVAL_SETTLE_SECONDS."""
 
 
 class Rescan:

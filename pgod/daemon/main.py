@@ -16,7 +16,7 @@ import structlog
 
 from pgod import __version__
 from pgod.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
-from pgod.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from pgod.contract import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from pgod.logs import configure_logging
 
 log = structlog.get_logger("pgod")
@@ -116,15 +116,15 @@ def run(config, bus_kind: str) -> int:
     from gi.repository import GLib
     from pydbus import SessionBus, SystemBus
 
-    from pgod.intake.attribution import Attributor, scan_packages
     from pgod.confine import ConfineError, Identity, prlimit_path, set_no_new_privs
-    from pgod.merge.confined import MergeSandbox
-    from pgod.state.db import SchemaError, open_database
-    from pgod.busnames import BUS_NAME, OBJECT_PATH
-    from pgod.daemon.service import DaemonService
+    from pgod.contract import BUS_NAME, OBJECT_PATH
     from pgod.daemon.engine import Engine
     from pgod.daemon.heap import return_large_allocations
+    from pgod.daemon.service import DaemonService
+    from pgod.intake.attribution import Attributor, scan_packages
     from pgod.intake.spool import SpoolWatcher
+    from pgod.merge.confined import MergeSandbox
+    from pgod.state.db import SchemaError, open_database
     from pgod.state.layout import StagingError, prepare_layout
 
     return_large_allocations()  # before any thread or large buffer: see heap.py

@@ -19,10 +19,10 @@ import structlog
 from gi.repository import GLib
 from pydbus.generic import signal
 
-from pgod.busnames import INTERFACE
+from pgod.contract import INTERFACE
+from pgod.daemon.status import UnknownPackage, package_document, package_summary, status_document
 from pgod.optimize.nixstore import NixError
 from pgod.optimize.optimizer import OperationError
-from pgod.daemon.status import UnknownPackage, package_document, package_summary, status_document
 
 log = structlog.get_logger(__name__)
 

@@ -14,8 +14,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from pgod import __version__
-from pgod.optimize import stages
 from pgod.config import Config, PackageConfig
+from pgod.optimize import stages
 from pgod.state.db import Build, Contribution, Merge, Package, Quarantine
 from pgod.state.history import REJECTED_BYTES, REJECTED_FILES, UNATTRIBUTED_BYTES, UNATTRIBUTED_FILES, tallies
 from pgod.state.layout import Layout

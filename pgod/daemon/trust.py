@@ -17,8 +17,8 @@ import shutil
 import stat
 from pathlib import Path
 
-from pgod.intake.attribution import MANIFEST, PackageBuild
 from pgod.config import Config, ConfigError
+from pgod.manifest import MANIFEST, PackageBuild
 
 
 class Untrusted(Exception):

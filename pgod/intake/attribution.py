@@ -8,35 +8,19 @@ here is all attribution needs.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
-from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection
 
 from pgod.config import Config, PackageConfig
+from pgod.manifest import MANIFEST, PackageBuild, read_manifest
 
 log = structlog.get_logger(__name__)
 
-MANIFEST = Path("nix-support/pgo.json")
 _ELF_MAGIC = b"\x7fELF"
-
-
-@dataclass
-class PackageBuild:
-    """What the profiling build of one package contains."""
-
-    name: str
-    build_ids: set[str] = field(default_factory=set)
-    manifest_profdata: Path | None = None
-    # pgo.json's "instrumentation" ("fe", "ir", "cs-ir"); manifests before it were all "fe".
-    instrumentation: str | None = None
-    problems: list[str] = field(default_factory=list)
 
 
 class UnreadableElf(Exception):
@@ -73,7 +57,7 @@ def scan_package(package: PackageConfig) -> PackageBuild:
         if not output.exists():
             build.problems.append(f"{output} does not exist")
             continue
-        _read_manifest(output / MANIFEST, build)
+        read_manifest(output / MANIFEST, build)
         for path in _regular_files(output):
             try:
                 build_id = elf_build_id(path)
@@ -91,25 +75,6 @@ def scan_package(package: PackageConfig) -> PackageBuild:
             f" alive): set packages.{package.name}.llvm_profdata, as the NixOS module does"
         )
     return build
-
-
-def _read_manifest(path: Path, build: PackageBuild) -> None:
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError) as err:
-        build.problems.append(f"{path}: unreadable manifest: {err}")
-        return
-    if not isinstance(manifest, dict) or manifest.get("version") != 1:
-        build.problems.append(f"{path}: not a version 1 pgo.json")
-        return
-    build.build_ids.update(str(i).lower() for i in manifest.get("build_ids", []) if isinstance(i, str))
-    if isinstance(manifest.get("llvm_profdata"), str):
-        build.manifest_profdata = Path(manifest["llvm_profdata"])
-    kind = manifest.get("instrumentation", "fe")
-    if kind in ("fe", "ir", "cs-ir") and build.instrumentation is None:
-        build.instrumentation = kind
 
 
 def _regular_files(root: Path):
@@ -169,21 +134,3 @@ class Attributor:
             if owner is not None:
                 return owner
         return None
-
-
-def resolve_profdata(package: PackageConfig, build: PackageBuild | None) -> str:
-    """The llvm-profdata matching the package's compiler: config, then manifest, then PATH."""
-    if package.llvm_profdata is not None:
-        return str(package.llvm_profdata)
-    if build is not None and build.manifest_profdata is not None:
-        return str(build.manifest_profdata)
-    return shutil.which("llvm-profdata") or "llvm-profdata"
-
-
-def profdata_for(package: PackageConfig) -> str:
-    """resolve_profdata without walking the build's ELF files: only its manifests are read
-    (for readers of the state, such as `pgoctl report`, that need no build-ids)."""
-    build = PackageBuild(package.name)
-    for output in package.profile_build:
-        _read_manifest(output / MANIFEST, build)
-    return resolve_profdata(package, build)

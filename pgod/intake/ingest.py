@@ -17,14 +17,13 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from pgod.config import DEFAULT_MAX_COUNTER
+from pgod.durable import fsync_dir, is_disk_full, sync_filesystem, write_file
 from pgod.intake.attribution import Attributor
 from pgod.intake.claim import Rejected, check_staged, display_name
+from pgod.intake.profraw import ProfrawError, RawProfile, counter_over, parse_profraw, part_bytes, part_digest
 from pgod.state.db import Part, Quarantine, SpoolFile, insert_many
-from pgod.durable import fsync_dir, is_disk_full, sync_filesystem, write_file
 from pgod.state.history import add_tallies
-from pgod.merge.confined import part_digest
-from pgod.config import DEFAULT_MAX_COUNTER
-from pgod.intake.profraw import ProfrawError, RawProfile, counter_over, parse_profraw, part_bytes
 from pgod.state.layout import Layout, safe_component
 
 log = structlog.get_logger(__name__)

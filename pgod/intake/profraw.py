@@ -42,6 +42,7 @@ can leave where a part should have been. 32-bit and big-endian profiles are reje
 
 from __future__ import annotations
 
+import hashlib
 import operator
 import struct
 from collections.abc import Iterator
@@ -376,3 +377,9 @@ def _skip_value_data(
             raise _fail("size-mismatch", pos, message)
         cursor += total
     return cursor
+
+
+def part_digest(data: bytes | memoryview) -> str:
+    """What a part's bytes are recognised by between ingest and merge (SHA-256, 128 bits:
+    the fastest strong hash here, with the CPU's SHA instructions)."""
+    return hashlib.sha256(data).hexdigest()[:32]

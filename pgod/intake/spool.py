@@ -35,7 +35,6 @@ import structlog
 from watchdog.observers.inotify_c import InotifyConstants as IN
 from watchdog.observers.inotify_c import inotify_add_watch, inotify_init
 
-from pgod.daemon.engine import Arrival
 from pgod.intake.squatting import EMPTY_FILE_GRACE_SECONDS, squatter
 from pgod.osthread import name_os_thread
 
@@ -53,6 +52,12 @@ READ_SIZE = 64 * 1024  # bytes of events per read (each event is 16 bytes plus i
 # a burst of exits then costs a few wake-ups instead of one per file (measured: 0.03 → 0.007 s
 # of CPU per 2,000 files). The kernel queue (16,384 events by default) outlasts it easily.
 COALESCE_MS = 5
+
+
+
+class Arrival(str):
+    """A spool name that appeared with content but no close event (linked in, for one): taken
+    once it parses whole, or after ARRIVAL_SETTLE_SECONDS."""
 
 
 class SpoolWatchError(OSError):

@@ -22,7 +22,6 @@ unreadable working profile) is nobody's input, and the batch waits for a retry, 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import time
@@ -31,9 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pgod.confine import ConfineError, Finished, Identity, Limits, memfd_holding, read_own, run_confined, write_all
-from pgod.durable import fsync_dir, is_disk_full
-from pgod.intake.profraw import ProfrawError, parse_profraw
-from pgod.state.recovery import unlink_if_present
+from pgod.durable import fsync_dir, is_disk_full, unlink_if_present
+from pgod.intake.profraw import ProfrawError, parse_profraw, part_digest
 
 # Limits for one llvm-profdata run, from the bytes it reads (the raw inputs and the current
 # profile). Real profiles merge into about their own size (Lua: 118 KB raw → 150 KB indexed) and a
@@ -109,12 +107,6 @@ class Gathered:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-def part_digest(data: bytes | memoryview) -> str:
-    """What a part's bytes are recognised by between ingest and merge (SHA-256, 128 bits:
-    the fastest strong hash here, with the CPU's SHA instructions)."""
-    return hashlib.sha256(data).hexdigest()[:32]
 
 
 def instrumentation_family(kind: str | None) -> str | None:

@@ -24,18 +24,26 @@ import structlog
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from pgod.optimize import stages
 from pgod.config import Config
+from pgod.durable import unlink_if_present
+from pgod.merge.confined import (
+    DISK_FULL,
+    Gathered,
+    MergeFailure,
+    MergeInput,
+    MergeOutcome,
+    MergeSandbox,
+    gather_inputs,
+    instrumentation_family,
+    merge_batch,
+)
+from pgod.optimize import stages
+from pgod.osthread import name_os_thread
 from pgod.state.db import Merge, Package, Part, Quarantine, SpoolFile, among
 from pgod.state.failpoints import failpoint
 from pgod.state.history import add_contributions, add_tallies
-from pgod.merge.confined import (
-    DISK_FULL, Gathered, MergeFailure, MergeInput, MergeOutcome, MergeSandbox, gather_inputs, instrumentation_family,
-    merge_batch,
-)
-from pgod.osthread import name_os_thread
-from pgod.state.recovery import finish_files, unlink_if_present
 from pgod.state.layout import Layout
+from pgod.state.recovery import finish_files
 
 log = structlog.get_logger(__name__)
 

@@ -22,18 +22,15 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from pgod.optimize import nixstore
-
-from pgod.optimize import stages
-
-from pgod.optimize import substitution
-from pgod.intake.attribution import Attributor
-from pgod.optimize.builds import BuildProgressed, BuildResult, BuildRun, expand_argv
 from pgod.config import Config
 from pgod.confine import Identity
-from pgod.state.db import Build, Package
+from pgod.contract import PLACING_STAGE_BUILD
 from pgod.durable import replace_file
+from pgod.intake.attribution import Attributor
+from pgod.optimize import nixstore, stages, substitution
+from pgod.optimize.builds import BuildProgressed, BuildResult, BuildRun, expand_argv
 from pgod.optimize.gate import GateResult, GateRun
+from pgod.state.db import Build, Package
 from pgod.state.layout import Layout
 
 log = structlog.get_logger(__name__)
@@ -156,7 +153,7 @@ class Optimizer:
     def finish_start_up(self) -> None:
         with self.sessions() as session:
             for row in session.scalars(select(Package).where(Package.stage == stages.CONTEXT_SENSITIVE)):
-                if row.name in self.config.packages and (row.last_error or "").startswith(stages.PLACING_STAGE_BUILD):
+                if row.name in self.config.packages and (row.last_error or "").startswith(PLACING_STAGE_BUILD):
                     # Its placement had not worked before the stop: try again now.
                     self._place_owed.setdefault(row.name, (0.0, self.config.build_retry_seconds))
         if self._pending_profile_sync:
@@ -207,7 +204,7 @@ class Optimizer:
         try:
             self._sync_profile(strict=True)
         except (nixstore.NixError, OSError) as err:
-            error = f"{stages.PLACING_STAGE_BUILD}: {err}"
+            error = f"{PLACING_STAGE_BUILD}: {err}"
             if owed is None:
                 self._set_error(name, error)
             else:
@@ -220,7 +217,7 @@ class Optimizer:
             log.info("stage.build_in_place", package=name)
             with self.sessions.begin() as session:
                 row = session.get(Package, name)
-                if row.last_error and row.last_error.startswith(stages.PLACING_STAGE_BUILD):
+                if row.last_error and row.last_error.startswith(PLACING_STAGE_BUILD):
                     row.last_error = None
             self._emit("counters", package=name)
 

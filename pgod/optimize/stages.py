@@ -19,15 +19,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # annotations only: the notify agent imports this module, without SQLAlchemy
+if TYPE_CHECKING:  # annotations only
     from pgod.config import PackageConfig
     from pgod.state.db import Package
 
 FIRST, CONTEXT_SENSITIVE = "first", "cs"
 CS_PROFILE, OPTIMIZE = "cs-profile", "optimize"  # what a build makes (Build.stage)
-# How a package's last_error (and its "failed" event) begins when the stage's build could not
-# be linked in place (optimizer.Optimizer._put_stage_build_in_place; notify.step_failed).
-PLACING_STAGE_BUILD = "putting the context-sensitive build in use"
 STAGE_NAMES = {FIRST: "first", CONTEXT_SENSITIVE: "context-sensitive"}
 
 

@@ -17,7 +17,7 @@ import matplotlib.dates as mdates  # noqa: E402  (after the backend is chosen)
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 
-from pgod.ctl.render import human_bytes  # noqa: E402
+from pgod.humanize import human_bytes  # noqa: E402
 
 FORMATS = ("svg", "png")
 DPI = 110

@@ -24,9 +24,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 from pgod import __version__
-from pgod.intake.attribution import profdata_for
 from pgod.config import DEFAULT_MERGE_USER, Config, PackageConfig
 from pgod.confine import ConfineError, Identity, memfd_holding, read_own
+from pgod.manifest import profdata_for
 from pgod.report.tool import FunctionCounts, ToolError, parse_overlap, parse_show, percent, run_tool
 
 REPORT_VERSION = 1

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from pgod.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
-from pgod.exitcodes import EXIT_DENIED, EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from pgod.ctl.render import human_bytes
+from pgod.contract import EXIT_DENIED, EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from pgod.humanize import human_bytes
 from pgod.report.collect import DEFAULT_TOP, NoState, ReportError, Sources, StateDenied, collect, known_packages
 
 

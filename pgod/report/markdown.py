@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pgod.ctl.render import human_bytes
+from pgod.humanize import human_bytes
 
 
 def _when(timestamp: float | None) -> str:

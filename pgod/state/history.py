@@ -23,8 +23,8 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from pgod.state.db import Contribution, Merge, Part, Quarantine, SpoolFile, Tally, among
 from pgod.durable import fsync_dir
+from pgod.state.db import Contribution, Merge, Part, Quarantine, SpoolFile, Tally, among
 from pgod.state.layout import Layout
 
 log = structlog.get_logger(__name__)

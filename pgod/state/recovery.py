@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from pgod.durable import move_if_present, unlink_if_present
 from pgod.state.db import Package, Part, Quarantine, SpoolFile, among
 from pgod.state.failpoints import failpoint
 from pgod.state.layout import Layout
@@ -115,17 +115,3 @@ def _finish_quarantine_moves(layout: Layout, sessions: sessionmaker[Session], un
             else:
                 move_if_present(layout.incoming / name, target)
     return left
-
-
-def unlink_if_present(path: str | Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def move_if_present(source: str | Path, target: str | Path) -> None:
-    try:
-        os.rename(source, target)
-    except FileNotFoundError:
-        pass
