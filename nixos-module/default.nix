@@ -429,7 +429,7 @@ in
       '';
       description = ''
         pgod's configuration, written to {file}`/etc/pgod/config.toml` (see
-        the configuration section of pgod's CONTRACT.md). A `packages.<name>`
+        the configuration section of pgod's docs/interfaces.md). A `packages.<name>`
         table is generated for each entry of {option}`services.pgod.packages`
         (`profile_build`, `build`, `llvm_profdata`); add keys such as
         `threshold_mb` to it here.

@@ -1,4 +1,4 @@
-"""Build the status documents of CONTRACT.md (`pgoctl status --json`, `pgoctl show`) from state.
+"""Build the status documents of docs/interfaces.md §7 (`pgoctl status --json`, `pgoctl show`) from state.
 
 Pure reads: safe from any thread, since SQLite in WAL mode lets readers run beside the writer.
 """

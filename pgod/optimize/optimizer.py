@@ -4,7 +4,7 @@ Runs on the engine thread only (the engine calls it), so, like the merge, every 
 happens in one place. Builds themselves run in a BuildRun thread that reports back through
 the engine's queue.
 
-States (CONTRACT.md): profiling → building → ready ⇄ active; building → failed → (backoff)
+States (docs/interfaces.md §7.3): profiling → building → ready ⇄ active; building → failed → (backoff)
 building; building → rejected (slower than min_speedup on the package's benchmark, gate.py) →
 profiling goes on; a changed `profile_build` makes a package stale until its next build. With a
 context-sensitive stage (stages.py) the first build makes the stage's instrumented variant and
