@@ -1,6 +1,6 @@
 """The charts of `pgoctl report`, drawn with matplotlib (Agg, no display) as SVG and PNG.
 
-Each function takes one package's part of the report document (report.py) and writes its
+Each function takes one package's part of the report document (collect.py) and writes its
 chart beside ANALYSIS.md; it returns the file names it wrote.
 """
 

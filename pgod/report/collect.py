@@ -27,14 +27,12 @@ from pgod import __version__
 from pgod.config import DEFAULT_MERGE_USER, Config, PackageConfig
 from pgod.confine import ConfineError, Identity, memfd_holding, read_own
 from pgod.manifest import profdata_for
-from pgod.report.tool import FunctionCounts, ToolError, parse_overlap, parse_show, percent, run_tool
+from pgod.report.figures import MERGE_HISTORY_KEPT, build_records, coverage, growth, hot_functions, summary_numbers
+from pgod.report.tool import ToolError, parse_overlap, parse_show, percent, run_tool
 
 REPORT_VERSION = 1
 DEFAULT_TOP = 20
-HOT_SHARE = 0.90  # "how many functions hold 90 % of all counts"
 WARNINGS_FILE = Path("nix-support/pgo-warnings.json")
-MERGE_HISTORY_KEPT = 200  # history.KEEP_MERGE_ROWS: older merges live on only in the totals
-NEVER_RUN_LISTED = 50  # names of functions that never ran, the first by name
 OPEN_RETRIES = 5  # a merge may replace the generation between reading its path and opening it
 
 
@@ -115,132 +113,6 @@ def show_profile(profdata: str, fd: int, identity: Identity | None = None):
 def overlap_profiles(profdata: str, base_fd: int, test_fd: int, identity: Identity | None = None) -> dict[str, str]:
     argv = [profdata, "overlap", f"/proc/self/fd/{base_fd}", f"/proc/self/fd/{test_fd}"]
     return parse_overlap(run_tool(argv, pass_fds=[base_fd, test_fd], identity=identity))
-
-
-# ---- figures ----------------------------------------------------------------------------------
-def hot_functions(functions: list[FunctionCounts], top: int) -> dict:
-    """The top ``top`` functions by their total count (every counter of the function summed),
-    each one's share of all counts, and how many functions together hold HOT_SHARE of them."""
-    ranked = sorted(functions, key=lambda f: (-f.total, f.name))
-    total = sum(f.total for f in ranked)
-    cumulative, needed, curve = 0, 0, []
-    for index, function in enumerate(ranked):
-        cumulative += function.total
-        share = cumulative / total if total else 0.0
-        curve.append(share)
-        if not needed and total and share >= HOT_SHARE:
-            needed = index + 1
-    listed = []
-    running = 0
-    for rank, function in enumerate(ranked[:top], start=1):
-        running += function.total
-        listed.append({
-            "rank": rank,
-            "name": function.name,
-            "total_count": function.total,
-            "share": function.total / total if total else 0.0,
-            "cumulative_share": running / total if total else 0.0,
-            "function_count": function.entry,
-            "max_count": function.max_count,
-            "counters": len(function.counters),
-        })
-    return {
-        "ranked_by": "total_count",
-        "top": top,
-        "total_count": total,
-        "functions": listed,
-        "top_share": running / total if total else 0.0,
-        "share_target": HOT_SHARE,
-        "functions_for_share": needed,
-        # Cumulative share after the 1st, 2nd, … function (for the chart), every function.
-        "cumulative_curve": [round(value, 6) for value in curve],
-    }
-
-
-def coverage(functions: list[FunctionCounts], summary: dict[str, str]) -> dict:
-    covered = sum(1 for f in functions if any(f.counters))
-    listed = len(functions)
-    return {
-        "covered_functions": covered,
-        "instrumented_functions": listed,
-        "share": covered / listed if listed else 0.0,
-        "never_run": sorted(f.name for f in functions if not any(f.counters))[:NEVER_RUN_LISTED],
-    }
-
-
-def _summary_numbers(summary: dict[str, str]) -> dict:
-    def number(key: str) -> int | None:
-        value = summary.get(key)
-        match = re.match(r"\d+", value or "")
-        return int(match.group()) if match else None
-
-    return {
-        # "IR  entry_first = 0" for IR profiles: the level is the first word.
-        "instrumentation_level": (summary.get("Instrumentation level") or "").split(" ")[0] or None,
-        "total_functions": number("Total functions"),
-        "functions_shown": number("Functions shown"),
-        "maximum_function_count": number("Maximum function count"),
-        "maximum_internal_block_count": number("Maximum internal block count"),
-    }
-
-
-def growth(package_row: dict, merges: list[dict], builds: list[dict]) -> dict:
-    """Raw bytes and files merged over time, one point per profile generation (the newest
-    MERGE_HISTORY_KEPT merges: what came before them is the starting offset)."""
-    kept_bytes = sum(m["bytes"] for m in merges)
-    kept_files = sum(m["files"] for m in merges)
-    offset_bytes = max(0, package_row["total_raw_bytes"] - kept_bytes)
-    offset_files = max(0, package_row["total_files"] - kept_files)
-    points, size, files = [], offset_bytes, offset_files
-    for merge in merges:  # oldest first
-        size += merge["bytes"]
-        files += merge["files"]
-        points.append({"generation": merge["generation"], "at": merge["at"], "files": merge["files"], "bytes": merge["bytes"],
-                       "total_files": files, "total_bytes": size, "seconds": merge["seconds"]})
-    return {
-        "points": points,
-        "total_raw_bytes": package_row["total_raw_bytes"],
-        "total_files": package_row["total_files"],
-        "earlier": {"bytes": offset_bytes, "files": offset_files},  # merged before the kept history
-        "builds": [{"id": b["id"], "started_at": b["started_at"], "profile_generation": b["profile_generation"],
-                    "status": b["status"]} for b in builds],
-    }
-
-
-def speedup_of(build: dict) -> float | None:
-    """The measured speedup a build record carries, if the benchmark gate wrote one: a
-    ``speedup`` column, or a ``speedup`` key of a JSON ``benchmark`` column."""
-    value = build.get("speedup")
-    if value is None and isinstance(build.get("benchmark"), str):
-        try:
-            value = json.loads(build["benchmark"]).get("speedup")
-        except (ValueError, AttributeError):
-            value = None
-    try:
-        return float(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def build_records(builds: list[dict]) -> list[dict]:
-    records = []
-    for build in builds:  # newest first
-        finished = build.get("finished_at")
-        speedup = speedup_of(build)
-        records.append({
-            "id": build["id"],
-            "status": build["status"],
-            "started_at": build["started_at"],
-            "finished_at": finished,
-            "seconds": round(finished - build["started_at"], 1) if finished else None,
-            "profile": build["profile_store_path"],
-            "profile_generation": build["profile_generation"],
-            "out_path": build.get("out_path"),
-            "error": build.get("error"),
-            "speedup": speedup,
-            "speedup_text": f"{speedup:.2f}x" if speedup is not None else "unmeasured",
-        })
-    return records
 
 
 def profile_match(out_path: str | None) -> dict | None:
@@ -347,7 +219,7 @@ def package_report(connection: sqlite3.Connection, sources: Sources, name: str, 
     try:
         if profile_fd is not None:
             shown = show_profile(profdata, profile_fd, identity)
-            document["profile"].update(_summary_numbers(shown.summary))
+            document["profile"].update(summary_numbers(shown.summary))
             document["profile"]["bytes"] = os.fstat(profile_fd).st_size
             document["hot_functions"] = hot_functions(shown.functions, top)
             document["coverage"] = coverage(shown.functions, shown.summary)
