@@ -325,7 +325,8 @@ in
       default = "wheel";
       description = ''
         Group whose members may change pgod's state over D-Bus (`pgoctl
-        rebuild`, `activate`, `deactivate`, `rollback`); root always may.
+        rebuild`, `activate`, `deactivate`, `rollback`, `reset`); root always
+        may.
         Reading the status is open to every local user.
       '';
     };

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_CONFIG_PATH = Path("/etc/pgod/config.toml")
+# The Nix profile of the optimized builds in use: a link in a directory of its own, which the
+# shipped unit (ReadWritePaths) and tmpfiles give pgod; never a link beside the system profile.
+DEFAULT_PROFILE_LINK = Path("/nix/var/nix/profiles/pgod/optimized")
 ACTIVATION_MODES = ("notify", "auto")
 MB = 1024 * 1024
 DEFAULT_MAX_COUNTER = 1 << 56
@@ -244,7 +247,7 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
         build_retry_seconds=float(build_retry_seconds),
         spool_dir=top.absolute_path("spool_dir", "/var/spool/pgod"),
         state_dir=top.absolute_path("state_dir", "/var/lib/pgod"),
-        profile_link=top.absolute_path("profile_link", "/nix/var/nix/profiles/pgod"),
+        profile_link=top.absolute_path("profile_link", DEFAULT_PROFILE_LINK),
         threshold_bytes=threshold_bytes,
         activation=activation,
         admin_group=top.get("admin_group", str, "wheel"),

@@ -12,7 +12,7 @@ BUS_NAME = "org.pgod.Daemon1"
 OBJECT_PATH = "/org/pgod/Daemon1"
 INTERFACE = "org.pgod.Daemon1"
 
-# Exit codes of both `pgod` and `pgoctl`.
+# Exit codes of `pgoctl`; `pgod` itself exits 0, 1 or 2 (it is never unreachable or denied).
 EXIT_OK = 0  # done
 EXIT_FAILED = 1  # the operation failed
 EXIT_USAGE = 2  # usage or configuration error

@@ -47,7 +47,7 @@ def test_good_config_is_typed():
     assert lua.threshold_bytes == 16 * MB
     assert lua.build[-1] == "{profile}"
     assert lua.llvm_profdata is None
-    assert config.profile_link == Path("/nix/var/nix/profiles/pgod")
+    assert config.profile_link == Path("/nix/var/nix/profiles/pgod/optimized")
     # One stage and no gate unless asked for.
     assert lua.cs_build is None and lua.cs_threshold_bytes is None
     assert lua.benchmark is None and lua.baseline_build is None and lua.min_speedup == 1.0
