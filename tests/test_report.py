@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from clangs import run_instrumented
-from harness import wait_for
+from testbed.clangs import run_instrumented
+from testbed.daemon import wait_for
 
 PROGRAM_C = Path(__file__).parent / "programs" / "report_workload.c"
 RUNS = [["3", "alpha"], ["7", "banana"], ["5", "x"], ["40", "aeiou aeiou"], ["2", ""], ["11", "report"]]
