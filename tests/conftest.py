@@ -11,7 +11,7 @@ from demo.nixlocal import describe as describe_local_nix
 from demo.nixlocal import use_local_nix
 from testbed.bus import PrivateBus
 from testbed.clangs import elf_build_id, find_clang, missing_packages_message
-from testbed.config import folders_under, write_config
+from testbed.config import write_config
 from testbed.daemon import Daemon
 from testbed.notifications import NotificationServer
 from testbed.programs import WORKLOAD_C
@@ -78,7 +78,13 @@ class PgodSetup:
         self.daemons: list[Daemon] = []
 
     def write_config(self, packages: dict[str, dict], **top) -> Path:
-        settings = {**folders_under(self.root), "threshold_mb": 64, **top}
+        settings = {
+            "spool_dir": str(self.spool),
+            "state_dir": str(self.state),
+            "profile_link": str(self.root / "profile"),
+            "threshold_mb": 64,
+            **top,
+        }
         return write_config(self.config_path, settings, packages)
 
     def daemon(self, prefix: list[str] | None = None, **kwargs) -> Daemon:

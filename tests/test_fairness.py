@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 from test_dbus_bounds import rss_mb
+from test_merge_isolation import sample_profile, spool_for_everyone  # noqa: F401 (fixtures)
 from testbed.daemon import wait_for
 from testbed.floods import CHURN, FLOOD
 from testbed.programs import workload_inputs
 from testbed.users import AS_NOBODY, as_uid
-from test_merge_isolation import sample_profile, spool_for_everyone  # noqa: F401 (fixtures)
 
 OTHER_UID = 4321
 AS_OTHER = as_uid(OTHER_UID)
