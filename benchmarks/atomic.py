@@ -71,7 +71,8 @@ def counter_updates(binary: Path) -> tuple[int, int]:
 def lua_sources(given: Path | None) -> Path:
     if given is not None:
         return given
-    from demo.__main__ import Layout, fetch_sources
+    from demo.common import Layout
+    from demo.sources import fetch_sources
 
     return fetch_sources(Layout()).dir
 

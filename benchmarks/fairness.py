@@ -35,24 +35,25 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks.common import ingest_config, say
 from benchmarks.hostile import PROGRAM, StatusProbe
-from benchmarks.ingest import Daemon, PrivateBus, compile_program, say, seed_profiles, write_config
-from floods import CHURN, FLOOD  # noqa: E402  (tests/floods.py, on the path benchmarks.hostile set)
+from testbed.bus import PrivateBus
+from testbed.floods import CHURN, FLOOD
+from testbed.measured import MeasuredDaemon
+from testbed.programs import compile_program, seed_profiles
+from testbed.users import as_uid
 
 OTHER_UID = 4321
-TRAVERSE = ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
-AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *TRAVERSE]
-AS_OTHER = ["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups", *TRAVERSE]
+AS_NOBODY = as_uid(65534)
+AS_OTHER = as_uid(OTHER_UID)
 
 
-
-
-def contributions(daemon: Daemon) -> dict[int, int]:
-    document = json.loads(daemon._proxy.GetPackage("bench"))
+def contributions(daemon: MeasuredDaemon) -> dict[int, int]:
+    document = json.loads(daemon.proxy().GetPackage("bench"))
     return {share["uid"]: share["files"] for share in document["contributions"]}
 
 
-def other_user_latencies(daemon: Daemon, exe: Path, spool: Path, stop: threading.Event, out: list[float]) -> None:
+def other_user_latencies(daemon: MeasuredDaemon, exe: Path, spool: Path, stop: threading.Event, out: list[float]) -> None:
     runs = 0
     while not stop.is_set():
         subprocess.run([*AS_OTHER, str(exe), str(runs), "other"], check=True, stdout=subprocess.DEVNULL,
@@ -82,7 +83,7 @@ def flood_left(spool: Path) -> int:
         return sum(1 for entry in scan if entry.name.startswith("flood-"))
 
 
-def phase(daemon: Daemon, exe: Path, spool: Path, writer: list[str], stdin: bytes | None, *, status_callers: int = 1,
+def phase(daemon: MeasuredDaemon, exe: Path, spool: Path, writer: list[str], stdin: bytes | None, *, status_callers: int = 1,
           drain_seconds: float = 0.0) -> dict:
     """One shape: the writer runs to its end while the other user runs its program every 2 s and
     ``status_callers`` connections call GetStatus back to back; with ``drain_seconds``, the other
@@ -154,7 +155,7 @@ def run_shape(shape: str, args, tmp: Path, bus: PrivateBus, exe: Path, build: Pa
     (root / "spool").mkdir(parents=True)
     os.chmod(root, 0o755)
     os.chmod(root / "spool", 0o1777)
-    daemon = Daemon(bus, write_config(root / "pgod.toml", root, {"bench": build}), root, root / "pgod.log")
+    daemon = MeasuredDaemon(bus, ingest_config(root / "pgod.toml", root, {"bench": build}), root, root / "pgod.log")
     spool = root / "spool"
     flood = [*AS_NOBODY, sys.executable, "-c", FLOOD, str(spool), str(args.seconds), str(args.rate)]
     try:
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         os.chmod(exe, 0o755)
         sample = seed_profiles(exe, tmp / "seeds", 1, lambda i: ["7", "abc"])[0].read_bytes()
         (tmp / "bus").mkdir()
-        bus = PrivateBus(tmp / "bus")
+        bus = PrivateBus(tmp / "bus", log=tmp / "bus" / "dbus-daemon.log")
         try:
             rate = f"{args.rate:g} files/s" if args.rate else "as fast as it can"
             for shape in args.shape or SHAPES:

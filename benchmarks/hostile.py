@@ -2,7 +2,7 @@
 stays responsive meanwhile.
 
 One run: a daemon on a private bus; good files of one program arrive together with each kind of
-file that hurts llvm-profdata (tests/crafted.py: a segfault, a 1 TiB allocation, an expanding
+file that hurts llvm-profdata (testbed/crafted.py: a segfault, a 1 TiB allocation, an expanding
 file, and a large expanding one near its limits). A thread calls GetStatus back to back the
 whole time. Printed: per scenario the time until every file settled, llvm-profdata runs (the
 bisection's cost), the quarantine reasons, the daemon's peak RSS, and the status latency
@@ -21,12 +21,12 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.ingest import CLANG, PROFDATA, Daemon, PrivateBus, compile_program, say, seed_profiles, write_config
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import crafted  # noqa: E402  (tests/crafted.py: the same crafted files the tests use)
-
-PROGRAM = (Path(__file__).resolve().parent.parent / "tests" / "programs" / "workload.c").read_text()
+from benchmarks.common import ingest_config, say
+from testbed import crafted  # the same crafted files the tests use
+from testbed.bus import PrivateBus
+from testbed.measured import MeasuredDaemon
+from testbed.programs import CLANG, PROFDATA, compile_program, seed_profiles
+from testbed.programs import WORKLOAD_C as PROGRAM
 
 SCENARIOS = {
     "segfault": crafted.names_length_crash,
@@ -39,7 +39,7 @@ SCENARIOS = {
 class StatusProbe(threading.Thread):
     """GetStatus back to back: the latency a user's `pgoctl status` sees."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: MeasuredDaemon) -> None:
         super().__init__(name="status-probe", daemon=True)
         self.daemon_under_test = daemon
         self.latencies: list[float] = []
@@ -64,8 +64,8 @@ class StatusProbe(threading.Thread):
 def run_scenario(tmp: Path, bus: PrivateBus, build: Path, seeds: list[Path], name: str, bad: bytes) -> dict:
     root = tmp / f"scenario-{len(list(tmp.glob('scenario-*')))}"
     (root / "spool").mkdir(parents=True)
-    config = write_config(root / "pgod.toml", root, {"bench": build})
-    daemon = Daemon(bus, config, root, root / "pgod.log")
+    config = ingest_config(root / "pgod.toml", root, {"bench": build})
+    daemon = MeasuredDaemon(bus, config, root, root / "pgod.log")
     try:
         daemon.wait_on_bus()
         probe = StatusProbe(daemon)
@@ -87,7 +87,7 @@ def run_scenario(tmp: Path, bus: PrivateBus, build: Path, seeds: list[Path], nam
         settled = time.monotonic() - began
         probe.stop()
         merges, _last = daemon.db.merges("bench")
-        reasons = [row[0] for row in daemon.db._conn.execute("SELECT reason FROM quarantine")]
+        reasons = daemon.db.quarantine_reasons()
         return {
             "scenario": name,
             "bad_bytes": len(bad),
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     exe = compile_program(PROGRAM, build, "workload")
     seeds = seed_profiles(exe, tmp / "seeds", args.good, lambda i: [str(i * 7 + 1), "word" * (1 + i % 3)])
     sample = seeds[0].read_bytes()
-    bus = PrivateBus(tmp)
+    bus = PrivateBus(tmp, log=tmp / "dbus-daemon.log")
     rows = []
     try:
         for name, craft in SCENARIOS.items():

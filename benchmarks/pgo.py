@@ -2,10 +2,10 @@
 
 Run from the repository root:  python -m benchmarks.pgo [--rounds N] [--threshold-mb MB] [--json]
 
-One run of the demo's loop (demo/__main__.py: IR-instrumented Lua from the lupa sdist → runs of
+One run of the demo's loop (demo/loop.py: IR-instrumented Lua from the lupa sdist → runs of
 demo/workload/*.lua → pgod merges → the context-sensitive stage (csProfiling, put in use, trained
 on the same scripts) → the final nix-build → the benchmark gate against plain -O2 → activation),
-then, in the same run, PGO by hand outside Nix from the same training runs (demo.manual_pgo: the
+then, in the same run, PGO by hand outside Nix from the same training runs (demo/manual.py: the
 same number of workload rounds on each instrumented build, llvm-profdata-14, clang-14 with the
 compile command of demo/lua.nix):
 
@@ -38,25 +38,21 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from demo.__main__ import (
-    MANUAL_LABELS,
-    MANUAL_OPTIMIZED,
+from demo.common import (
     OUTPUT,
-    FIRST_MANUAL,
     DemoError,
     Layout,
-    Measurement,
     Steps,
     check_tools,
-    closed_loop,
     exclusive,
     interrupt_on_signal,
-    manual_pgo,
-    measure,
     parse_args,
     reset,
     say,
 )
+from demo.loop import closed_loop
+from demo.manual import FIRST_MANUAL, MANUAL_LABELS, MANUAL_OPTIMIZED, manual_pgo
+from demo.measure import Measurement, measure
 
 TARGET_RATIO = 0.98  # pgod speedup / manual IR+CS speedup
 TARGET_OVERHEAD_S = 5.0  # threshold → active, minus the compile itself

@@ -36,6 +36,7 @@ buildPythonApplication {
       ../pyproject.toml
       ../pgod
       ../tests
+      ../testbed # the shared harness the tests import
       # the tests' Nix settings (conftest.py imports them)
       ../demo/__init__.py
       ../demo/nixlocal.py

@@ -7,16 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from clangs import elf_build_id, find_clang, missing_packages_message
 from demo.nixlocal import describe as describe_local_nix
 from demo.nixlocal import use_local_nix
-from harness import Daemon, NotificationServer, PrivateBus, write_config
+from testbed.bus import PrivateBus
+from testbed.clangs import elf_build_id, find_clang, missing_packages_message
+from testbed.config import write_config
+from testbed.daemon import Daemon
+from testbed.notifications import NotificationServer
+from testbed.programs import WORKLOAD_C
 
 # Every Nix command of the run, and of the daemons it starts, gets the fixture builds' settings.
 use_local_nix()
-
-# A small program whose counters depend on its input, so 200 runs give 200 different profiles.
-WORKLOAD_C = (Path(__file__).parent / "programs" / "workload.c").read_text()
 
 
 def require_clang(version: int):
@@ -34,7 +35,9 @@ def clang14():
 
 @pytest.fixture(scope="session")
 def workload(tmp_path_factory, clang14) -> Path:
-    """An instrumented executable in a folder of its own (the package's `profile_build`)."""
+    """An instrumented executable in a folder of its own (the package's `profile_build`): the
+    workload program, whose counters depend on its input (testbed.programs.workload_inputs), so
+    200 runs give 200 different profiles."""
     root = tmp_path_factory.mktemp("workload")
     (root / "bin").mkdir()
     source = root / "workload.c"
@@ -106,12 +109,6 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
-
-
-def workload_inputs(count: int) -> list[list[str]]:
-    """Distinct, deterministic inputs for the workload program."""
-    words = ["alpha", "b3ta", "GAMMA 7", "d", "42 x 42", "zz top 99"]
-    return [[str(i * 7 + 1), words[i % len(words)] * (1 + i % 3)] for i in range(count)]
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import BIN
 from test_config import refused
+from testbed.daemon import BIN
 
 NOBODY = 65534
 

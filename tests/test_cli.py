@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from harness import Daemon
+from testbed.daemon import Daemon
 from pgod.ctl.render import human_bytes, progress_bar, render_status
 
 
@@ -57,8 +57,8 @@ def test_render_status_lists_unattributed_and_quarantine():
 def test_watch_prints_a_new_status_when_the_daemon_signals_a_change(pgod, workload, llvm_profdata_14):
     import subprocess
 
-    from clangs import run_instrumented
-    from harness import BIN
+    from testbed.clangs import run_instrumented
+    from testbed.daemon import BIN
 
     pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
     daemon = pgod.daemon()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import wait_for
+from testbed.daemon import wait_for
 
 LOOP_NIX = Path(__file__).parent / "nix" / "loop.nix"
 

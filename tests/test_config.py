@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import BIN
+from testbed.daemon import BIN
 from pgod.config import MB, ConfigError, load_config
 
 GOOD = """

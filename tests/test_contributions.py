@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-import crafted
-from clangs import run_instrumented
-from harness import AS_NOBODY, one_shot_merge, profdata_show, wait_for
 from test_merge_isolation import sample_profile, spool_for_everyone, write_as_nobody  # noqa: F401 (fixtures)
+from testbed import crafted
+from testbed.clangs import run_instrumented
+from testbed.daemon import wait_for
+from testbed.profiles import one_shot_merge, profdata_show
+from testbed.users import AS_NOBODY
 
 NOBODY = 65534
 

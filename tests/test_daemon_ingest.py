@@ -6,9 +6,10 @@ import json
 import os
 from pathlib import Path
 
-from clangs import run_instrumented
-from conftest import workload_inputs
-from harness import one_shot_merge, profdata_show, wait_for
+from testbed.clangs import run_instrumented
+from testbed.daemon import wait_for
+from testbed.profiles import one_shot_merge, profdata_show
+from testbed.programs import workload_inputs
 
 
 def run_workload(exe: Path, directory: Path, inputs: list[list[str]]) -> None:

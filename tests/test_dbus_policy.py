@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import AS_NOBODY, Daemon, SystemLikeBus
+from testbed.bus import SystemLikeBus
+from testbed.daemon import Daemon
+from testbed.users import AS_NOBODY
 from pgod.contract import BUS_NAME, INTERFACE, OBJECT_PATH
 
 POLICY = Path(__file__).resolve().parents[1] / "pgod" / "data" / f"{BUS_NAME}.conf"
@@ -32,7 +34,7 @@ def dbus_send_as(user: str, bus: SystemLikeBus, method: str, *args: str) -> subp
 
 
 def test_other_users_read_status_but_cannot_call_anything_else(system_bus, tmp_path, workload, llvm_profdata_14):
-    from harness import write_config
+    from testbed.config import write_config
 
     config = write_config(
         tmp_path / "pgod.toml",
@@ -68,7 +70,7 @@ MUTATIONS = [("Rebuild", "string:workload"), ("Activate", "string:workload"), ("
 
 def test_the_daemon_itself_refuses_mutations_from_outside_the_admin_group(tmp_path, workload, llvm_profdata_14):
     """With a bus policy that lets everything through, the daemon's own uid check still holds."""
-    from harness import write_config
+    from testbed.config import write_config
 
     policy = tmp_path / "permissive.conf"
     policy.write_text(PERMISSIVE_POLICY)
@@ -100,7 +102,7 @@ def test_pgoctl_exits_4_when_access_is_denied(tmp_path, workload, llvm_profdata_
     import os
     import sys
 
-    from harness import write_config
+    from testbed.config import write_config
 
     bus = SystemLikeBus(Path(tempfile.mkdtemp(prefix="pgod-sysbus-")), [POLICY])
     config = write_config(

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from clangs import run_instrumented
-from conftest import workload_inputs
-from harness import AS_NOBODY, one_shot_merge, profdata_show, wait_for
+from testbed.clangs import run_instrumented
+from testbed.programs import workload_inputs
+from testbed.daemon import wait_for
+from testbed.profiles import one_shot_merge, profdata_show
+from testbed.users import AS_NOBODY
 from pgod.config import MB
 from pgod.intake.room import KEEP_FREE_CAP, keep_free
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from clangs import run_instrumented
-from conftest import workload_inputs
-from harness import one_shot_merge, profdata_show, wait_for
+from testbed.clangs import run_instrumented
+from testbed.programs import workload_inputs
+from testbed.daemon import wait_for
+from testbed.profiles import one_shot_merge, profdata_show
 from pgod.state.failpoints import POINTS
 
 

@@ -11,15 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import workload_inputs
-from floods import CHURN, FLOOD
-from harness import AS_NOBODY, wait_for
 from test_dbus_bounds import rss_mb
 from test_merge_isolation import sample_profile, spool_for_everyone  # noqa: F401 (fixtures)
+from testbed.daemon import wait_for
+from testbed.floods import CHURN, FLOOD
+from testbed.programs import workload_inputs
+from testbed.users import AS_NOBODY, as_uid
 
 OTHER_UID = 4321
-AS_OTHER = ["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups",
-            "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+AS_OTHER = as_uid(OTHER_UID)
 
 
 

@@ -8,11 +8,12 @@ import subprocess
 import textwrap
 from pathlib import Path
 
-from clangs import run_instrumented
-from conftest import workload_inputs
 import sys
+from testbed.clangs import run_instrumented
+from testbed.programs import workload_inputs
 
-from harness import AS_NOBODY, wait_for
+from testbed.daemon import wait_for
+from testbed.users import AS_NOBODY
 from pgod.intake.profraw import parse_profraw
 
 SECRET = b"root-only secret\n"

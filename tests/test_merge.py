@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from clangs import run_instrumented
-from conftest import WORKLOAD_C, require_clang, workload_inputs
-from harness import wait_for
+from testbed.clangs import run_instrumented
+from testbed.programs import WORKLOAD_C, workload_inputs
+from conftest import require_clang
+from testbed.daemon import wait_for
 from pgod.confine import Identity
 from pgod.merge.confined import MergeInput, MergeSandbox, gather_inputs, merge_batch
 

@@ -15,10 +15,13 @@ from pathlib import Path
 
 import pytest
 
-import crafted
-from clangs import run_instrumented
-from conftest import require_clang, workload_inputs
-from harness import AS_NOBODY, one_shot_merge, profdata_show, wait_for
+from conftest import require_clang
+from testbed import crafted
+from testbed.clangs import run_instrumented
+from testbed.daemon import wait_for
+from testbed.profiles import one_shot_merge, profdata_show
+from testbed.programs import WORKLOAD_C, workload_inputs
+from testbed.users import AS_NOBODY
 
 GOOD_RUNS = 8
 
@@ -270,7 +273,7 @@ def test_claims_ingest_and_dbus_go_on_while_a_merge_runs(pgod, workload, llvm_pr
     fast_build = tmp_path / "fast"
     (fast_build / "bin").mkdir(parents=True)
     fast_source = tmp_path / "fast.c"
-    fast_source.write_text((Path(__file__).parent / "programs" / "workload.c").read_text() + "\nint fast_marker;\n")
+    fast_source.write_text(WORKLOAD_C + "\nint fast_marker;\n")
     fast_exe = require_clang(14).compile(fast_source, fast_build / "bin" / "workload")
     pgod.write_config({
         "slow": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": str(tool)},

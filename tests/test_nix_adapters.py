@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.atomic import counter_updates
-from clangs import elf_build_id
+from testbed.clangs import elf_build_id
 from pgod.intake.profraw import parse_profraw
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from clangs import run_instrumented
-from conftest import workload_inputs
-from harness import BIN, NotificationServer, wait_for
+from testbed.clangs import run_instrumented
+from testbed.daemon import BIN, wait_for
+from testbed.notifications import NotificationServer
+from testbed.programs import workload_inputs
 
 needs_nix = pytest.mark.skipif(not Path("/usr/bin/nix-store").exists(), reason="nix-store not installed (apt-get install nix-bin)")
 

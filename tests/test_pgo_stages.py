@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import wait_for
 from test_closed_loop import LOOP_NIX, THRESHOLD_MB, build_argv, nix_build, run_hello
+from testbed.daemon import wait_for
 
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/nix-build").exists(), reason="nix-build not installed (apt-get install nix-bin)")
 
@@ -222,8 +222,8 @@ def test_profiles_of_another_instrumentation_kind_are_never_mixed(pgod):
 def test_a_raw_profile_of_the_other_kind_is_left_out_of_a_merge(tmp_path, clang14):
     """llvm-profdata would merge a front-end raw profile into an IR profile without a word:
     the merge's input gathering refuses it, with a reason, and keeps the IR one."""
-    from clangs import run_instrumented
-    from conftest import WORKLOAD_C
+    from testbed.clangs import run_instrumented
+    from testbed.programs import WORKLOAD_C
     from pgod.merge.confined import MergeInput, gather_inputs
 
     source = tmp_path / "workload.c"

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clangs import (
+from testbed.clangs import (
     CLANG_VERSIONS,
     Clang,
     elf_build_id,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from clangs import run_instrumented
-from harness import wait_for
+from testbed.clangs import run_instrumented
+from testbed.daemon import wait_for
 from test_layers import client_side_loads, run_with_import_list
 
 PROGRAM_C = Path(__file__).parent / "programs" / "report_workload.c"

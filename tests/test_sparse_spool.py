@@ -11,9 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import crafted
-from conftest import workload_inputs
-from harness import AS_NOBODY, wait_for
+from testbed import crafted
+from testbed.programs import workload_inputs
+from testbed.daemon import wait_for
+from testbed.users import AS_NOBODY
 from pgod.intake import sparse
 from test_dbus_bounds import rss_mb
 from test_fairness import AS_OTHER, OTHER_UID, shares

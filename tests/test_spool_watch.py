@@ -12,9 +12,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import workload_inputs
-from harness import wait_for
 from test_daemon_ingest import run_workload
+from testbed.daemon import wait_for
+from testbed.programs import workload_inputs
 
 from pgod.intake.spool import Arrival
 from pgod.contract import EXIT_FAILED

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from clangs import run_instrumented
-from conftest import workload_inputs
-from harness import wait_for
+from testbed.clangs import run_instrumented
+from testbed.daemon import wait_for
+from testbed.programs import workload_inputs
 
 
 @pytest.fixture

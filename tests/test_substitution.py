@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import wait_for
 from test_closed_loop import THRESHOLD_MB, build_argv, nix_build, run_hello
+from testbed.daemon import wait_for
 
 LOOP_NIX = Path(__file__).parent / "nix" / "loop.nix"
 

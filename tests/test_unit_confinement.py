@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import workload_inputs
-from harness import profdata_show, wait_for
 from test_daemon_ingest import reference_profile, run_workload
+from testbed.daemon import wait_for
+from testbed.profiles import profdata_show
+from testbed.programs import workload_inputs
 from unitfile import capability_bounding_set, setpriv_as_unit
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="drops capabilities from root: run as root (make test does)")

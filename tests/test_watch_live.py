@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from clangs import run_instrumented
-from harness import wait_for
+from testbed.clangs import run_instrumented
+from testbed.daemon import wait_for
 from pgod.optimize import build_progress
 from pgod.optimize.build_progress import BuildProgress, bounded_lines
 from pgod.optimize.builds import NIX_LOG_FLAGS, Throttle, is_nix_build, supports_internal_json, with_nix_log

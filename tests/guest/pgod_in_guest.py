@@ -11,11 +11,11 @@ import json
 import shutil
 from pathlib import Path
 
-from clangs import Clang
-from harness import write_config
+from testbed.clangs import Clang
+from testbed.config import write_config
+from testbed.programs import WORKLOAD_SOURCE
 
 REPO = Path(__file__).resolve().parents[2]
-WORKLOAD_SOURCE = REPO / "tests" / "programs" / "workload.c"
 SPOOL = "/var/spool/pgod"
 #: The path the profiling adapter bakes into every binary (stdenv-adapters/default.nix).
 BAKED_PATH = f"{SPOOL}/%p.profraw"

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clangs import Clang, run_instrumented
+from testbed.clangs import Clang, run_instrumented
 
 from .machine import Machine
 from .pgod_in_guest import WORKLOAD_SOURCE, install, prepare_share

@@ -1,9 +1,9 @@
-"""Test helper: build and run programs instrumented by the Debian clangs installed here.
+"""Build and run programs instrumented by the Debian clangs installed here.
 
-Tests that need real raw profiles (not hand-made bytes) import this module to find which
-clang/llvm-profdata pairs exist, compile C sources with `-fprofile-instr-generate`, run the
-result with `LLVM_PROFILE_FILE` set, and read the GNU build-id that the profile runtime should
-copy into the raw profile's binary-id section.
+Tests, benchmarks and the guest runs that need real raw profiles (not hand-made bytes) import
+this module to find which clang/llvm-profdata pairs exist, compile C sources with
+`-fprofile-instr-generate`, run the result with `LLVM_PROFILE_FILE` set, and read the GNU
+build-id that the profile runtime should copy into the raw profile's binary-id section.
 """
 
 from __future__ import annotations
