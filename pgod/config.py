@@ -251,7 +251,7 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
         threshold_bytes=threshold_bytes,
         activation=activation,
         admin_group=top.get("admin_group", str, "wheel"),
-        # A file is read whole to be checked: this cap bounds pgod's memory (profiles.py).
+        # A file is read whole to be checked: this cap bounds pgod's memory (merge/checked.py).
         max_file_bytes=top.megabytes("max_file_mb", 64),
         unattributed_max_files=unattributed_max_files,
         packages=packages,

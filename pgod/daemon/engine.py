@@ -42,8 +42,8 @@ from pgod.intake.sparse import too_sparse
 from pgod.intake.spool import Arrival
 from pgod.intake.squatting import EMPTY_FILE_GRACE_SECONDS, settle_left, squat_candidate, squatter
 from pgod.manifest import resolve_profdata
+from pgod.merge.batches import MergeDone, ProfileMerger
 from pgod.merge.confined import MergeSandbox
-from pgod.merge.merger import MergeDone, ProfileMerger
 from pgod.optimize.builds import BuildProgressed, BuildResult
 from pgod.optimize.gate import GateResult
 from pgod.optimize.optimizer import Optimizer

@@ -8,7 +8,7 @@ so another user's file waits behind at most one batch, not behind the flood. Bou
   scanned again later (the files are still there: an overflow costs a rescan, not memory);
 - a uid with PENDING_FILES_PER_UID files (or PENDING_BYTES_PER_UID bytes) claimed but not yet
   merged gets nothing more claimed until its merges catch up. Both stay below one merge batch
-  (profiles.py), so the next merge of a package always reaches other users' files. A file's
+  (merge/batches.py), so the next merge of a package always reaches other users' files. A file's
   bytes (its size when last seen) count before it is taken, so they are never read past the
   bound: a file that would cross it waits, unless its uid has nothing pending (then it goes
   alone, within the per-file cap), so a file larger than the bound is not stuck for good.
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pgod.intake.squatting import squat_candidate
 
 NAMES_PER_UID = 20_000
-PENDING_FILES_PER_UID = 4_000  # below profiles.MERGE_BATCH
-PENDING_BYTES_PER_UID = 48 << 20  # below profiles.MERGE_BATCH_BYTES
+PENDING_FILES_PER_UID = 4_000  # below merge.batches.MERGE_BATCH
+PENDING_BYTES_PER_UID = 48 << 20  # below merge.batches.MERGE_BATCH_BYTES
 SQUATS_SHARE = 4  # squatting names get at most 1/4 of a claim batch: making them starves no one
 LIGHT_USER_FILES = 100  # a uid with fewer pending files than this, beside one with more, is merged at once
 UNKNOWN_UID = -1  # a claimed file whose owner was not recorded (rows from before schema 3)

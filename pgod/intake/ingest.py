@@ -198,7 +198,7 @@ class Ingestor:
         try:
             # Read, never mmap: the owner may still hold the file open and truncate it, and a
             # mapped page past the new end would kill the daemon with SIGBUS. What ingest holds
-            # and what it kept for merges stay within one budget (profiles.CHECKED_CACHE_BYTES).
+            # and what it kept for merges stay within one budget (merge.checked.CHECKED_CACHE_BYTES).
             self._make_room(checked.size)
             data = _read_bounded(fd, checked.size, self.max_file_bytes)
         finally:

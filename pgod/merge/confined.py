@@ -14,7 +14,7 @@ change and never runs as root:
   its output is checked against the expansion bound and copied into a root-owned file before it
   becomes a generation.
 
-How a run fails decides what happens next (profiles.py): a failure the inputs caused (a crash,
+How a run fails decides what happens next (merge/batches.py): a failure the inputs caused (a crash,
 a limit, a timeout, an input llvm-profdata refused) is narrowed down to its culprits, which are
 quarantined with the reason; a failure of the environment (disk full, the tool missing, an
 unreadable working profile) is nobody's input, and the batch waits for a retry, nothing counted.

@@ -1,18 +1,19 @@
-"""Fold pending raw parts into each package's profile, one generation per llvm-profdata call.
+"""Which merges are due, and the llvm-profdata runs that fold pending raw parts into profiles.
 
-Runs on the engine thread. A batch is merged into generation N+1 from generation N; one
-transaction then records the new generation, the counters and the parts as merged (the moment
-they are counted); only after it are the raw files deleted and generation N removed. A batch
-that fails as a whole is narrowed down by halves when its inputs caused it (a crash, a limit,
-a timeout: merge.py), until each culprit fails alone and is quarantined with the reason, and the
-rest is merged; a package never waits behind one file. A batch that fails because of the
-environment (disk full, missing tool) is retried later with a growing delay, and nothing in it
-is counted.
+Runs on the engine thread. The parts waiting for each package are merged in batches, one run
+at a time (each may use a core), a trickle of files grouped so each run is worth its start-up.
+A run (MergeJob) merges a batch into generation N+1 from generation N on a thread of its own;
+its outcome comes back to the engine (MergeDone) and is committed by commit.py, the one
+transaction that counts a raw profile. A batch that fails as a whole is narrowed down by halves
+when its inputs caused it (a crash, a limit, a timeout: confined.py), until each culprit fails
+alone and is quarantined with the reason, and the rest is merged; a package never waits behind
+one file. A batch that fails because of the environment (disk full, missing tool) is retried
+later with a growing delay, and nothing in it is counted. The bytes ingest checked come from
+checked.py, and are read again only when not kept there.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import deque
@@ -26,6 +27,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from pgod.config import Config
 from pgod.durable import unlink_if_present
+from pgod.merge.checked import CheckedBytes
+from pgod.merge.commit import MergeCommitter
 from pgod.merge.confined import (
     DISK_FULL,
     Gathered,
@@ -39,20 +42,13 @@ from pgod.merge.confined import (
 )
 from pgod.optimize import stages
 from pgod.osthread import name_os_thread
-from pgod.state.db import Merge, Package, Part, Quarantine, SpoolFile, among
-from pgod.state.failpoints import failpoint
-from pgod.state.history import add_contributions, add_tallies
+from pgod.state.db import Package, Part, SpoolFile
 from pgod.state.layout import Layout
-from pgod.state.recovery import finish_files
 
 log = structlog.get_logger(__name__)
 
 MERGE_BATCH = 5000  # raw parts per llvm-profdata call
-# Raw-profile bytes pgod holds in memory at once: those ingest checked and keeps for their merge,
-# and the one file or part being read (make_room). With the per-file cap at most this, the
-# daemon's RSS stays about this much above its idle size, whatever the spool holds.
-CHECKED_CACHE_BYTES = 64 << 20
-MERGE_BATCH_BYTES = 64 << 20  # and their bytes, read into memory for it (merge.py), its limits scaled to them
+MERGE_BATCH_BYTES = 64 << 20  # and their bytes, read into memory for it (confined.py), its limits scaled to them
 # Every llvm-profdata call costs ~26 ms of CPU just to start, so a trickle of files is merged
 # in groups: at once when this many parts wait, else when the first has waited this long.
 MERGE_MIN_PARTS = MERGE_BATCH
@@ -97,6 +93,10 @@ class MergeDone:
 
 
 class ProfileMerger:
+    """Schedules the merges: which packages are due, their next batch, the run in flight, the
+    halves still to merge, the retries; hands a finished run to the commit (MergeCommitter) and
+    keeps the bytes ingest checked for the runs (CheckedBytes)."""
+
     def __init__(
         self,
         config: Config,
@@ -110,6 +110,8 @@ class ProfileMerger:
         self.config = config
         self.layout = layout
         self.sessions = sessions
+        self.checked = CheckedBytes()  # the bytes ingest checked, kept for their merge
+        self.committer = MergeCommitter(layout, sessions, emit)
         self._profdata = profdata  # package → the llvm-profdata matching its compiler
         self._sandbox = sandbox
         self._post = post  # hands a finished run to the engine thread
@@ -120,8 +122,6 @@ class ProfileMerger:
         self._ready: deque[str] = deque()  # packages due for a batch, in turn
         self._segments: dict[str, deque[list]] = {}  # package → halves still to merge, in id order
         self._forced: set[str] = set()  # packages whose waiting parts a build must wait for
-        self._checked: dict[str, bytes] = {}  # part path → the bytes ingest checked (see remember)
-        self._checked_bytes = 0
 
     @property
     def parts_waiting(self) -> bool:
@@ -217,43 +217,24 @@ class ProfileMerger:
         kind = instrumentation_family(package.profile_kind) if package.profile_kind else None
         if kind == "ir" and package.stage == stages.CONTEXT_SENSITIVE:
             kind = "cs-ir"  # the stage's own profiles only (optimizer._enter_context_sensitive)
-        if unkept := [p.size for p in parts if p.path not in self._checked]:
-            self.make_room(max(unkept), spare={p.path for p in parts})  # each is read again, one at a time
-        gathered = gather_inputs([MergeInput(p.path, p.size, p.digest) for p in parts], self._checked, kind)
+        if unkept := [p.size for p in parts if p.path not in self.checked]:
+            self.checked.make_room(max(unkept), spare={p.path for p in parts})  # each is read again, one at a time
+        gathered = gather_inputs([MergeInput(p.path, p.size, p.digest) for p in parts], self.checked.held, kind)
         for part in parts:
-            self._forget(part.path)
+            self.checked.forget(part.path)
         self._job = MergeJob(name, parts, generation, base, output, more)
         self._job.start(self._profdata[name], gathered, self._sandbox, self._post)
 
     def remember(self, path: str, data: bytes) -> None:
-        """Keep the bytes ingest just checked for the merge of their part (engine thread), so
-        it need not read and hash them again; within CHECKED_CACHE_BYTES, else they are read."""
-        if self._checked_bytes + len(data) <= CHECKED_CACHE_BYTES:
-            self._forget(path)
-            self._checked[path] = data
-            self._checked_bytes += len(data)
+        """Keep the bytes ingest just checked for their part's merge (CheckedBytes.remember)."""
+        self.checked.remember(path, data)
 
     def make_room(self, size: int, spare: Collection[str] = ()) -> None:
-        """Drop kept bytes, oldest first (those in ``spare`` last), until ``size`` more bytes fit
-        beside them within CHECKED_CACHE_BYTES (engine thread). Called before any whole file or
-        part is read into memory, so what pgod holds of raw profiles stays within that budget,
-        whatever the spool holds; a dropped part is read again for its merge and matched to its
-        digest, as after a restart."""
-        if self._checked_bytes + size <= CHECKED_CACHE_BYTES:
-            return
-        order = [path for path in self._checked if path not in spare] + [path for path in self._checked if path in spare]
-        for path in order:
-            self._forget(path)
-            if self._checked_bytes + size <= CHECKED_CACHE_BYTES:
-                return
-
-    def _forget(self, path: str) -> None:
-        data = self._checked.pop(path, None)
-        if data is not None:
-            self._checked_bytes -= len(data)
+        """Make room for ``size`` bytes about to be read whole (CheckedBytes.make_room)."""
+        self.checked.make_room(size, spare)
 
     def on_merge_done(self, done: MergeDone) -> None:
-        """A run ended (engine thread): commit what it did, or narrow down its culprits.
+        """A run ended (engine thread): have what it did committed, or narrow down its culprits.
 
         When the inputs made the run fail, each half is merged on its own, down to single
         parts, which are quarantined with the failure's reason: the halves keep the id order,
@@ -261,12 +242,8 @@ class ProfileMerger:
         job, outcome = done.job, done.outcome
         self._job = None
         name, parts = job.package, job.parts
-        with self.sessions() as session:
-            package = session.get(Package, name)
-            current = Path(package.profile_path) if package.profile_path else None
-            moved_on = package.profile_generation + 1 != job.generation or current != job.base
         failure = outcome.failure
-        if moved_on:  # reset while it ran: its parts are still pending, for the new profile
+        if not self.committer.is_current(job):  # reset while it ran: its parts are still pending, for the new profile
             log.info("profile.merge_discarded", package=name, parts=len(parts))
             unlink_if_present(job.output)
             self._segments.pop(name, None)
@@ -283,8 +260,7 @@ class ProfileMerger:
             if failure is not None:  # this one part alone makes llvm-profdata fail
                 outcome = MergeOutcome(False, rejected={parts[0].path: (failure.reason, failure.detail)})
             self._retry.pop(name, None)
-            failpoint("after-merge")
-            self._commit_merge(name, parts, outcome, job.generation, job.output, job.base)
+            self.committer.commit(job, outcome)
             if name in self._segments:
                 pass  # more halves to merge first
             elif job.more:
@@ -292,117 +268,6 @@ class ProfileMerger:
             else:
                 self._forced.discard(name)
         self._start_next()
-
-    def _commit_merge(self, name, parts, outcome, generation: int, output: Path, base: Path | None) -> None:
-        rejected = [p for p in parts if p.path in outcome.rejected] if outcome.rejected else []
-        merged = [p for p in parts if p.path not in outcome.rejected] if outcome.rejected else list(parts)
-        merged_bytes = sum(p.size for p in merged)
-        now = time.time()
-        crossed = False
-        with self.sessions.begin() as session:
-            package = session.get(Package, name)
-            if rejected:
-                session.execute(update(Part).where(among(Part.id, [p.id for p in rejected])).values(status="quarantined"))
-                session.add_all(
-                    Quarantine(
-                        original_name=self._culprit_name(p),
-                        package=name,
-                        owner_uid=p.owner_uid,
-                        size=p.size,
-                        reason=outcome.rejected[p.path][0],
-                        detail=outcome.rejected[p.path][1],
-                        path=str(self.layout.quarantine / Path(p.path).name),
-                        at=now,
-                    )
-                    for p in rejected
-                )
-                package.quarantined += len(rejected)
-                add_tallies(session, rejected_files=len(rejected), rejected_bytes=sum(p.size for p in rejected))
-            advanced = outcome.merged and bool(merged)
-            if advanced:
-                merge = Merge(
-                    package=name,
-                    generation=generation,
-                    files=len(merged),
-                    bytes=merged_bytes,
-                    seconds=outcome.seconds,
-                    at=now,
-                )
-                session.add(merge)
-                session.flush()
-                # The batch was the package's first pending parts by id: those left pending up
-                # to the last one (the rejected ones are marked above) are the merged ones.
-                session.execute(
-                    update(Part)
-                    .where(Part.package == name, Part.status == "pending", Part.id <= parts[-1].id)
-                    .values(status="merged", merge_id=merge.id)
-                )
-                add_contributions(session, name, _shares_by_uid(merged))
-                package.profile_generation = generation
-                package.profile_path = str(output)
-                package.raw_bytes += merged_bytes
-                package.files += len(merged)
-                package.total_raw_bytes += merged_bytes
-                package.total_files += len(merged)
-                package.last_activity = now
-                if not package.build_due and package.raw_bytes >= package.threshold_bytes:
-                    package.build_due = True
-                    crossed = True
-            done_names = self._mark_done(session, {p.file_id for p in parts})
-            snapshot = dict(raw_bytes=package.raw_bytes, files=package.files, state=package.state)
-        # After the commit: the clean-ups recovery would otherwise finish; no query needed here.
-        failpoint("after-merge-commit")
-        settled = [(p.path, "quarantined") for p in rejected]
-        settled += [(p.path, "merged") for p in (merged if advanced else [])]
-        finish_files(self.layout, settled, done_names)
-        if advanced and base is not None and base != output:
-            unlink_if_present(base)
-        elif not advanced:
-            unlink_if_present(output)
-        log.info(
-            "profile.merged",
-            package=name,
-            generation=generation if advanced else generation - 1,
-            files=len(merged),
-            bytes=merged_bytes,
-            rejected=len(rejected),
-            seconds=round(outcome.seconds, 3),
-        )
-        for part in rejected:
-            reason, detail = outcome.rejected[part.path]
-            shown = self._culprit_name(part)
-            log.warning("profile.rejected", package=name, file=shown, staged=Path(part.path).name, uid=part.owner_uid,
-                        reason=reason, detail=detail)
-            self._emit("quarantined", file=shown, reason=reason, package=name)
-        self._emit("counters", package=name, **snapshot)
-        if crossed:
-            log.info("package.threshold_reached", package=name, raw_bytes=snapshot["raw_bytes"])
-            self._emit("threshold", package=name, raw_bytes=snapshot["raw_bytes"])
-
-    def _culprit_name(self, part) -> str:
-        """The spool name a rejected part came in as; a part split out of a file with several
-        profiles (an executable's and its libraries') says which one. A row without the file's
-        name (its file row pruned, which no pending part allows) keeps the staging name."""
-        if part.original_name is None:
-            return Path(part.path).name
-        if os.path.dirname(part.path) == os.fsdecode(self.layout.parts):
-            return f"{part.original_name} (part {part.part_index + 1})"
-        return part.original_name
-
-    @staticmethod
-    def _mark_done(session: Session, file_ids: set[int]) -> list[str]:
-        """Mark done the files none of whose parts wait any more; returns their staging names."""
-        # NOT IN over one list of the pending parts' files, not a correlated NOT EXISTS: for
-        # that SQLite picks the status index and scans every pending part once per file.
-        still_pending = select(Part.file_id).where(Part.status == "pending", among(Part.file_id, file_ids))
-        return list(
-            session.scalars(
-                update(SpoolFile)
-                .where(among(SpoolFile.id, file_ids), SpoolFile.id.not_in(still_pending))
-                .values(done=True)
-                .returning(SpoolFile.staging_name)
-            ).all()
-        )
 
     def _merge_failed(self, name: str, error: str, soon: bool = False) -> None:
         """Retry later, with a growing delay; ``soon`` (a full disk, which passes by itself):
@@ -414,16 +279,6 @@ class ProfileMerger:
         with self.sessions.begin() as session:
             session.execute(update(Package).where(Package.name == name).values(last_error=f"merge: {error}"))
         self._emit("error", package=name, message=error)
-
-
-def _shares_by_uid(parts: list) -> dict[int, tuple[int, int]]:
-    """(parts, bytes) of a merged batch per owner uid of their files (-1: not known)."""
-    shares: dict[int, tuple[int, int]] = {}
-    for part in parts:
-        uid = -1 if part.owner_uid is None else part.owner_uid
-        files, size = shares.get(uid, (0, 0))
-        shares[uid] = (files + 1, size + part.size)
-    return shares
 
 
 def _within_bytes(parts: list, limit: int) -> list:
