@@ -3,7 +3,8 @@
 Watcher threads, D-Bus calls, builds and merges only enqueue; this thread does every state
 change, so there is no locking around the database or the staging folders. The slow parts (an
 llvm-profdata run, a build) run on threads of their own and post their outcome back, so the
-engine goes on claiming and answering while they run. Its cycle:
+engine goes on claiming and answering while they run. Its cycle (the intake step, from spool
+names to rows, is pgod.intake.cycle's IntakeCycle, which the engine drives):
 
     names from the spool ──claim──▶ staging ──ingest──▶ rows (parts pending)
     pending parts ──merge (one llvm-profdata per package batch, on a thread of its own)──▶
@@ -16,31 +17,21 @@ redone; every one after it is a clean-up that recovery finishes if the daemon di
 
 from __future__ import annotations
 
-import os
 import queue
-import secrets
-import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from pgod.config import Config
-from pgod.durable import fsync_dir, is_disk_full, move_if_present, unlink_if_present
+from pgod.durable import is_disk_full
 from pgod.intake.attribution import Attributor
-from pgod.intake.claim import Claimer
-from pgod.intake.fair import LIGHT_USER_FILES, NAMES_PER_UID, UNKNOWN_UID, FairIntake
-from pgod.intake.ingest import REJECTIONS_LOGGED_PER_BATCH, Ingestor
-from pgod.intake.profraw import ProfrawError, parse_profraw
-from pgod.intake.room import Shortage, shortage
-from pgod.intake.sparse import too_sparse
+from pgod.intake.cycle import CLAIM_BATCH, DISK_RETRY_SECONDS, Entry, IntakeCycle
 from pgod.intake.spool import Arrival
-from pgod.intake.squatting import EMPTY_FILE_GRACE_SECONDS, settle_left, squat_candidate, squatter
 from pgod.manifest import resolve_profdata
 from pgod.merge.batches import MergeDone, ProfileMerger
 from pgod.merge.confined import MergeSandbox
@@ -48,16 +39,13 @@ from pgod.optimize.builds import BuildProgressed, BuildResult
 from pgod.optimize.gate import GateResult
 from pgod.optimize.optimizer import Optimizer
 from pgod.osthread import name_os_thread
-from pgod.state.db import Package, SpoolFile
-from pgod.state.failpoints import failpoint
+from pgod.state.db import Package
 from pgod.state.history import History
-from pgod.state.layout import Layout, prune_oldest
+from pgod.state.layout import Layout
 from pgod.state.recovery import recover
 
 log = structlog.get_logger(__name__)
 
-CLAIM_BATCH = 2000  # spool names claimed per cycle: bounds memory on a large backlog
-SCAN_STEP = 5000  # spool entries a scan looks at per cycle, so a huge spool holds nothing up
 # Names the watcher may queue for the engine; past that they are dropped and the spool is
 # scanned again instead (a flood costs a rescan, not memory).
 MAX_QUEUED_NAMES = 50_000
@@ -68,10 +56,7 @@ MAX_QUEUED_NAMES = 50_000
 # spins on: measured, that contention alone could cost 0.2 s of CPU per 2,000 files.
 GATHER_QUIET_SECONDS = 0.05
 GATHER_MAX_SECONDS = 1.0
-YOUNG_FILE_SECONDS = 5.0  # at start, a file this fresh may still be open by its writer
-ARRIVAL_SETTLE_SECONDS = 60.0  # how long an entry that never sees a close event may settle
 RETRY_BASE_SECONDS = 5.0  # after an unexpected failure, redo start-up this much later
-DISK_RETRY_SECONDS = 5.0  # while the disk is full, look again for room this often
 
 Listener = Callable[[str, dict], None]
 
@@ -104,37 +89,26 @@ class Engine:
         self._queue: queue.SimpleQueue[
             list[str] | Rescan | BuildResult | BuildProgressed | GateResult | MergeDone | Command | None
         ] = queue.SimpleQueue()
-        self._names_queued = 0  # spool names in the queue, for spool_backlog
+        self._names_queued = 0  # spool names in the queue, for the intake's spool_backlog
         self._names_lock = threading.Lock()
         self._names_dropped = False  # the watcher dropped names: a Rescan is queued
-        self._claimer = Claimer(layout.spool, layout.incoming)
-        self._spool = os.fsdecode(layout.spool)
-        self._incoming = os.fsdecode(layout.incoming)
         profdata = {
             name: resolve_profdata(package, attributor.builds.get(name)) for name, package in config.packages.items()
         }
         self.merger = ProfileMerger(config, layout, sessions, profdata, self._emit, sandbox, self._queue.put)
-        self._ingestor = Ingestor(
-            layout, attributor, config.max_file_bytes, keep=self.merger.remember, make_room=self.merger.make_room,
-            max_counter=config.max_counter, accept_uids=config.accept_uids,
+        self._history = History(layout, sessions)
+        # Spool names to rows; D-Bus reads its status (backlog, disk, per-uid report) from it.
+        self.intake = IntakeCycle(
+            config, layout, sessions, attributor, self._history, keep=self.merger.remember,
+            make_room=self.merger.make_room, emit=self._emit, queued=lambda: self._names_queued,
         )
-        self._deferred: dict[str, float] = {}  # spool name → when to look at it again
-        self._scan_remaining = 0
-        self._scan: Iterator[os.DirEntry] | None = None  # a spool scan under way, a step per cycle
-        self._intake = FairIntake(os.fsdecode(layout.spool))  # names waiting, per owner uid
-        self._intake_report: list[dict] = []  # its report, made on this thread for the others
-        # Staging may live inside the spool (see staging.py): never claim our own folder.
-        self._own_name = layout.staging.name if layout.staging.parent == layout.spool else None
         self._restart_at: float | None = None  # set when a step failed: redo start-up then
         self._names_at = float("-inf")  # monotonic time spool names last came
         self._thread: threading.Thread | None = None
-        # While intake waits for room: {"state": "full" or "low", "detail": why, …figures}.
-        self._disk: dict | None = None
         self.optimizer = Optimizer(
             config, layout, sessions, self._emit, self._queue.put, merging=self.merger.busy,
             attributor=attributor, bench_identity=sandbox.identity,
         )
-        self._history = History(layout, sessions)
 
     # ---- called from other threads -------------------------------------------------------
     def submit(self, names: list[str]) -> None:
@@ -163,22 +137,6 @@ class Engine:
         future: Future = Future()
         self._queue.put(Command(function, args, future))
         return future
-
-    @property
-    def disk(self) -> dict:
-        """For status: {"state": "ok"}; "full" with what failed, or "low" (less free than the
-        margin, room.py) with what intake waits for, while intake waits for room."""
-        return self._disk or {"state": "ok"}
-
-    @property
-    def spool_backlog(self) -> int:
-        return self._scan_remaining + self._names_queued + len(self._deferred) + len(self._intake)
-
-    @property
-    def intake(self) -> list[dict]:
-        """For status (any thread): the uids with names waiting or files pending, and the bounds
-        they are at, as of the end of the last cycle."""
-        return self._intake_report
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="pgod-engine", daemon=True)
@@ -215,7 +173,7 @@ class Engine:
         if isinstance(event, Rescan):
             with self._names_lock:
                 self._names_dropped = False
-            self._scan_spool()
+            self.intake.scan_spool()
             return
         if isinstance(event, BuildResult):
             self.optimizer.on_build_done(event)
@@ -229,7 +187,7 @@ class Engine:
         if isinstance(event, MergeDone):
             self.merger.on_merge_done(event)
             self._history.owe()
-            self._count_pending()
+            self.intake.count_pending()
             return
         try:
             event.future.set_result(event.function(*event.args))
@@ -250,32 +208,29 @@ class Engine:
             self._restart_at = time.monotonic() + RETRY_BASE_SECONDS
 
     def _wait_for_room(self, state: str, detail: str, **figures) -> None:
-        """The disk is full: nothing is rejected for it. Whatever the failed step did was rolled
-        back with its transaction (claimed files stay in staging); intake pauses, and start-up
-        (recovery, then a spool scan) is redone every few seconds until there is room. Logged
-        when the state changes, not at each retry: status carries the latest figures."""
-        if self._disk is None or self._disk["state"] != state:
-            log.warning(f"disk.{state}", detail=detail, retry_every=DISK_RETRY_SECONDS)
-        self._disk = {"state": state, "detail": detail, **figures}
+        """The disk is full (or short of the margin): nothing is rejected for it. Whatever the
+        failed step did was rolled back with its transaction (claimed files stay in staging);
+        intake pauses, and start-up (recovery, then a spool scan) is redone every few seconds
+        until there is room."""
+        self.intake.wait_for_room(state, detail, **figures)
         self._restart_at = time.monotonic() + DISK_RETRY_SECONDS
 
-    def _short_of_room(self) -> Shortage | None:
-        """Where free space is below the margin (room.py), or None: the copies, rows and
-        profiles intake makes must not fill the disk for everyone else."""
-        return shortage((self.layout.staging, self.layout.state), self.config.keep_free_bytes)
-
-    def _room_again(self) -> None:
-        if self._disk is not None:
-            log.info("disk.room_again", was=self._disk["detail"])
-            self._disk = None
+    def _claim(self, names: list[Entry]) -> None:
+        """Claim and record spool names, unless intake waits for room."""
+        if self.intake.waits_for_room and self._restart_at is not None:
+            return  # waiting for room: left in the spool, the scan of the next start-up takes them
+        if (low := self.intake.short_of_room()) is not None:
+            self._wait_for_room("low", low.detail(), **low.document())
+            return
+        self.intake.claim(names)
 
     def _start_up(self) -> None:
         self.sync_packages()
-        recover(self.layout, self.sessions, self._reingest)
-        self._count_pending()
+        recover(self.layout, self.sessions, self.intake.reingest)
+        self.intake.count_pending()
         self.merger.merge_when_due(force=True)
         self.optimizer.finish_start_up()
-        self._scan_spool()
+        self.intake.scan_spool()
         self.optimizer.maybe_start_build()
         self.started_up = True
         self._emit("started")  # what status read before this (no package rows yet) is out of date
@@ -327,22 +282,20 @@ class Engine:
         now = time.monotonic()
         if names:
             self._names_at = now
-        for name, when in list(self._deferred.items()):
-            if when <= now:
-                del self._deferred[name]
-                names.setdefault(name, name)
+        for name in self.intake.due(now):
+            names.setdefault(name, name)
         return list(names.values()), events
 
     def _next_deadline(self) -> float | None:
-        deadlines = list(self._deferred.values())
+        deadlines = []
+        if (intake_at := self.intake.next_deadline()) is not None:
+            deadlines.append(intake_at)
         if (merge_at := self.merger.next_deadline()) is not None:
             deadlines.append(merge_at)
         if self._restart_at is not None:
             deadlines.append(self._restart_at)
         if (prune_at := self._history.next_deadline()) is not None:
             deadlines.append(prune_at)
-        if self._scan is not None or self._intake.waiting():
-            deadlines.append(time.monotonic())  # more to claim now: no waiting for an event
         build_at = self.optimizer.next_deadline()
         if build_at is not None:
             deadlines.append(time.monotonic() + max(0.0, build_at - time.time()))
@@ -364,204 +317,21 @@ class Engine:
             # Start-up went through: room again, unless free space is still below the margin
             # (then the state stays as it is, and the claim step below says "low" if it was
             # "full"): a state that did not change is not logged again every retry.
-            if self._restart_at is None and self._short_of_room() is None:
-                self._room_again()
-        self._intake.offer(names)
-        self._scan_step()
-        few, many = few_first(self._intake.take(CLAIM_BATCH))
+            if self._restart_at is None and self.intake.short_of_room() is None:
+                self.intake.room_again()
+        self.intake.offer(names)
+        few, many = self.intake.take()
         if few and many:
             # Another user's few files beside a flood's many: recorded in a transaction of their
             # own, and their merge started, before the flood's batch is worked through.
-            self._ingest_names(few)
+            self._claim(few)
             self.merger.merge_when_due(light=True)
-        self._ingest_names(many or few)
+        self._claim(many or few)
         # Another user's few files beside a flood are merged without waiting to gather more.
-        self.merger.merge_when_due(quiet=self._spool_quiet(), light=self._intake.light_user_waiting())
+        self.merger.merge_when_due(quiet=self._spool_quiet(), light=self.intake.light_user_waiting())
         self.optimizer.maybe_start_build()
         self._history.prune_if_due()
-        self._intake_report = self._intake.report()
-        self._intake.cycle_done()
-
-    def _scan_spool(self) -> None:
-        """Look at the whole spool (at start, after lost events, after dropped names): a step of
-        SCAN_STEP entries per cycle, each queued under its owner like any other name."""
-        if self._scan is not None:
-            self._intake.rescan_owed = True  # this one may have passed names already: another after
-            return
-        own = self._own_name
-        with os.scandir(self.layout.spool) as scan:
-            self._scan_remaining = sum(1 for entry in scan if entry.name != own)
-        log.info("spool.scan", backlog=self._scan_remaining)
-        self._intake.rescan_started()
-        self._scan = os.scandir(self.layout.spool)
-
-    def _scan_step(self) -> None:
-        if self._scan is None:
-            if self._intake.rescan_owed and len(self._intake) < NAMES_PER_UID // 2:
-                self._scan_spool()  # names were dropped: now that the queues have room
-            return
-        names = []
-        for entry in self._scan:
-            if entry.name != self._own_name:
-                names.append(entry.name)
-            if len(names) >= SCAN_STEP:
-                break
-        else:
-            self._scan.close()
-            self._scan = None
-        self._intake.offer(names, at_start=True)
-        self._scan_remaining = max(0, self._scan_remaining - len(names))  # queued: counted as waiting
-        self._emit("backlog", remaining=self.spool_backlog)
-
-    def _count_pending(self) -> None:
-        """Each uid's files claimed but not yet merged, from the database (the intake's bounds)."""
-        with self.sessions() as session:
-            rows = session.execute(
-                select(SpoolFile.owner_uid, func.count(SpoolFile.id), func.coalesce(func.sum(SpoolFile.size), 0))
-                .where(SpoolFile.done.is_(False))
-                .group_by(SpoolFile.owner_uid)
-            ).all()
-        self._intake.pending = {(UNKNOWN_UID if uid is None else uid): (files, size) for uid, files, size in rows}
-
-    # ---- ingest --------------------------------------------------------------------------
-    def _not_yet(self, name: str, at_start: bool, info: os.stat_result) -> float | None:
-        """Seconds to wait before claiming a spool entry that is probably still being written;
-        0 to leave it alone altogether (an event will bring it back), None to claim it now.
-
-        `info` is the entry's lstat from when the intake last saw the name (every sighting, by an
-        event or a scan, refreshes it), and the claim checks the file again itself, so an old
-        lstat can only make the entry wait, never let a wrong file through."""
-        path = f"{self._spool}/{name}"
-        if stat.S_ISDIR(info.st_mode):
-            # Never claimed: a folder cannot hold a profile, and moving another user's folder
-            # needs a right the service does not keep (its ".." would change). One squatting a
-            # program's file name is put out of its way, though.
-            if squatter(name, info.st_uid):
-                self._clear_squatted_folder(name)
-            return 0.0
-        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-            return None
-        if info.st_size == 0 and time.time() - info.st_mtime < EMPTY_FILE_GRACE_SECONDS:
-            if not squatter(name, info.st_uid):
-                # A program still running; its exit write closes the file again and brings it
-                # back.
-                return 0.0
-            # It names no running process of its owner: someone took the name before the
-            # program that will get that pid, so it is claimed (refused as squatted-name) and
-            # that program can write its own. Unless it is filled meanwhile: a forked child's or
-            # another pid namespace's exit write looks the same for a moment (squatting.py).
-            return settle_left(info) or None
-        if info.st_size > 0 and isinstance(name, Arrival) and not _parses_whole(
-            path, self.config.max_file_bytes, self.merger.make_room
-        ):
-            # Linked in, or written without a close yet: if it is a complete profile it is
-            # done; if not, give its writer time, then take it whatever it holds.
-            return ARRIVAL_SETTLE_SECONDS
-        if at_start and (age := time.time() - info.st_mtime) < YOUNG_FILE_SECONDS:
-            # Found by the scan, not by a close event: its writer may not be done. Its close
-            # event, or this deadline, brings it back.
-            return YOUNG_FILE_SECONDS - age
-        return None
-
-    def _clear_squatted_folder(self, name: str) -> None:
-        """Free a program's file name taken by a folder: removed if empty, else renamed aside
-        within the spool (a rename in place needs no right over the folder itself)."""
-        path = f"{self._spool}/{name}"
-        try:
-            os.rmdir(path)
-            log.warning("spool.squatted_name_freed", name=name, how="removed the empty folder")
-            return
-        except OSError:
-            pass
-        aside = f"{self._spool}/.pgod-aside-{secrets.token_hex(8)}"
-        try:
-            os.rename(path, aside)
-            log.warning("spool.squatted_name_freed", name=name, how=f"moved the folder to {os.path.basename(aside)}")
-        except OSError as err:
-            log.warning("spool.squatted_name_kept", name=name, error=err.strerror)
-
-    def _ingest_names(self, names: list[tuple[str, bool, os.stat_result]]) -> None:
-        """Claim and record spool names: (name, found by a scan rather than an event, lstat)."""
-        if self._disk is not None and self._restart_at is not None:
-            return  # waiting for room: left in the spool, the scan of the next start-up takes them
-        if (low := self._short_of_room()) is not None:
-            self._wait_for_room("low", low.detail(), **low.document())
-            return
-        staged = []
-        squatted: set[str] = set()  # empty files made ahead of the program their name is for
-        for name, at_start, info in names:
-            if "/" in name or name in (".", "..", self._own_name):
-                continue
-            self._deferred.pop(name, None)
-            wait = self._not_yet(name, at_start, info)
-            if wait is not None:
-                if wait > 0:
-                    self._deferred[str(name)] = time.monotonic() + wait
-                continue
-            staging_name = self._claimer.claim(name)
-            if staging_name is not None:
-                staged.append((staging_name, str(name)))
-                if info.st_size == 0 and squat_candidate(name, info):  # as _not_yet judged it
-                    squatted.add(str(name))
-        self._ingest_staged(staged, squatted)
-        if names:
-            # The intake counted every name it handed out as pending; only the claimed ones
-            # are (a young file waits, a vanished one is gone): the database says which.
-            self._count_pending()
-
-    def _reingest(self, staged: list[tuple[str, str]]) -> None:
-        """Examine staging files again that were claimed but never recorded."""
-        for start in range(0, len(staged), CLAIM_BATCH):
-            self._ingest_staged(staged[start : start + CLAIM_BATCH])
-
-    def _ingest_staged(self, staged: list[tuple[str, str]], squatted: set[str] = frozenset()) -> None:
-        """Record claimed files (staging name, spool name): one transaction for the batch.
-        `squatted`: spool names that were empty and named for a pid no process of their owner
-        has (squatting.squatter), refused as squatted-name rather than merely empty."""
-        if not staged:
-            return
-        fsync_dir(self.layout.incoming)  # the renames must be durable before rows name them
-        failpoint("after-claim")
-        with self.sessions.begin() as session:
-            report = self._ingestor.ingest(session, staged, squatted)
-            now = time.time()
-            for name in report.parts_pending:
-                session.execute(update(Package).where(Package.name == name).values(last_activity=now))
-        failpoint("after-ingest-commit")
-        self._room_again()
-        # Rows for entirely-unattributed files are born done; their staging copies can go, or,
-        # a whole file that is one unattributed profile, be the copy kept to look at: a rename,
-        # where writing a copy cost a flood of such files a file creation each (a crash before
-        # the move leaves it in staging, where recovery deletes it, as any born-done file's).
-        incoming = self._incoming
-        for staging_name in report.born_done:
-            unlink_if_present(f"{incoming}/{staging_name}")
-        keep = self.config.unattributed_max_files
-        for moves in (report.to_quarantine, report.to_unattributed):
-            # Past the number kept, the oldest would be pruned right after: deleted where they are.
-            excess = max(0, len(moves) - keep)
-            for staging_name, _target in moves[:excess]:
-                unlink_if_present(f"{incoming}/{staging_name}")
-            for staging_name, target in moves[excess:]:
-                move_if_present(f"{incoming}/{staging_name}", target)
-        if report.born_done or report.to_unattributed or report.quarantined:
-            self._history.owe()
-        if report.unattributed:
-            prune_oldest(self.layout.unattributed, self.config.unattributed_max_files, self.config.kept_max_bytes)
-        if report.quarantined:
-            prune_oldest(self.layout.quarantine, self.config.unattributed_max_files, self.config.kept_max_bytes)
-        log.info(
-            "spool.ingested",
-            files=report.files,
-            pending=report.parts_pending,
-            unattributed=report.unattributed,
-            quarantined=len(report.quarantined),
-        )
-        # A FileRejected signal (and a StatusChanged) each, as many as are logged one by one: a
-        # flood of junk once made a signal storm of every file, and the main loop sending it
-        # answered GetStatus in up to 2.7 s. The rest are in status's counts and pgoctl show.
-        for original_name, reason in report.quarantined[:REJECTIONS_LOGGED_PER_BATCH]:
-            self._emit("quarantined", file=original_name, reason=reason, package="")
+        self.intake.cycle_done()
 
     # ---- start-up ------------------------------------------------------------------------
     def sync_packages(self) -> None:
@@ -584,40 +354,4 @@ class Engine:
                 listener(kind, data)
             except Exception:  # a listener's bug must not stop the engine
                 log.exception("engine.listener_failed", kind=kind)
-
-
-def few_first(taken: list[tuple[str, bool, os.stat_result]]) -> tuple[list, list]:
-    """A claim batch split in two: the entries of uids with fewer than LIGHT_USER_FILES in it,
-    when another uid has at least that many (else none), and the rest."""
-    counts: dict[int, int] = {}
-    for _name, _at_start, info in taken:
-        counts[info.st_uid] = counts.get(info.st_uid, 0) + 1
-    if not counts or max(counts.values()) < LIGHT_USER_FILES:
-        return [], taken
-    light = {uid for uid, count in counts.items() if count < LIGHT_USER_FILES}
-    if not light:
-        return [], taken
-    return [e for e in taken if e[2].st_uid in light], [e for e in taken if e[2].st_uid not in light]
-
-
-def _parses_whole(path: str, max_bytes: int, make_room: Callable[[int], None]) -> bool:
-    """Is the spool file, as it is now, one or more complete raw profiles? A readiness hint
-    only: the claimed copy is checked again from scratch (a file too large or too sparse to read
-    is let through at once, for the claim to refuse). ``make_room``: as ingest's, before reading."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return True  # let the claim find out and say why
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes or too_sparse(fd, info) is not None:
-            return True
-        make_room(info.st_size)
-        parse_profraw(os.read(fd, info.st_size))
-        return True
-    except ProfrawError:
-        return False
-    finally:
-        os.close(fd)
-
 

@@ -92,10 +92,11 @@ class DaemonService:
     FileRejected = signal()
     StatusChanged = signal()
 
-    def __init__(self, config, sessions, engine, version: str, bus) -> None:
+    def __init__(self, config, sessions, engine, version: str, bus, intake) -> None:
         self._config = config
         self._sessions = sessions
         self._engine = engine
+        self._intake = intake  # the engine's intake: spool backlog, disk, per-uid report
         self._version = version
         self._bus = bus
         self._status_cache: tuple[float, str] | None = None  # (when built, the JSON)
@@ -108,7 +109,7 @@ class DaemonService:
 
     @property
     def SpoolBacklog(self) -> int:
-        return self._engine.spool_backlog
+        return self._intake.spool_backlog
 
     @dbus_errors
     def GetStatus(self) -> str:
@@ -121,8 +122,8 @@ class DaemonService:
         if age is None or age > STATUS_CACHE_SECONDS or (self._status_touched and age > STATUS_TOUCHED_SECONDS):
             self._status_touched = False
             document = status_document(
-                self._config, self._sessions, self._engine.spool_backlog, self._running(), self._engine.disk,
-                self._engine.layout, self._engine.intake, gating=self._engine.optimizer.gating,
+                self._config, self._sessions, self._intake.spool_backlog, self._running(), self._intake.disk,
+                self._engine.layout, self._intake.report, gating=self._engine.optimizer.gating,
                 starting=not self._engine.started_up,
             )
             self._status_cache = (now, json.dumps(document))
