@@ -44,8 +44,11 @@ from pgod.intake.squatting import EMPTY_FILE_GRACE_SECONDS, settle_left, squat_c
 from pgod.manifest import resolve_profdata
 from pgod.merge.confined import MergeSandbox
 from pgod.merge.merger import MergeDone, ProfileMerger
+from pgod.optimize.activation import Activation
+from pgod.optimize.adoption import Adoption
 from pgod.optimize.builds import BuildProgressed, BuildResult
 from pgod.optimize.gate import GateResult
+from pgod.optimize.gcroots import GCRoots
 from pgod.optimize.optimizer import Optimizer
 from pgod.osthread import name_os_thread
 from pgod.state.db import Package, SpoolFile
@@ -130,10 +133,13 @@ class Engine:
         self._thread: threading.Thread | None = None
         # While intake waits for room: {"state": "full" or "low", "detail": why, …figures}.
         self._disk: dict | None = None
+        roots = GCRoots(layout.state / "gcroots")
+        self.activation = Activation(config, sessions, self._emit)
         self.optimizer = Optimizer(
-            config, layout, sessions, self._emit, self._queue.put, merging=self.merger.busy,
+            config, layout, sessions, self._emit, self._queue.put, self.activation, roots, merging=self.merger.busy,
             attributor=attributor, bench_identity=sandbox.identity,
         )
+        self.adoption = Adoption(config, self.activation, roots, attributor, in_flight=self.optimizer.in_flight)
         self._history = History(layout, sessions)
 
     # ---- called from other threads -------------------------------------------------------
@@ -274,7 +280,7 @@ class Engine:
         recover(self.layout, self.sessions, self._reingest)
         self._count_pending()
         self.merger.merge_when_due(force=True)
-        self.optimizer.finish_start_up()
+        self.adoption.finish_start_up()
         self._scan_spool()
         self.optimizer.maybe_start_build()
         self.started_up = True
@@ -573,7 +579,7 @@ class Engine:
                     row = Package(name=name, state="profiling", raw_bytes=0, files=0, total_raw_bytes=0,
                                   total_files=0, quarantined=0, build_due=False, profile_generation=0, active=False)
                     session.add(row)
-                self.optimizer.adopt(session, row)  # sets the threshold of the package's stage
+                self.adoption.adopt(session, row)  # sets the threshold of the package's stage
                 if not row.build_due and row.raw_bytes >= row.threshold_bytes and row.files > 0:
                     row.build_due = True
 
