@@ -98,7 +98,7 @@ def build_rejected(name: str, build: dict, late: bool = False) -> Message:
     return Message(summary, body + (_finished(build) if late else ""))
 
 
-# How the daemon words a failed activation in a "failed" event (optimizer.Optimizer.on_build_done).
+# How the daemon words a failed activation in a "failed" event (activation.py, Activation.activate_accepted).
 ACTIVATION_FAILED = "activation: "
 
 

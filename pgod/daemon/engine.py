@@ -35,8 +35,11 @@ from pgod.intake.spool import Arrival
 from pgod.manifest import resolve_profdata
 from pgod.merge.batches import MergeDone, ProfileMerger
 from pgod.merge.confined import MergeSandbox
+from pgod.optimize.activation import Activation
+from pgod.optimize.adoption import Adoption
 from pgod.optimize.builds import BuildProgressed, BuildResult
 from pgod.optimize.gate import GateResult
+from pgod.optimize.gcroots import GCRoots
 from pgod.optimize.optimizer import Optimizer
 from pgod.osthread import name_os_thread
 from pgod.state.db import Package
@@ -105,10 +108,13 @@ class Engine:
         self._restart_at: float | None = None  # set when a step failed: redo start-up then
         self._names_at = float("-inf")  # monotonic time spool names last came
         self._thread: threading.Thread | None = None
+        roots = GCRoots(layout.state / "gcroots")
+        self.activation = Activation(config, sessions, self._emit)
         self.optimizer = Optimizer(
-            config, layout, sessions, self._emit, self._queue.put, merging=self.merger.busy,
+            config, layout, sessions, self._emit, self._queue.put, self.activation, roots, merging=self.merger.busy,
             attributor=attributor, bench_identity=sandbox.identity,
         )
+        self.adoption = Adoption(config, self.activation, roots, attributor, in_flight=self.optimizer.in_flight)
 
     # ---- called from other threads -------------------------------------------------------
     def submit(self, names: list[str]) -> None:
@@ -229,7 +235,7 @@ class Engine:
         recover(self.layout, self.sessions, self.intake.reingest)
         self.intake.count_pending()
         self.merger.merge_when_due(force=True)
-        self.optimizer.finish_start_up()
+        self.adoption.finish_start_up()
         self.intake.scan_spool()
         self.optimizer.maybe_start_build()
         self.started_up = True
@@ -343,7 +349,7 @@ class Engine:
                     row = Package(name=name, state="profiling", raw_bytes=0, files=0, total_raw_bytes=0,
                                   total_files=0, quarantined=0, build_due=False, profile_generation=0, active=False)
                     session.add(row)
-                self.optimizer.adopt(session, row)  # sets the threshold of the package's stage
+                self.adoption.adopt(session, row)  # sets the threshold of the package's stage
                 if not row.build_due and row.raw_bytes >= row.threshold_bytes and row.files > 0:
                     row.build_due = True
 

@@ -172,7 +172,8 @@ def run(config, bus_kind: str) -> int:
     bound_dbus_dispatch()
     try:
         bus = SystemBus() if bus_kind == "system" else SessionBus()
-        service = DaemonService(config, sessions, engine, __version__, bus, engine.intake)
+        service = DaemonService(config, sessions, engine, __version__, bus, intake=engine.intake, layout=layout,
+                                optimizer=engine.optimizer, activation=engine.activation)
         publication = bus.publish(BUS_NAME, (OBJECT_PATH, service))
     except GLib.Error as err:
         print(f"pgod: cannot serve {BUS_NAME} on the {bus_kind} bus: {err.message}", file=sys.stderr)

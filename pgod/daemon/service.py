@@ -22,7 +22,7 @@ from pydbus.generic import signal
 from pgod.contract import INTERFACE
 from pgod.daemon.status import UnknownPackage, package_document, package_summary, status_document
 from pgod.optimize.nixstore import NixError
-from pgod.optimize.optimizer import OperationError
+from pgod.optimize.operations import OperationError
 
 log = structlog.get_logger(__name__)
 
@@ -92,11 +92,14 @@ class DaemonService:
     FileRejected = signal()
     StatusChanged = signal()
 
-    def __init__(self, config, sessions, engine, version: str, bus, intake) -> None:
+    def __init__(self, config, sessions, engine, version: str, bus, *, intake, layout, optimizer, activation) -> None:
         self._config = config
         self._sessions = sessions
-        self._engine = engine
+        self._engine = engine  # runs the state changes (`command`) and reports events
         self._intake = intake  # the engine's intake: spool backlog, disk, per-uid report
+        self._layout = layout
+        self._optimizer = optimizer  # builds and gates running (read only), reset
+        self._activation = activation  # activate, deactivate, rollback
         self._version = version
         self._bus = bus
         self._status_cache: tuple[float, str] | None = None  # (when built, the JSON)
@@ -123,7 +126,7 @@ class DaemonService:
             self._status_touched = False
             document = status_document(
                 self._config, self._sessions, self._intake.spool_backlog, self._running(), self._intake.disk,
-                self._engine.layout, self._intake.report, gating=self._engine.optimizer.gating,
+                self._layout, self._intake.report, gating=self._optimizer.gating,
                 starting=not self._engine.started_up,
             )
             self._status_cache = (now, json.dumps(document))
@@ -133,7 +136,7 @@ class DaemonService:
     def GetPackage(self, name: str) -> str:
         self._known(name)
         return json.dumps(package_document(self._config, self._sessions, name, running=self._running(),
-                                           gating=self._engine.optimizer.gating))
+                                           gating=self._optimizer.gating))
 
     @dbus_errors
     def GetBuildLog(self, name: str) -> str:
@@ -156,24 +159,24 @@ class DaemonService:
     def Activate(self, name: str, dbus_context=None) -> None:
         self._authorize(dbus_context, "Activate")
         self._known(name)
-        self._on_engine(self._engine.optimizer.activate, name)
+        self._on_engine(self._activation.activate, name)
 
     @dbus_errors
     def Deactivate(self, name: str, dbus_context=None) -> None:
         self._authorize(dbus_context, "Deactivate")
         self._known(name)
-        self._on_engine(self._engine.optimizer.deactivate, name)
+        self._on_engine(self._activation.deactivate, name)
 
     @dbus_errors
     def Rollback(self, dbus_context=None) -> None:
         self._authorize(dbus_context, "Rollback")
-        self._on_engine(self._engine.optimizer.rollback)
+        self._on_engine(self._activation.rollback)
 
     @dbus_errors
     def Reset(self, name: str, dbus_context=None) -> None:
         self._authorize(dbus_context, "Reset")
         self._known(name)
-        self._on_engine(self._engine.optimizer.reset, name)
+        self._on_engine(self._optimizer.reset, name)
 
     def _on_engine(self, function, *args):
         """Run a state change on the engine thread and wait for it without blocking this main
@@ -191,7 +194,7 @@ class DaemonService:
             raise UnknownPackage(name)
 
     def _running(self):
-        return self._engine.optimizer.running
+        return self._optimizer.running
 
     def _authorize(self, context, method: str) -> None:
         """Root, the daemon's own user and the admin group only: asks the bus who the caller is."""
@@ -213,7 +216,7 @@ class DaemonService:
             name = data["package"]
             try:
                 summary = package_summary(self._config, self._sessions, name, self._running(),
-                                          gating=self._engine.optimizer.gating)
+                                          gating=self._optimizer.gating)
             except UnknownPackage:
                 return False
             self.PackageChanged(name, json.dumps(summary))

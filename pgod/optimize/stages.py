@@ -12,7 +12,7 @@ With `cs_build` configured, a package goes through two stages (LLVM's context-se
          later rebuild too.
 
 Without `cs_build` a package stays in the first stage and `build` makes the final variant.
-A changed `profile_build` (an upgrade) starts again at the first stage (Optimizer._upgrade).
+A changed `profile_build` (an upgrade) starts again at the first stage (adoption.py, Adoption._upgrade).
 """
 
 from __future__ import annotations
