@@ -80,7 +80,7 @@ class IntakeCycle:
         self._scan: Iterator[os.DirEntry] | None = None  # a spool scan under way, a step per cycle
         self._fair = FairIntake(self._spool)  # names waiting, per owner uid
         self._report: list[dict] = []  # its report, made on the engine thread for the others
-        # Staging may live inside the spool (see staging.py): never claim our own folder.
+        # Staging may live inside the spool (see state/layout.py): never claim our own folder.
         self._own_name = layout.staging.name if layout.staging.parent == layout.spool else None
         # While intake waits for room: {"state": "full" or "low", "detail": why, …figures}.
         self._disk: dict | None = None

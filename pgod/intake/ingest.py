@@ -230,7 +230,7 @@ class Ingestor:
 
         Each part records the digest of the bytes checked here: a lone part stays in the claimed
         file, whose writer may still hold it open and rewrite it, so the merge reads it again
-        and hands llvm-profdata those bytes only if they are still the ones checked (merge.py)."""
+        and hands llvm-profdata those bytes only if they are still the ones checked (merge/confined.py)."""
         parts = []
         whole_file = len(profiles) == 1
         for index, profile in enumerate(profiles):

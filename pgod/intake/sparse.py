@@ -12,7 +12,7 @@ file systems a program's profile has no hole at all. One exception is kept in mi
 compression on stores a record of zeros as a hole, and a large program's profile after a short
 run is mostly zero counters. So a file is let through with holes of up to HOLES_PER_DATA_BYTE
 times the bytes it holds (plus HOLES_ALLOWED): reading it costs pgod at most that many times what
-it cost its writer, within the per-file cap and the per-uid pending bounds (intake.py).
+it cost its writer, within the per-file cap and the per-uid pending bounds (fair.py).
 
 st_blocks alone decides nothing: ZFS reports a freshly written file's blocks only once its
 transaction group is written (seconds later), and counts compressed blocks. It only says when to

@@ -15,7 +15,7 @@ Two kinds of programs make files that look the same for a moment, and must not l
 
 Both create the file and fill it within microseconds. So an empty file is freed only once it
 has stayed empty SETTLE_SECONDS after its last change; a folder (which no program makes) at
-once. What one uid has pending never holds a candidate back (intake.py): the squatter could
+once. What one uid has pending never holds a candidate back (fair.py): the squatter could
 otherwise keep its own names in place by flooding.
 """
 

@@ -1,4 +1,4 @@
-"""ANALYSIS.md of `pgoctl report`: the report document (report.py) as text a person reads."""
+"""ANALYSIS.md of `pgoctl report`: the report document (collect.py) as text a person reads."""
 
 from __future__ import annotations
 

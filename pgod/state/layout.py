@@ -11,7 +11,7 @@ in-spool staging folder carry random names (the staging folder's is chosen once 
 state folder, which only root can write), so a user who plants files or folders under any
 predictable name cannot keep pgod from starting.
 
-llvm-profdata runs as the unprivileged merge user (merge.py) and reaches its inputs through
+llvm-profdata runs as the unprivileged merge user (merge/confined.py) and reaches its inputs through
 descriptors pgod hands it; the one folder it may write, `merge` in the state folder, is its own.
 """
 
