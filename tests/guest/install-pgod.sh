@@ -15,7 +15,11 @@ cp -r "$share/src/pgod" /opt/pgod/src/
 find /opt/pgod/src -name __pycache__ -prune -exec rm -rf {} +
 site=$(/opt/pgod/venv/bin/python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo /opt/pgod/src >"$site/pgod-src.pth"
-for program in pgod:pgod.daemon pgoctl:pgod.cli; do
+# The entry points as pyproject.toml names them; a tree from before the subpackages (the unit
+# regression test installs one) had them at the top.
+entry_points="pgod:pgod.daemon.main pgoctl:pgod.ctl.main"
+test -f /opt/pgod/src/pgod/daemon/main.py || entry_points="pgod:pgod.daemon pgoctl:pgod.cli"
+for program in $entry_points; do
     name=${program%%:*} module=${program#*:}
     printf '#!/opt/pgod/venv/bin/python3\nimport sys\nfrom %s import main\nsys.exit(main())\n' "$module" \
         >/opt/pgod/venv/bin/"$name"
