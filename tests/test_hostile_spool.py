@@ -13,7 +13,7 @@ from testbed.clangs import run_instrumented
 from testbed.programs import workload_inputs
 
 from testbed.daemon import wait_for
-from testbed.users import AS_NOBODY
+from testbed.users import AS_NOBODY, as_uid
 from pgod.intake.profraw import parse_profraw
 
 SECRET = b"root-only secret\n"
@@ -268,6 +268,39 @@ def test_squatted_pid_names_are_freed_and_the_other_users_profiles_counted(pgod,
             check=True, capture_output=True, timeout=60,
         )
     wait_for(lambda: daemon.package("workload")["files"] == 5, 60, "the other user's five profiles merged")
+
+
+def test_an_empty_name_of_its_owners_running_process_waits_for_it_but_not_for_ever(pgod, workload, clang14):
+    """An empty `<pid>.profraw` whose pid is a running process of the file's owner is that
+    program's (the runtime makes it at start, writes it at exit), so it is left alone. But the
+    process need not be its writer (here a `sleep` that got the pid): then no event ever comes
+    for the name, and it is freed all the same once that process is gone."""
+    pgod.write_config({"workload": {"profile_build": [str(workload)], "build": ["true"], "llvm_profdata": str(clang14.profdata)}})
+    pgod.spool.chmod(0o1777)
+    daemon = pgod.daemon()
+    owner = 4323
+    as_owner = as_uid(owner)  # with the right to traverse the test's private folders
+    sleeper = subprocess.Popen([*as_owner, "sleep", "600"])  # setpriv execs sleep: the pid stays
+    name = pgod.spool / f"{sleeper.pid}.profraw"
+    try:
+        subprocess.run([*as_owner, sys.executable, "-c", f"open({str(name)!r}, 'x').close()"], check=True, timeout=60)
+        # Another user's profiles counted: the daemon has had the name's close event and cycles since.
+        uid = 4321
+        for args in workload_inputs(2):
+            subprocess.run(
+                [*as_uid(uid), str(workload / "bin" / "workload"), *args],
+                env={"LLVM_PROFILE_FILE": f"{pgod.spool}/other-%p.profraw", "PATH": "/usr/bin:/bin"},
+                check=True, capture_output=True, timeout=60,
+            )
+        wait_for(lambda: daemon.package("workload")["files"] == 2, 60, "the other user's profiles merged")
+        assert name.exists() and name.stat().st_size == 0, "the running owner's empty file was taken"
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=60)
+    # No event comes for the name now; it is looked at again and freed (a squatter's, as its pid
+    # is no process of its owner any more).
+    wait_for(lambda: not name.exists(), 60, "the name freed after its process ended")
+    assert "squatted-name" in daemon.log()
 
 
 def test_a_squatted_name_held_open_is_freed_without_waiting_for_a_close(pgod, workload, clang14):

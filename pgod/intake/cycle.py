@@ -36,7 +36,14 @@ from pgod.intake.profraw import ProfrawError, parse_profraw
 from pgod.intake.room import Shortage, shortage
 from pgod.intake.sparse import too_sparse
 from pgod.intake.spool import Arrival
-from pgod.intake.squatting import EMPTY_FILE_GRACE_SECONDS, settle_left, squat_candidate, squatter
+from pgod.intake.squatting import (
+    EMPTY_FILE_GRACE_SECONDS,
+    OWNER_RECHECK_SECONDS,
+    owner_running,
+    settle_left,
+    squat_candidate,
+    squatter,
+)
 from pgod.state.db import Package, SpoolFile
 from pgod.state.failpoints import failpoint
 from pgod.state.history import History
@@ -216,10 +223,15 @@ class IntakeCycle:
             return 0.0
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
             return None
+        if info.st_size == 0 and owner_running(name, info.st_uid):
+            # Its program still runs (however long: a service's file waits for its exit write,
+            # whose close event brings it back), and is looked at again now and then in case
+            # that process is not its writer (squatting.OWNER_RECHECK_SECONDS).
+            return OWNER_RECHECK_SECONDS
         if info.st_size == 0 and time.time() - info.st_mtime < EMPTY_FILE_GRACE_SECONDS:
             if not squatter(name, info.st_uid):
-                # A program still running; its exit write closes the file again and brings it
-                # back.
+                # Not a name the runtime gives (or /proc cannot tell): a program may still be
+                # writing it; its close event brings it back.
                 return 0.0
             # It names no running process of its owner: someone took the name before the
             # program that will get that pid, so it is claimed (refused as squatted-name) and

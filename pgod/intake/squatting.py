@@ -32,6 +32,11 @@ EMPTY_FILE_GRACE_SECONDS = 600.0
 # An empty candidate is freed once unchanged this long: a forked child's or another pid
 # namespace's exit write fills its file well within it.
 SETTLE_SECONDS = 2.0
+# An empty file named for a running process of its owner is left to that process, whose exit
+# write brings it back; it is looked at again this often all the same, since the process may not
+# be the file's writer (an uninstrumented program that got the pid by chance, or got it after the
+# writer died): its name must not wait for an event that never comes.
+OWNER_RECHECK_SECONDS = 15.0
 
 _PID_NAME = re.compile(r"([1-9][0-9]{0,9})\.profraw")
 
@@ -49,6 +54,17 @@ def squatter(name: str, owner_uid: int) -> bool:
         return True
     except OSError:
         return False  # /proc not readable here: cannot tell
+
+
+def owner_running(name: str, owner_uid: int) -> bool:
+    """Is the spool entry ``name`` the ``<pid>.profraw`` of a running process of its owner?"""
+    matched = _PID_NAME.fullmatch(name)
+    if matched is None:
+        return False
+    try:
+        return os.stat(f"/proc/{matched.group(1)}").st_uid == owner_uid
+    except OSError:
+        return False
 
 
 def squat_candidate(name: str, info: os.stat_result) -> bool:
