@@ -39,7 +39,7 @@ from pgod.intake.spool import Arrival
 from pgod.intake.squatting import (
     EMPTY_FILE_GRACE_SECONDS,
     OWNER_RECHECK_SECONDS,
-    owner_running,
+    owners_process,
     settle_left,
     squat_candidate,
     squatter,
@@ -223,13 +223,14 @@ class IntakeCycle:
             return 0.0
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
             return None
-        if info.st_size == 0 and owner_running(name, info.st_uid):
+        held = owners_process(name, info.st_uid) if info.st_size == 0 else None  # one look in /proc
+        if held:
             # Its program still runs (however long: a service's file waits for its exit write,
             # whose close event brings it back), and is looked at again now and then in case
             # that process is not its writer (squatting.OWNER_RECHECK_SECONDS).
             return OWNER_RECHECK_SECONDS
         if info.st_size == 0 and time.time() - info.st_mtime < EMPTY_FILE_GRACE_SECONDS:
-            if not squatter(name, info.st_uid):
+            if held is None:
                 # Not a name the runtime gives (or /proc cannot tell): a program may still be
                 # writing it; its close event brings it back.
                 return 0.0

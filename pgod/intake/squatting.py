@@ -41,30 +41,25 @@ OWNER_RECHECK_SECONDS = 15.0
 _PID_NAME = re.compile(r"([1-9][0-9]{0,9})\.profraw")
 
 
-def squatter(name: str, owner_uid: int) -> bool:
-    """Does the spool entry ``name`` claim to be the profile of a process (``<pid>.profraw``, the
-    name the runtime gives it) that is not a running process of the entry's owner? A name of
-    another form cannot be judged: False."""
+def owners_process(name: str, owner_uid: int) -> bool | None:
+    """For a spool entry named ``<pid>.profraw`` (the name the runtime gives it): True if that
+    pid is a running process of the entry's owner, False if it is none of the owner's (a
+    squatter's name). None when the name has another form or /proc cannot tell."""
     matched = _PID_NAME.fullmatch(name)
     if matched is None:
-        return False
-    try:
-        return os.stat(f"/proc/{matched.group(1)}").st_uid != owner_uid
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False  # /proc not readable here: cannot tell
-
-
-def owner_running(name: str, owner_uid: int) -> bool:
-    """Is the spool entry ``name`` the ``<pid>.profraw`` of a running process of its owner?"""
-    matched = _PID_NAME.fullmatch(name)
-    if matched is None:
-        return False
+        return None
     try:
         return os.stat(f"/proc/{matched.group(1)}").st_uid == owner_uid
-    except OSError:
+    except FileNotFoundError:
         return False
+    except OSError:
+        return None  # /proc not readable here: cannot tell
+
+
+def squatter(name: str, owner_uid: int) -> bool:
+    """Does the spool entry ``name`` claim to be the profile of a process that is not a running
+    process of the entry's owner? A name that cannot be judged is not."""
+    return owners_process(name, owner_uid) is False
 
 
 def squat_candidate(name: str, info: os.stat_result) -> bool:
