@@ -34,6 +34,7 @@ from pgod.intake.cycle import CLAIM_BATCH, DISK_RETRY_SECONDS, Entry, IntakeCycl
 from pgod.intake.spool import Arrival
 from pgod.manifest import resolve_profdata
 from pgod.merge.batches import MergeDone, ProfileMerger
+from pgod.merge.checked import CheckedBytes
 from pgod.merge.confined import MergeSandbox
 from pgod.optimize.activation import Activation
 from pgod.optimize.adoption import Adoption
@@ -98,12 +99,14 @@ class Engine:
         profdata = {
             name: resolve_profdata(package, attributor.builds.get(name)) for name, package in config.packages.items()
         }
-        self.merger = ProfileMerger(config, layout, sessions, profdata, self._emit, sandbox, self._queue.put)
+        # The bytes ingest checked, kept for their merge: one budget that both make room in.
+        checked = CheckedBytes()
+        self.merger = ProfileMerger(config, layout, sessions, profdata, self._emit, sandbox, self._queue.put, checked)
         self._history = History(layout, sessions)
         # Spool names to rows; D-Bus reads its status (backlog, disk, per-uid report) from it.
         self.intake = IntakeCycle(
-            config, layout, sessions, attributor, self._history, keep=self.merger.remember,
-            make_room=self.merger.make_room, emit=self._emit, queued=lambda: self._names_queued,
+            config, layout, sessions, attributor, self._history, keep=checked.remember,
+            make_room=checked.make_room, emit=self._emit, queued=lambda: self._names_queued,
         )
         self._restart_at: float | None = None  # set when a step failed: redo start-up then
         self._names_at = float("-inf")  # monotonic time spool names last came

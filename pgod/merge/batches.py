@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,7 +95,7 @@ class MergeDone:
 class ProfileMerger:
     """Schedules the merges: which packages are due, their next batch, the run in flight, the
     halves still to merge, the retries; hands a finished run to the commit (MergeCommitter) and
-    keeps the bytes ingest checked for the runs (CheckedBytes)."""
+    takes the bytes ingest checked from CheckedBytes, handed in by the engine."""
 
     def __init__(
         self,
@@ -106,11 +106,12 @@ class ProfileMerger:
         emit: Callable[..., None],
         sandbox: MergeSandbox,
         post: Callable[[object], None],
+        checked: CheckedBytes,
     ) -> None:
         self.config = config
         self.layout = layout
         self.sessions = sessions
-        self.checked = CheckedBytes()  # the bytes ingest checked, kept for their merge
+        self.checked = checked  # the bytes ingest checked (and keeps there), for the merges
         self.committer = MergeCommitter(layout, sessions, emit)
         self._profdata = profdata  # package → the llvm-profdata matching its compiler
         self._sandbox = sandbox
@@ -224,14 +225,6 @@ class ProfileMerger:
             self.checked.forget(part.path)
         self._job = MergeJob(name, parts, generation, base, output, more)
         self._job.start(self._profdata[name], gathered, self._sandbox, self._post)
-
-    def remember(self, path: str, data: bytes) -> None:
-        """Keep the bytes ingest just checked for their part's merge (CheckedBytes.remember)."""
-        self.checked.remember(path, data)
-
-    def make_room(self, size: int, spare: Collection[str] = ()) -> None:
-        """Make room for ``size`` bytes about to be read whole (CheckedBytes.make_room)."""
-        self.checked.make_room(size, spare)
 
     def on_merge_done(self, done: MergeDone) -> None:
         """A run ended (engine thread): have what it did committed, or narrow down its culprits.
