@@ -129,7 +129,15 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+KILLED_GONE_SECONDS = 10.0
+
+
 def kill_tree(pid: int) -> None:
+    """SIGKILL pid and everything below it, and wait (bounded) until they are gone from /proc.
+
+    Answering at once raced the next request: the killed grandchildren, reparented to PID 1,
+    were still in /proc (not yet reaped) when a test's `pgrep` looked for them.
+    """
     tree = descendants(pid)
     for target in [pid, *tree]:
         try:
@@ -140,6 +148,11 @@ def kill_tree(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)  # what left the tree by a double fork but kept the group
     except ProcessLookupError:
         pass
+    deadline = time.monotonic() + KILLED_GONE_SECONDS
+    while tree and time.monotonic() < deadline:
+        tree = {target for target in tree if os.path.exists(f"/proc/{target}")}
+        if tree:
+            time.sleep(0.05)
 
 
 def execute(request: dict) -> dict:
