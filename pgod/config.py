@@ -84,6 +84,11 @@ class Config:
     max_counter: int = DEFAULT_MAX_COUNTER
     # Whose profiles count: None, anyone's; else only files owned by these uids.
     accept_uids: frozenset[int] | None = None
+    # Live runs (programs that keep running, intake/live.py): how often their snapshots are read,
+    # and per uid how many runs are followed and how many bytes are read per poll.
+    live_interval_s: float = 60.0
+    live_max_runs_per_uid: int = 1024
+    live_max_bytes_per_poll: int = 32 * MB
 
     @property
     def db_path(self) -> Path:
@@ -177,6 +182,9 @@ _TOP_KEYS = {
     "substitute_dir",
     "max_counter",
     "accept_uids",
+    "live_interval_s",
+    "live_max_runs_per_uid",
+    "live_max_mb_per_poll",
     "packages",
 }
 # Package names become file names under state_dir (profiles/<name>/, logs): no "/" and no "..".
@@ -242,6 +250,12 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
     build_retry_seconds = top.get("build_retry_seconds", (int, float), 30, what="a number of seconds")
     if build_retry_seconds <= 0:
         raise top.error("build_retry_seconds", f"must be positive, got {build_retry_seconds}")
+    live_interval_s = top.get("live_interval_s", (int, float), 60, what="a number of seconds")
+    if not 1 <= live_interval_s <= 86400:
+        raise top.error("live_interval_s", f"must be between 1 and 86400 seconds, got {live_interval_s}")
+    live_max_runs = top.get("live_max_runs_per_uid", int, 1024)
+    if live_max_runs < 1:
+        raise top.error("live_max_runs_per_uid", f"must be at least 1, got {live_max_runs}")
     return Config(
         path=path,
         build_retry_seconds=float(build_retry_seconds),
@@ -261,6 +275,9 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
         substitute_dir=top.absolute_path("substitute_dir", None),
         max_counter=max_counter,
         accept_uids=None if accept_uids is None else frozenset(accept_uids),
+        live_interval_s=float(live_interval_s),
+        live_max_runs_per_uid=live_max_runs,
+        live_max_bytes_per_poll=top.megabytes("live_max_mb_per_poll", 32),
     )
 
 

@@ -17,38 +17,8 @@ import pytest
 from pgod.intake.growth import growth, structure_key
 from pgod.intake.profraw import parse_profraw
 from testbed.clangs import find_clang, missing_packages_message
+from testbed.live import SNAPSHOTS_PROGRAM as PROGRAM
 
-PROGRAM = r"""
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-int __llvm_profile_write_file(void);
-void __llvm_profile_set_filename(const char *);
-static int add(int a) { return a + 1; }
-static int sub(int a) { return a - 1; }
-static int twice(int a) { return a * 2; }
-typedef int (*op)(int);
-int main(int argc, char **argv) {
-  op ops[3] = {add, sub, twice};
-  int rounds = atoi(argv[1]);
-  char src[512], dst[512];
-  memset(src, 'x', sizeof src);
-  int acc = 0;
-  for (int r = 0; r < rounds; r++) {
-    for (int i = 0; i < 1000 * (r + 1); i++) {
-      acc = ops[(i + r) % (r + 1 < 3 ? r + 1 : 3)](acc);
-      memcpy(dst, src, (size_t)(i % 7 + 1) * (r + 1));
-    }
-    char name[64];
-    snprintf(name, sizeof name, "snap-%d.profraw", r);
-    __llvm_profile_set_filename(name);
-    if (__llvm_profile_write_file() != 0) return 3;
-  }
-  __llvm_profile_set_filename("final.profraw");
-  printf("%d %d\n", acc, dst[3]);
-  return 0;
-}
-"""
 
 
 def _show(profdata: Path, path: Path) -> str:

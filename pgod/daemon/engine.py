@@ -239,6 +239,7 @@ class Engine:
         self.intake.count_pending()
         self.merger.merge_when_due(force=True)
         self.adoption.finish_start_up()
+        self.intake.live.start_up()
         self.intake.scan_spool()
         self.optimizer.maybe_start_build()
         self.started_up = True
@@ -336,6 +337,8 @@ class Engine:
             self._claim(few)
             self.merger.merge_when_due(light=True)
         self._claim(many or few)
+        if not self.intake.waits_for_room:
+            self.intake.poll_live()
         # Another user's few files beside a flood are merged without waiting to gather more.
         self.merger.merge_when_due(quiet=self._spool_quiet(), light=self.intake.light_user_waiting())
         self.optimizer.maybe_start_build()

@@ -127,7 +127,7 @@ class DaemonService:
             document = status_document(
                 self._config, self._sessions, self._intake.spool_backlog, self._running(), self._intake.disk,
                 self._layout, self._intake.report, gating=self._optimizer.gating,
-                starting=not self._engine.started_up,
+                starting=not self._engine.started_up, live=self._intake.live.status.daemon_figures(),
             )
             self._status_cache = (now, json.dumps(document))
         return self._status_cache[1]

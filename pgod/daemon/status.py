@@ -10,13 +10,13 @@ import os
 import time
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from pgod import __version__
 from pgod.config import Config, PackageConfig
 from pgod.optimize import stages
-from pgod.state.db import Build, Contribution, Merge, Package, Quarantine
+from pgod.state.db import Build, Contribution, LiveRun, Merge, Package, Quarantine
 from pgod.state.history import REJECTED_BYTES, REJECTED_FILES, UNATTRIBUTED_BYTES, UNATTRIBUTED_FILES, tallies
 from pgod.state.layout import Layout
 
@@ -67,6 +67,14 @@ def _package_summary(row: Package, running=None, package: PackageConfig | None =
     if package is not None:
         summary.update(stages.describe(package, row))
     if session is not None:
+        # Programs that keep running (intake/live.py): runs reporting now, what their growth
+        # added over the package's life, and when a run of it was last read with growth.
+        reporting, last = session.execute(
+            select(func.count(LiveRun.name), func.max(LiveRun.last_at))
+            .where(LiveRun.package == row.name, LiveRun.ended.is_(False))
+        ).one()
+        summary["live"] = {"processes": reporting, "bytes": row.live_bytes or 0,
+                           "snapshots": row.live_snapshots or 0, "last_read": last}
         # "benchmark": the latest measured final build's figures (a refused candidate's too);
         # "speedup": what the optimized build, the one that may be used, measured.
         summary["benchmark"] = _gate_figures(_latest_final_build(session, row.name, ("succeeded", "rejected", "failed")))
@@ -141,6 +149,7 @@ def _database(config: Config) -> dict:
 def status_document(
     config: Config, sessions: sessionmaker[Session], spool_backlog: int, running=None, disk: dict | None = None,
     layout: Layout | None = None, intake: list[dict] | None = None, gating=None, starting: bool = False,
+    live: dict | None = None,
 ) -> dict:
     """The whole-daemon status: every configured package, in configuration order. ``disk``:
     whether intake waits for room ({"state": "ok"} or {"state": "full", "detail": …}).
@@ -163,6 +172,8 @@ def status_document(
             "database": _database(config),
             # Per uid: names waiting, files claimed and not yet merged, and the bounds reached.
             "intake": intake or [],
+            # Live runs followed, names not followed (a uid at its bound), the last poll.
+            "live": live or {"followed": 0, "over_limit": 0, "last_poll": None, "interval_s": config.live_interval_s},
         },
         "packages": packages,
         **counts,

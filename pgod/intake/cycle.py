@@ -32,6 +32,7 @@ from pgod.intake.attribution import Attributor
 from pgod.intake.claim import Claimer
 from pgod.intake.fair import LIGHT_USER_FILES, NAMES_PER_UID, UNKNOWN_UID, FairIntake
 from pgod.intake.ingest import REJECTIONS_LOGGED_PER_BATCH, Ingestor
+from pgod.intake.live import LiveRuns, is_live_name, is_writer_temp
 from pgod.intake.profraw import ProfrawError, parse_profraw
 from pgod.intake.room import Shortage, shortage
 from pgod.intake.sparse import too_sparse
@@ -91,6 +92,8 @@ class IntakeCycle:
         self._own_name = layout.staging.name if layout.staging.parent == layout.spool else None
         # While intake waits for room: {"state": "full" or "low", "detail": why, …figures}.
         self._disk: dict | None = None
+        # Programs that keep running: their names are read every live_interval_s, never claimed.
+        self.live = LiveRuns(config, layout, sessions, attributor, ingest=self._record_live, refuse=self._refuse_live)
 
     # ---- for status (any thread) ---------------------------------------------------------
     @property
@@ -112,8 +115,40 @@ class IntakeCycle:
     # ---- the cycle (engine thread) -------------------------------------------------------
     def offer(self, names: list[str]) -> None:
         """Queue the names that came this cycle under their owners, and a step of a scan."""
-        self._fair.offer(names)
+        self._fair.offer(self._exit_files(names))
         self._scan_step()
+
+    def _exit_files(self, names: list[str]) -> list[str]:
+        """The names to claim; live names go to the live runs, a live writer's temp files (renamed
+        over a live name once whole) are nobody's to take."""
+        live = [name for name in names if is_live_name(name)]
+        if live:
+            self.live.follow(live)
+            names = [name for name in names if not is_live_name(name)]
+        return [name for name in names if not is_writer_temp(name)]
+
+    def poll_live(self) -> None:
+        """Read the live runs that are due and record what grew (intake/live.py)."""
+        self.live.poll()
+
+    def _record_live(self, staged: list[tuple[str, str]], extra: Callable[[Session], None]) -> None:
+        if staged:
+            self._ingest_staged(staged, extra=extra)
+            self.count_pending()
+        else:
+            with self.sessions.begin() as session:
+                extra(session)
+
+    def _refuse_live(self, names: list[str]) -> None:
+        """Live names that are no live writer's file: claimed like any file, which checks them
+        and refuses what is no raw profile, with the reason."""
+        entries = []
+        for name in names:
+            try:
+                entries.append((name, False, os.lstat(f"{self._spool}/{name}")))
+            except FileNotFoundError:
+                continue
+        self.claim(entries)
 
     def take(self) -> tuple[list[Entry], list[Entry]]:
         """A claim batch from every uid's queue in turn, split by few_first."""
@@ -130,6 +165,8 @@ class IntakeCycle:
         """The monotonic time intake has something to do without an event: a deferred name's,
         or now while a scan is under way or names wait."""
         deadlines = list(self._deferred.values())
+        if (live_at := self.live.next_deadline()) is not None:
+            deadlines.append(live_at)
         if self._scan is not None or self._fair.waiting():
             deadlines.append(time.monotonic())  # more to claim now: no waiting for an event
         return min(deadlines, default=None)
@@ -168,7 +205,7 @@ class IntakeCycle:
         else:
             self._scan.close()
             self._scan = None
-        self._fair.offer(names, at_start=True)
+        self._fair.offer(self._exit_files(names), at_start=True)
         self._scan_remaining = max(0, self._scan_remaining - len(names))  # queued: counted as waiting
         self._emit("backlog", remaining=self.spool_backlog)
 
@@ -281,16 +318,21 @@ class IntakeCycle:
         for start in range(0, len(staged), CLAIM_BATCH):
             self._ingest_staged(staged[start : start + CLAIM_BATCH])
 
-    def _ingest_staged(self, staged: list[tuple[str, str]], squatted: set[str] = frozenset()) -> None:
+    def _ingest_staged(
+        self, staged: list[tuple[str, str]], squatted: set[str] = frozenset(), extra: Callable[[Session], None] | None = None,
+    ) -> None:
         """Record claimed files (staging name, spool name): one transaction for the batch.
         `squatted`: spool names that were empty and named for a pid no process of their owner
-        has (squatting.squatter), refused as squatted-name rather than merely empty."""
+        has (squatting.squatter), refused as squatted-name rather than merely empty. `extra`
+        runs in the same transaction (a live run's baseline moves with its growth's rows)."""
         if not staged:
             return
         fsync_dir(self.layout.incoming)  # the renames must be durable before rows name them
         failpoint("after-claim")
         with self.sessions.begin() as session:
             report = self._ingestor.ingest(session, staged, squatted)
+            if extra is not None:
+                extra(session)
             now = time.time()
             for name in report.parts_pending:
                 session.execute(update(Package).where(Package.name == name).values(last_activity=now))

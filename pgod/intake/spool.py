@@ -35,6 +35,7 @@ import structlog
 from watchdog.observers.inotify_c import InotifyConstants as IN
 from watchdog.observers.inotify_c import inotify_add_watch, inotify_init
 
+from pgod.intake.live import is_live_name
 from pgod.intake.squatting import EMPTY_FILE_GRACE_SECONDS, squatter
 from pgod.osthread import name_os_thread
 
@@ -177,6 +178,8 @@ class SpoolWatcher:
             return None
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
             return name  # a link, FIFO, device or second hard link is never "closed": take it now
+        if is_live_name(name):
+            return name  # a live run's file, held open by its writer for as long as it runs: follow it now
         if info.st_size > 0 or time.time() - info.st_mtime > EMPTY_FILE_GRACE_SECONDS:
             return Arrival(name)  # content already there, or an old empty file
         if squatter(name, info.st_uid):

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     create_engine,
@@ -29,7 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class Base(DeclarativeBase):
@@ -79,6 +80,10 @@ class Package(Base):
     # The profile_build_key `optimized` was built for: after an upgrade it is the old version's
     # build, which must not be put in use again (null: recorded before schema 4).
     optimized_for: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Growth of live runs recorded for this package over its life (intake/live.py): the bytes
+    # of the growth parts and how many there were.
+    live_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    live_snapshots: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Build(Base):
@@ -177,6 +182,27 @@ class Contribution(Base):
     bytes: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class LiveRun(Base):
+    """One live run (a process's module reporting while it runs, intake/live.py): the snapshot
+    last counted, which the next one's growth is computed against (intake/growth.py).
+
+    The baseline moves in the same transaction that records the growth as a pending part, so a
+    snapshot's growth is recorded once; the merge then counts that part exactly once like any
+    other. A run's row outlives its file until the file is gone (see LiveRuns.finish)."""
+
+    __tablename__ = "live_runs"
+    name: Mapped[str] = mapped_column(String, primary_key=True)  # the spool name: live-<pid>-<random>.profraw
+    owner_uid: Mapped[int] = mapped_column(Integer)
+    package: Mapped[str | None] = mapped_column(String, nullable=True, index=True)
+    baseline: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # zlib of the part's bytes
+    snapshots: Mapped[int] = mapped_column(Integer, default=0)  # snapshots whose growth was recorded
+    bytes_counted: Mapped[int] = mapped_column(Integer, default=0)  # bytes of those growth parts
+    counts: Mapped[int] = mapped_column(Integer, default=0)  # sum of the counter growth, capped at 2^62
+    first_at: Mapped[float] = mapped_column(Float)
+    last_at: Mapped[float] = mapped_column(Float)
+    ended: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 class Tally(Base):
     """A counter over the daemon's life whose rows are pruned, such as every file ever rejected."""
 
@@ -238,6 +264,10 @@ _MIGRATIONS = {
         "ALTER TABLE builds ADD COLUMN stage VARCHAR NOT NULL DEFAULT 'optimize'",
         "ALTER TABLE builds ADD COLUMN benchmark TEXT",
         "ALTER TABLE builds ADD COLUMN speedup FLOAT",
+    ],
+    4: [  # live_runs is a new table (create_all)
+        "ALTER TABLE packages ADD COLUMN live_bytes INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE packages ADD COLUMN live_snapshots INTEGER NOT NULL DEFAULT 0",
     ],
 }
 

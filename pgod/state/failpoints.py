@@ -19,6 +19,12 @@ POINTS = (
     "after-merge-commit",  # committed, merged raw files not yet deleted
     "mid-cleanup",  # some merged raw files deleted, others not
 )
+# The live runs' seams (intake/live.py), for tests/test_live_daemon.py.
+LIVE_POINTS = (
+    "after-live-growth",  # growth files written and synced, no rows, the baselines not moved
+    "after-live-record",  # growth rows and baselines committed, ended runs' files not yet deleted
+    "after-live-end",  # an ended run's file deleted, its row not yet
+)
 
 
 def failpoint(name: str) -> None:

@@ -31,6 +31,10 @@ from pgod.durable import replace_file
 SPOOL_STAGING_PREFIX = ".pgod-staging-"
 STAGING_NAME_RECORD = "spool-staging-name"  # in the state folder: the in-spool staging's name
 LEGACY_SPOOL_STAGING_NAME = ".pgod-staging"  # the fixed name before; adopted when it is ours
+# Staging names of the growth parts pgod writes for live runs (intake/live.py): one without a row
+# is deleted at recovery, never examined again, since its baseline did not move (the next poll
+# computes the growth anew) and examining it would count it a second time.
+GROWTH_STAGING_PREFIX = "growth-"
 
 
 class StagingError(RuntimeError):

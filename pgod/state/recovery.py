@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from pgod.durable import move_if_present, unlink_if_present
 from pgod.state.db import Package, Part, Quarantine, SpoolFile, among
 from pgod.state.failpoints import failpoint
-from pgod.state.layout import Layout
+from pgod.state.layout import GROWTH_STAGING_PREFIX, Layout
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +83,10 @@ def recover(layout: Layout, sessions: sessionmaker[Session], reingest: Callable[
             # Its file is done (already counted), or will be examined again and re-split.
             unlink_if_present(layout.parts / entry)
     unseen = [(name, name) for name in incoming if name not in known]  # original names are lost
+    for name, _ in unseen:
+        if name.startswith(GROWTH_STAGING_PREFIX):
+            unlink_if_present(layout.incoming / name)  # a live run's growth never recorded
+    unseen = [(name, original) for name, original in unseen if not name.startswith(GROWTH_STAGING_PREFIX)]
     unseen = _finish_quarantine_moves(layout, sessions, unseen)
     if unseen:
         log.info("recovery.reingest", files=len(unseen))

@@ -1,0 +1,94 @@
+"""A live writer driven from Python, by the protocol of docs/design/live-protocol.md.
+
+It publishes given snapshots (real raw profiles, made by a real instrumented program) under a
+live name exactly as stdenv-adapters/live/pgod-live.c does: an empty locked file first, then
+each snapshot written to a temp name, locked, renamed over the name, the old inode's lock
+dropped. Tests use it where they need the daemon's side at a chosen step (a snapshot, then a
+SIGKILL of pgod, then the next); the real object is tested end to end by test_live_runtime.py
+and test_live_daemon.py's program runs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+import struct
+from pathlib import Path
+
+F_OFD_GETLK, F_OFD_SETLK = 36, 37
+_FLOCK = struct.Struct("hhqqi4x")
+
+
+def ofd_lock(fd: int) -> None:
+    fcntl.fcntl(fd, F_OFD_SETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+
+
+def is_locked(path: Path) -> bool:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        probe = fcntl.fcntl(fd, F_OFD_GETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+        return _FLOCK.unpack(probe)[0] != fcntl.F_UNLCK
+    finally:
+        os.close(fd)
+
+
+class LiveWriter:
+    """One run: ``publish`` a snapshot, ``end`` (the writer exits: its locks go)."""
+
+    def __init__(self, spool: Path, pid: int | None = None) -> None:
+        self.spool = Path(spool)
+        self.name = f"live-{pid or os.getpid()}-{secrets.token_hex(16)}.profraw"
+        self.path = self.spool / self.name
+        self._fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        ofd_lock(self._fd)
+
+    def publish(self, snapshot: bytes) -> None:
+        temp = self.spool / f".live-{secrets.token_hex(8)}.tmp"
+        fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        os.write(fd, snapshot)
+        ofd_lock(fd)
+        os.rename(temp, self.path)
+        os.close(self._fd)
+        self._fd = fd
+
+    def end(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+# A C program that writes a cumulative snapshot of its own profile after each of argv[1] rounds
+# (snap-<r>.profraw in its folder) and its exit write to final.profraw: indirect calls and memcpy
+# sizes give it value profiles that grow between snapshots.
+SNAPSHOTS_PROGRAM = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+int __llvm_profile_write_file(void);
+void __llvm_profile_set_filename(const char *);
+static int add(int a) { return a + 1; }
+static int sub(int a) { return a - 1; }
+static int twice(int a) { return a * 2; }
+typedef int (*op)(int);
+int main(int argc, char **argv) {
+  op ops[3] = {add, sub, twice};
+  int rounds = atoi(argv[1]);
+  char src[512], dst[512];
+  memset(src, 'x', sizeof src);
+  int acc = 0;
+  for (int r = 0; r < rounds; r++) {
+    for (int i = 0; i < 1000 * (r + 1); i++) {
+      acc = ops[(i + r) % (r + 1 < 3 ? r + 1 : 3)](acc);
+      memcpy(dst, src, (size_t)(i % 7 + 1) * (r + 1));
+    }
+    char name[64];
+    snprintf(name, sizeof name, "snap-%d.profraw", r);
+    __llvm_profile_set_filename(name);
+    if (__llvm_profile_write_file() != 0) return 3;
+  }
+  __llvm_profile_set_filename("final.profraw");
+  printf("%d %d\n", acc, dst[3]);
+  return 0;
+}
+"""

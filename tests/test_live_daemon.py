@@ -1,0 +1,135 @@
+"""The daemon's side of live runs (intake/live.py) with real snapshots and real llvm-profdata.
+
+The snapshots are a real program's (testbed.live.SNAPSHOTS_PROGRAM, clang 14, IR: counters and
+value profiles), published by testbed.live.LiveWriter by the protocol the linked-in object
+follows, so each step can be placed between the daemon's polls and its deaths. Whatever happens,
+the package's profile must end up equal, function by function, to one llvm-profdata merge of
+the run's final snapshot: every growth counted once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pgod.state.failpoints import LIVE_POINTS
+from testbed.daemon import wait_for
+from testbed.live import SNAPSHOTS_PROGRAM, LiveWriter, is_locked
+from testbed.profiles import one_shot_merge
+
+ROUNDS = 3
+
+
+def _show(profdata: str, path: Path) -> str:
+    return subprocess.run(
+        [profdata, "show", "--all-functions", "--counts", "--ic-targets", "--memop-sizes", str(path)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+
+
+@pytest.fixture(scope="module")
+def snapshots(tmp_path_factory, clang14):
+    """The package folder (its ELF is what attributes the snapshots) and the run's snapshots, in order."""
+    root = tmp_path_factory.mktemp("liveprog")
+    (root / "bin").mkdir()
+    source = root / "prog.c"
+    source.write_text(SNAPSHOTS_PROGRAM)
+    exe = clang14.compile(source, root / "bin" / "prog", ir=True)
+    run = tmp_path_factory.mktemp("liverun")
+    subprocess.run([str(exe), str(ROUNDS)], cwd=run, check=True, capture_output=True,
+                   env={"LLVM_PROFILE_FILE": str(run / "unused.profraw")})
+    files = [run / f"snap-{r}.profraw" for r in range(ROUNDS)] + [run / "final.profraw"]
+    return root, [f.read_bytes() for f in files], files[-1]
+
+
+def _configure(pgod, root, profdata, **top):
+    pgod.write_config({"prog": {"profile_build": [str(root)], "build": ["true"], "llvm_profdata": profdata}},
+                      live_interval_s=1, **top)
+
+
+def _snapshots_counted(daemon) -> int:
+    return daemon.package("prog")["live"]["snapshots"]
+
+
+def _pending_parts(pgod) -> int:
+    with sqlite3.connect(pgod.state / "pgod.sqlite") as db:
+        return db.execute("SELECT COUNT(*) FROM parts WHERE status = 'pending'").fetchone()[0]
+
+
+def _settled(pgod, daemon, name: str) -> dict:
+    """Wait until the run's file is gone, it reports no more and no part waits to be merged."""
+    def done():
+        if (pgod.spool / name).exists():
+            return None
+        package = daemon.package("prog")
+        return package if package["live"]["processes"] == 0 and _pending_parts(pgod) == 0 else None
+    return wait_for(done, 60, "the ended run counted and its file deleted")
+
+
+def test_a_run_is_counted_while_it_runs_and_once_in_all(pgod, snapshots, llvm_profdata_14, tmp_path):
+    root, snaps, final = snapshots
+    _configure(pgod, root, llvm_profdata_14)
+    daemon = pgod.daemon()
+    writer = LiveWriter(pgod.spool)
+    assert wait_for(lambda: daemon.status()["daemon"]["live"]["followed"] == 1, 20, "the live name followed")
+    for index, snapshot in enumerate(snaps):
+        writer.publish(snapshot)
+        wait_for(lambda: _snapshots_counted(daemon) >= index + 1, 20, f"snapshot {index} counted while it runs")
+        package = daemon.package("prog")
+        assert package["live"]["processes"] == 1 and is_locked(pgod.spool / writer.name)
+        assert wait_for(lambda: daemon.package("prog")["files"] >= index + 1, 20, "its growth merged")
+    writer.end()
+    package = _settled(pgod, daemon, writer.name)
+    expected = one_shot_merge(llvm_profdata_14, [final], tmp_path / "final.profdata")
+    assert _show(llvm_profdata_14, Path(package["profile"])) == _show(llvm_profdata_14, expected)
+    assert package["live"]["bytes"] > 0 and package["live"]["snapshots"] == len(snaps)
+    assert package["files"] == len(snaps)
+
+
+def test_a_run_that_ended_before_pgod_started_counts_whole(pgod, snapshots, llvm_profdata_14, tmp_path):
+    root, snaps, final = snapshots
+    _configure(pgod, root, llvm_profdata_14)
+    writer = LiveWriter(pgod.spool)
+    writer.publish(snaps[-1])
+    writer.end()  # a power cut or a SIGKILL while pgod was down: the last snapshot, unlocked
+    daemon = pgod.daemon()
+    package = _settled(pgod, daemon, writer.name)
+    expected = one_shot_merge(llvm_profdata_14, [final], tmp_path / "final.profdata")
+    assert _show(llvm_profdata_14, Path(package["profile"])) == _show(llvm_profdata_14, expected)
+
+
+@pytest.mark.parametrize("point", LIVE_POINTS)
+def test_pgod_killed_at_each_live_step_counts_the_run_once(point, pgod, snapshots, llvm_profdata_14, tmp_path):
+    root, snaps, final = snapshots
+    _configure(pgod, root, llvm_profdata_14)
+    daemon = pgod.daemon(env={"PGOD_FAILPOINT": point})
+    writer = LiveWriter(pgod.spool)
+    died = False
+    for index, snapshot in enumerate(snaps):
+        writer.publish(snapshot)
+        if index == len(snaps) - 1:
+            writer.end()
+        def counted_or_dead(daemon=daemon, index=index):
+            try:
+                return _snapshots_counted(daemon) >= index + 1
+            except AssertionError:  # pgoctl found no daemon: it must have died at the point
+                if daemon.process.poll() is None:
+                    raise
+                return True
+
+        reached = wait_for(counted_or_dead, 30, f"snapshot {index} counted, or the daemon dead at {point}")
+        if daemon.process.poll() is not None:
+            assert daemon.process.returncode == -signal.SIGKILL
+            died = True
+            daemon = pgod.daemon()  # restarted between polls, with the run still going (or ended)
+        assert reached
+    assert died, f"the daemon never reached {point}"
+    package = _settled(pgod, daemon, writer.name)
+    expected = one_shot_merge(llvm_profdata_14, [final], tmp_path / "final.profdata")
+    assert _show(llvm_profdata_14, Path(package["profile"])) == _show(llvm_profdata_14, expected)
+    assert os.listdir(pgod.state / "staging" / "incoming") == []
