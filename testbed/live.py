@@ -36,18 +36,25 @@ def is_locked(path: Path) -> bool:
 class LiveWriter:
     """One run: ``publish`` a snapshot, ``end`` (the writer exits: its locks go)."""
 
-    def __init__(self, spool: Path, pid: int | None = None) -> None:
+    def __init__(self, spool: Path, pid: int | None = None, uid: int | None = None) -> None:
+        """``uid``: whose the run's files are (a root test standing in for another user's program)."""
         self.spool = Path(spool)
+        self.uid = uid
         self.name = f"live-{pid or os.getpid()}-{secrets.token_hex(16)}.profraw"
         self.path = self.spool / self.name
-        self._fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_RDWR | os.O_CLOEXEC, 0o600)
-        ofd_lock(self._fd)
+        self._fd = self._create(self.path)
+
+    def _create(self, path: Path) -> int:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        if self.uid is not None:
+            os.fchown(fd, self.uid, -1)
+        ofd_lock(fd)
+        return fd
 
     def publish(self, snapshot: bytes) -> None:
         temp = self.spool / f".live-{secrets.token_hex(8)}.tmp"
-        fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        fd = self._create(temp)
         os.write(fd, snapshot)
-        ofd_lock(fd)
         os.rename(temp, self.path)
         os.close(self._fd)
         self._fd = fd

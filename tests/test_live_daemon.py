@@ -82,6 +82,11 @@ def test_a_run_is_counted_while_it_runs_and_once_in_all(pgod, snapshots, llvm_pr
         wait_for(lambda: _snapshots_counted(daemon) >= index + 1, 20, f"snapshot {index} counted while it runs")
         package = daemon.package("prog")
         assert package["live"]["processes"] == 1 and is_locked(pgod.spool / writer.name)
+        if index == 0:
+            status = daemon.pgoctl("status").stdout
+            assert "live: 1 running program reporting (prog 1)" in status, status
+            show = daemon.pgoctl("show", "prog").stdout
+            assert "live:       1 running program reporting;" in show, show
         assert wait_for(lambda: daemon.package("prog")["files"] >= index + 1, 20, "its growth merged")
     writer.end()
     package = _settled(pgod, daemon, writer.name)

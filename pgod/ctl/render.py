@@ -142,6 +142,8 @@ def render_status(document: dict, now: float | None = None, log_lines: int = 3, 
     for package in document["packages"]:
         if package.get("last_error"):
             lines.append(f"{package['name']}: last error: {package['last_error']}")
+    if (live := live_line(document)) is not None:
+        lines += ["", live]
     unattributed, quarantine = document["unattributed"], document["quarantine"]
     lines.append("")
     lines.append(
@@ -155,11 +157,35 @@ def render_status(document: dict, now: float | None = None, log_lines: int = 3, 
     return "\n".join(lines)
 
 
+def live_line(document: dict, now: float | None = None) -> str | None:
+    """Programs that keep running and report while they run: how many, for which packages, the
+    last poll. None when nothing ever reported live (the line would only be noise)."""
+    live = document["daemon"].get("live") or {}
+    reporting = [(p["name"], p["live"]) for p in document["packages"] if p.get("live")]
+    if not live.get("followed") and not any(figures["bytes"] for _, figures in reporting):
+        return None
+    running = ", ".join(f"{name} {figures['processes']}" for name, figures in reporting if figures["processes"])
+    counted = sum(figures["bytes"] for _, figures in reporting)
+    text = (f"live: {live.get('followed', 0)} running program{'s' if live.get('followed', 0) != 1 else ''} reporting"
+            f"{f' ({running})' if running else ''}, {human_bytes(counted)} counted live; read every "
+            f"{human_duration(live.get('interval_s', 60))}, last {human_age(live.get('last_poll'), now)}")
+    if live.get("over_limit"):
+        text += f"; {live['over_limit']} not followed (a user at live_max_runs_per_uid)"
+    return text
+
+
 def _user_name(uid: int) -> str:
     try:
         return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
     except KeyError:
         return f"uid {uid}"
+
+
+def _live_figures(live: dict | None) -> str:
+    if not live or (not live["processes"] and not live["snapshots"]):
+        return "none (no running program of it has reported)"
+    return (f"{live['processes']} running program{'s' if live['processes'] != 1 else ''} reporting; "
+            f"{human_bytes(live['bytes'])} counted live in {live['snapshots']} snapshots, last {human_age(live['last_read'])}")
 
 
 def render_package(document: dict) -> str:
@@ -174,6 +200,7 @@ def render_package(document: dict) -> str:
         f"  instrumentation: {document.get('instrumentation', 'fe')}"
         + (f", stage {document.get('stage')} of {document['stages']}" if document.get("stages", 1) > 1 else ""),
         f"  in use:     {document.get('in_use') or 'the profiling build'}",
+        f"  live:       {_live_figures(document.get('live'))}",
         f"  benchmark:  {benchmark_line(document['benchmark']) if document.get('benchmark') else 'none (builds are unmeasured)'}",
         f"  last error: {document['last_error'] or '-'}",
         "  profile build: " + ", ".join(document.get("profile_build", [])),
