@@ -241,10 +241,10 @@ def measure(binaries: dict[int, dict[str, Path]], intervals: list[int], rounds: 
         print(f"  round {index + 1}/{rounds}: " + ", ".join(f"{v}/{n} {times[(v, n)][0][-1]:.2f}" for v, n, _b, _m in variants),
               file=sys.stderr, flush=True)
     # The references: the live and cont binaries themselves with an ordinary exit write (the object
-    # stays off for a %p pattern; relocated counters work with a zero bias). Lua hashes pointers and
+    # stays off with PGOD_LIVE_INTERVAL_S=0; relocated counters work with a zero bias). Lua hashes pointers and
     # another binary's layout moves the heap, so only the same binary's profile can be equal.
     for version, built in binaries.items():
-        for name, key, mode, interval in (("live", "live@exit", "exit", "000060"), ("live", "live@nodump", 0, "100000"),
+        for name, key, mode, interval in (("live", "live@exit", "exit", "000000"), ("live", "live@nodump", 0, "100000"),
                                           ("cont", "cont@exit", "exit", "000060")):
             if name not in built:
                 continue
