@@ -1,0 +1,495 @@
+"""The program side of live profiles (issue 20, docs/design/live-protocol.md), with real clangs.
+
+stdenv-adapters/live/pgod-live.c is compiled as the adapter compiles it (uninstrumented, hidden
+visibility) and linked into small instrumented C programs built by clang 14 and 19 with the
+adapter's flags (IR instrumentation, the spool's %p name baked in, --build-id). The programs take
+commands on stdin, so every count they make is known: `w N` calls step() N times, `l N` calls the
+shared library's lib_step() N times, `fork N PATH` forks a child that calls step() N times and
+exits once PATH exists, `exec` becomes /bin/sleep, `spin` calls step() forever.
+
+Checked from outside, as pgod's reader sees it: the live file's name, its OFD write lock
+(F_OFD_GETLK from this process), its bytes (pgod's parser, llvm-profdata of the same release).
+Every wait is a poll with a deadline.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import select
+import signal
+import struct
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pgod.intake.profraw import parse_profraw
+from testbed.clangs import Clang, elf_build_id, find_clang, missing_packages_message
+
+LIVE_C = Path(__file__).resolve().parent.parent / "stdenv-adapters" / "live" / "pgod-live.c"
+F_OFD_GETLK = 36
+FLOCK = "@hhqqi4x"  # struct flock on x86_64/aarch64 Linux: type, whence, start, len, pid
+LIVE_NAME = re.compile(r"live-(\d+)-[0-9a-f]{32}\.profraw")
+DEADLINE = 30.0
+
+pytestmark = pytest.mark.slow
+
+PROGRAM = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifdef WITH_LIB
+long lib_step(long i);
+#endif
+
+__attribute__((noinline)) long step(long i) { return i % 5 == 0 ? i / 5 : i * 3 + 1; }
+
+__attribute__((noinline)) long work(long n) {
+  long s = 0;
+  for (long i = 0; i < n; i++) s += step(i);
+  return s;
+}
+
+/* a poll of a path (its own counters, none in step) */
+static void wait_for_path(const char *path) {
+  struct stat st;
+  for (int i = 0; i < 6000 && stat(path, &st) != 0; i++) usleep(10000);
+}
+
+int main(void) {
+  char line[4200];
+  long sum = 0;
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  while (fgets(line, sizeof line, stdin)) {
+    long n = 0;
+    char path[4096];
+    if (sscanf(line, "w %ld", &n) == 1) {
+      sum += work(n);
+      printf("ok %ld\n", sum);
+    } else if (strncmp(line, "spin", 4) == 0) {
+      printf("spinning\n");
+      for (long i = 0;; i++) sum += step(i);
+#ifdef WITH_LIB
+    } else if (sscanf(line, "l %ld", &n) == 1) {
+      for (long i = 0; i < n; i++) sum += lib_step(i);
+      printf("ok %ld\n", sum);
+#endif
+    } else if (sscanf(line, "fork %ld %4095s", &n, path) == 2) {
+      fflush(stdout);
+      pid_t child = fork();
+      if (child == 0) {
+        sum += work(n);
+        printf("child %d\n", (int)getpid());
+        fflush(stdout);
+        wait_for_path(path);
+        exit(0);
+      }
+      int status = 0;
+      waitpid(child, &status, 0);
+      printf("reaped %d\n", status);
+    } else if (strncmp(line, "exec", 4) == 0) {
+      execl("/bin/sleep", "sleep", "60", (char *)NULL);
+      return 3;
+    }
+  }
+  return sum == 42; /* never: keeps sum alive */
+}
+"""
+
+LIBRARY = r"""
+__attribute__((noinline)) long lib_step(long i) { return i % 3 == 0 ? i / 3 : i + 7; }
+"""
+
+
+@dataclass(frozen=True)
+class Built:
+    clang: Clang
+    prog: Path  # with pgod-live.o
+    prog_exit: Path  # the same instrumented object, without pgod-live.o
+    prog_lib: Path  # with pgod-live.o, linked to lib (which has its own pgod-live.o)
+    lib: Path
+    baked: Path  # the spool baked in with -fprofile-instrument-path
+
+
+def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    done = subprocess.run(argv, capture_output=True, text=True, **kwargs)
+    assert done.returncode == 0, f"{' '.join(map(str, argv))} failed: {done.stderr[-3000:]}"
+    return done
+
+
+@pytest.fixture(scope="module", params=[14, 19], ids=lambda v: f"clang{v}")
+def built(request, tmp_path_factory) -> Built:
+    clang = find_clang(request.param)
+    if clang is None:
+        pytest.skip(missing_packages_message(request.param))
+    root = tmp_path_factory.mktemp(f"live-clang{request.param}")
+    baked = root / "baked"
+    baked.mkdir()
+    cc = str(clang.cc)
+    live_o = root / "pgod-live.o"
+    # as the adapter compiles it: the package's clang, not instrumented, position-independent
+    run([cc, "-O2", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra", "-Werror", "-c", str(LIVE_C), "-o", str(live_o)])
+    instrument = ["-O1", "-fprofile-generate", "-Xclang", f"-fprofile-instrument-path={baked}/%p.profraw"]
+    link = ["-fprofile-generate", "-Wl,--build-id"]
+    (root / "prog.c").write_text(PROGRAM)
+    (root / "lib.c").write_text(LIBRARY)
+    run([cc, *instrument, "-c", str(root / "prog.c"), "-o", str(root / "prog.o")])
+    run([cc, *instrument, "-DWITH_LIB", "-c", str(root / "prog.c"), "-o", str(root / "prog-lib.o")])
+    run([cc, *instrument, "-fPIC", "-c", str(root / "lib.c"), "-o", str(root / "lib.o")])
+    lib = root / "libstep.so"
+    run([cc, *link, "-shared", str(root / "lib.o"), str(live_o), "-o", str(lib)])
+    prog, prog_exit, prog_lib = root / "prog", root / "prog-exit", root / "prog-lib"
+    run([cc, *link, str(root / "prog.o"), str(live_o), "-o", str(prog)])
+    run([cc, *link, str(root / "prog.o"), "-o", str(prog_exit)])
+    run([cc, *link, str(root / "prog-lib.o"), str(live_o), f"-L{root}", "-lstep", f"-Wl,-rpath,{root}", "-o", str(prog_lib)])
+    return Built(clang, prog, prog_exit, prog_lib, lib, baked)
+
+
+# --- looking from outside ---------------------------------------------------------------------
+
+
+def locked(path: Path) -> bool:
+    """Whether some open file description holds a write lock on the file (pgod's probe)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        answer = fcntl.fcntl(fd, F_OFD_GETLK, struct.pack(FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+        return struct.unpack(FLOCK, answer)[0] != fcntl.F_UNLCK
+    finally:
+        os.close(fd)
+
+
+def poll(predicate, what: str, timeout: float = DEADLINE):
+    """predicate() until it returns something true; fails naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f} s: {what}")
+        time.sleep(0.02)
+
+
+def live_files(spool: Path, pid: int | None = None) -> list[Path]:
+    found = []
+    for path in sorted(spool.iterdir()):
+        match = LIVE_NAME.fullmatch(path.name)
+        if match and (pid is None or int(match.group(1)) == pid):
+            found.append(path)
+    return found
+
+
+def counts(clang: Clang, raw: Path | bytes, scratch: Path) -> dict[str, list[int]]:
+    """Function → its counters, as that clang's llvm-profdata shows a copy of the bytes."""
+    copy = scratch / f"copy-{time.monotonic_ns()}.profraw"
+    copy.write_bytes(raw if isinstance(raw, bytes) else raw.read_bytes())
+    shown = clang.profdata_show(copy, "--all-functions", "--counts")
+    copy.unlink()
+    assert shown.returncode == 0, f"llvm-profdata-{clang.version} show: {shown.stderr[-2000:]}"
+    found: dict[str, list[int]] = {}
+    name = None
+    for line in shown.stdout.splitlines():
+        if line.startswith("  ") and not line.startswith("    ") and line.rstrip().endswith(":"):
+            name = line.strip()[:-1]
+        elif "Block counts: [" in line and name is not None:
+            inside = line.split("[", 1)[1].rstrip("]").strip()
+            found[name] = [int(n) for n in inside.split(",")] if inside else []
+    return found
+
+
+def calls(found: dict[str, list[int]], function: str) -> int:
+    """step() and lib_step() have one if/else: their two counters add up to their calls."""
+    return sum(found.get(function, []))
+
+
+def snapshot(path: Path) -> tuple[int, bytes]:
+    """(inode, bytes) of what the name points at, read through one descriptor."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return 0, b""
+    try:
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return os.fstat(fd).st_ino, f.read()
+    finally:
+        os.close(fd)
+
+
+class Program:
+    """One run of a test program, fed commands on stdin."""
+
+    def __init__(self, exe: Path, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen([str(exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self.pid = self.process.pid
+        self.pending = b""
+
+    def send(self, command: str) -> None:
+        self.process.stdin.write(command.encode() + b"\n")
+        self.process.stdin.flush()
+
+    def line(self, timeout: float = DEADLINE) -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.pending:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no line from the program within {timeout:.0f} s"
+            ready, _, _ = select.select([self.process.stdout], [], [], left)
+            if ready:
+                chunk = os.read(self.process.stdout.fileno(), 4096)
+                assert chunk, f"the program ended its output (exit {self.process.poll()})"
+                self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return line.decode()
+
+    def finish(self) -> int:
+        self.process.stdin.close()
+        code = self.process.wait(timeout=DEADLINE)
+        self.process.stdout.close()
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=DEADLINE)
+        for stream in (self.process.stdin, self.process.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+def environment(spool: Path | str, **extra: str) -> dict[str, str]:
+    env = {"PATH": "/usr/bin:/bin", "LLVM_PROFILE_FILE": f"{spool}/%p.profraw", "PGOD_LIVE_INTERVAL_S": "1"}
+    env.update(extra)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+@pytest.fixture
+def spool(tmp_path) -> Path:
+    path = tmp_path / "spool"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def programs():
+    started: list[Program] = []
+    yield started
+    for program in started:
+        program.kill()
+
+
+def start(programs: list, exe: Path, env: dict) -> Program:
+    program = Program(exe, env)
+    programs.append(program)
+    return program
+
+
+def published(clang: Clang, path: Path, scratch: Path, function: str, expected: int):
+    """A poll predicate: the bytes at the name once they are a snapshot with `expected` calls."""
+
+    def check():
+        inode, data = snapshot(path)
+        return (inode, data) if data and calls(counts(clang, data, scratch), function) == expected else None
+
+    return check
+
+
+# --- the tests --------------------------------------------------------------------------------
+
+
+def test_a_running_program_publishes_locked_rising_snapshots_and_ends_with_its_exit_counts(built, spool, tmp_path, programs):
+    stats = tmp_path / "stats"
+    program = start(programs, built.prog, environment(spool, PGOD_LIVE_STATS=str(stats)))
+    (live,) = poll(lambda: live_files(spool, program.pid), "the live file made at start")
+    assert locked(live), "the live file is write-locked from the start"
+    assert live.stat().st_mode & 0o777 == 0o600
+
+    program.send("w 100000")
+    assert program.line().startswith("ok ")
+    first_inode, first = poll(published(built.clang, live, tmp_path, "step", 100000), "a snapshot with step() called 100000 times")
+    assert locked(live), "each snapshot is published locked"
+    assert len(parse_profraw(first)) == 1
+
+    program.send("w 200000")
+    assert program.line().startswith("ok ")
+    second_inode, second = poll(published(built.clang, live, tmp_path, "step", 300000), "a snapshot with 300000 calls")
+    assert second_inode != first_inode, "a snapshot is a new inode renamed over the name"
+    assert locked(live)
+    before, after = counts(built.clang, first, tmp_path), counts(built.clang, second, tmp_path)
+    assert sum(map(sum, after.values())) > sum(map(sum, before.values()))
+    assert all(a >= b for f in before for a, b in zip(after[f], before[f])), "cumulative: no counter goes down"
+
+    # Idle (blocked reading stdin): no counter moves, so no snapshot for three intervals.
+    deadline = time.monotonic() + 3.2
+    while time.monotonic() < deadline:
+        assert snapshot(live)[0] == second_inode, "an idle program writes no snapshot (the counter sum is unchanged)"
+        time.sleep(0.05)
+
+    assert program.finish() == 0
+    assert not locked(live), "the lock ends with the process"
+    assert sorted(p.name for p in spool.iterdir()) == [live.name], "no exit file, no temporary left"
+    final = live.read_bytes()
+    (part,) = parse_profraw(final)
+    assert tuple(part.binary_ids) == (elf_build_id(built.prog),)
+    line = stats.read_text()
+    fields = dict(re.findall(r"(\w+)=(\S+)", line))
+    assert int(fields["dumps"]) >= 3 and int(fields["skipped"]) >= 2, line
+    assert fields["file"] == str(live)
+
+    # The same commands, the same object code, without pgod-live.o: the runtime's own exit write.
+    reference_spool = tmp_path / "reference"
+    reference_spool.mkdir()
+    subprocess.run([str(built.prog_exit)], input=b"w 100000\nw 200000\n", env=environment(reference_spool), check=True,
+                   stdout=subprocess.DEVNULL, timeout=DEADLINE)
+    (exit_file,) = reference_spool.iterdir()
+    expected, got = counts(built.clang, exit_file, tmp_path), counts(built.clang, final, tmp_path)
+    assert set(got) == set(expected) and {"main", "work", "step"} <= set(got)
+    for function in expected:
+        assert got[function] == expected[function], function
+    assert calls(got, "step") == 300000
+
+
+def test_sigkill_leaves_the_last_snapshot_whole_and_unlocked(built, spool, tmp_path, programs):
+    program = start(programs, built.prog, environment(spool))
+    program.send("w 50000")
+    program.line()
+    (live,) = poll(lambda: live_files(spool, program.pid), "the live file")
+    program.send("spin")
+    assert program.line() == "spinning"
+
+    def grown():
+        inode, data = snapshot(live)
+        return data if data and calls(counts(built.clang, data, tmp_path), "step") > 50000 else None
+
+    poll(grown, "a snapshot taken while the program spins")
+    os.kill(program.pid, signal.SIGKILL)
+    assert program.process.wait(timeout=DEADLINE) == -signal.SIGKILL
+    assert not locked(live), "the kernel drops the lock of a killed process"
+    data = live.read_bytes()
+    (part,) = parse_profraw(data)
+    assert tuple(part.binary_ids) == (elf_build_id(built.prog),)
+    assert calls(counts(built.clang, data, tmp_path), "step") > 50000
+    assert [p.name for p in spool.glob("*.profraw")] == [live.name], "no exit file (the runtime points at /dev/null)"
+
+
+def dynamic_symbols(elf: Path) -> set[str]:
+    """Names the module defines in its dynamic symbol table with default or protected visibility."""
+    table = run(["readelf", "--dyn-syms", "-W", str(elf)]).stdout
+    names = set()
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) >= 8 and fields[6] != "UND" and fields[5] in ("DEFAULT", "PROTECTED"):
+            names.add(fields[7].split("@")[0])
+    return names
+
+
+def test_an_executable_and_its_instrumented_library_each_report_their_own_module(built, spool, tmp_path, programs):
+    # Nothing of the runtime or of the object can be interposed between the modules.
+    for module in (built.prog_lib, built.lib):
+        exported = dynamic_symbols(module)
+        assert not {s for s in exported if s.startswith(("__llvm_profile", "pgod_live", "live_"))}, (module, exported)
+    program = start(programs, built.prog_lib, environment(spool))
+    program.send("w 1000")
+    program.line()
+    program.send("l 3000")
+    program.line()
+    files = poll(lambda: (found := live_files(spool, program.pid)) and len(found) == 2 and found, "two live files")
+    assert all(locked(f) for f in files)
+    assert program.finish() == 0
+    by_module = {}
+    for path in files:
+        assert not locked(path)
+        (part,) = parse_profraw(path.read_bytes())
+        (build_id,) = part.binary_ids
+        by_module[build_id] = counts(built.clang, path, tmp_path)
+    exe, lib = elf_build_id(built.prog_lib), elf_build_id(built.lib)
+    assert set(by_module) == {exe, lib}
+    assert "lib_step" not in by_module[exe] and calls(by_module[exe], "step") == 1000
+    assert set(by_module[lib]) == {"lib_step"} and calls(by_module[lib], "lib_step") == 3000
+    assert sorted(spool.iterdir()) == sorted(files)
+
+
+def test_a_fork_child_makes_its_own_run_without_the_parents_counts(built, spool, tmp_path, programs):
+    go = tmp_path / "go"
+    program = start(programs, built.prog, environment(spool))
+    program.send("w 1000")
+    program.line()
+    (parent_file,) = poll(lambda: live_files(spool, program.pid), "the parent's live file")
+    program.send(f"fork 2000 {go}")
+    child_pid = int(program.line().split()[1])
+    # The child's own dumper thread publishes its own run while it waits (its counters were reset
+    # at the fork: 2000 calls, not 3000).
+    (child_file,) = poll(lambda: live_files(spool, child_pid), "the child's live file (its first snapshot)")
+    poll(published(built.clang, child_file, tmp_path, "step", 2000), "the child's snapshot with its own 2000 calls")
+    assert locked(child_file) and locked(parent_file)
+    held = {os.stat(f"/proc/{child_pid}/fd/{fd}").st_ino for fd in os.listdir(f"/proc/{child_pid}/fd")}
+    assert parent_file.stat().st_ino not in held, "the child closed its copy of the parent's descriptor"
+    assert child_file.stat().st_ino in held
+    go.touch()
+    assert program.line() == "reaped 0"
+    poll(lambda: not locked(child_file), "the child's lock gone with the child")
+    assert locked(parent_file), "the parent's run is still the parent's"
+    program.send("w 4000")
+    program.line()
+    assert program.finish() == 0
+    parent, child = counts(built.clang, parent_file, tmp_path), counts(built.clang, child_file, tmp_path)
+    assert calls(parent, "step") == 1000 + 4000
+    assert calls(child, "step") == 2000
+    assert calls(parent, "step") + calls(child, "step") == 7000, "every call counted once"
+    assert sorted(spool.iterdir()) == sorted([parent_file, child_file])
+
+
+def test_exec_releases_the_lock_and_keeps_the_last_snapshot(built, spool, tmp_path, programs):
+    program = start(programs, built.prog, environment(spool))
+    program.send("w 1000")
+    program.line()
+    (live,) = poll(lambda: live_files(spool, program.pid), "the live file")
+    poll(published(built.clang, live, tmp_path, "step", 1000), "a snapshot with 1000 calls")
+    assert locked(live)
+    program.send("exec")
+    poll(lambda: os.readlink(f"/proc/{program.pid}/exe") == "/usr/bin/sleep", "the program became /bin/sleep")
+    assert program.process.poll() is None, "the same process still runs"
+    poll(lambda: not locked(live), "the lock released by exec (O_CLOEXEC)")
+    assert calls(counts(built.clang, live, tmp_path), "step") == 1000
+    program.kill()
+
+
+@pytest.mark.parametrize(
+    "case", ["dev-null", "interval-0", "baked-in", "one-name-pattern"],
+)
+def test_where_the_object_stays_off_and_where_it_takes_the_baked_in_spool(built, spool, tmp_path, case):
+    stats = tmp_path / "stats"
+    for leftover in built.baked.iterdir():
+        leftover.unlink()
+    env = environment(spool, PGOD_LIVE_STATS=str(stats))
+    if case == "dev-null":
+        env["LLVM_PROFILE_FILE"] = "/dev/null"
+    elif case == "interval-0":
+        env["PGOD_LIVE_INTERVAL_S"] = "0"
+    elif case == "baked-in":
+        del env["LLVM_PROFILE_FILE"]
+    else:
+        env["LLVM_PROFILE_FILE"] = f"{spool}/all.profraw"
+    done = subprocess.run([str(built.prog)], input=b"w 100\n", env=env, stdout=subprocess.DEVNULL, timeout=DEADLINE)
+    assert done.returncode == 0
+    written = sorted(p.name for p in spool.iterdir()) + sorted(f"baked/{p.name}" for p in built.baked.iterdir())
+    if case == "dev-null":
+        assert written == [] and not stats.exists(), "off: no live file, the runtime writes to /dev/null"
+    elif case == "interval-0":
+        assert len(written) == 1 and re.fullmatch(r"\d+\.profraw", written[0]), written
+        assert not stats.exists(), "off: the runtime's own exit write, to its %p name"
+    elif case == "baked-in":
+        assert len(written) == 1 and LIVE_NAME.fullmatch(written[0].removeprefix("baked/")), written
+        assert written[0].startswith("baked/"), "LLVM_PROFILE_FILE unset: the folder baked in at build time"
+        assert calls(counts(built.clang, built.baked / written[0].removeprefix("baked/"), tmp_path), "step") == 100
+    else:
+        assert written == ["all.profraw"], "one name for every process: the runtime's business"
+        assert not stats.exists()
