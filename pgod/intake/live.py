@@ -159,6 +159,8 @@ class _Taken:
     counts: int
     ended: bool
     info: os.stat_result
+    seen: tuple[int, int, int]  # the run's `seen` once this is recorded (not before: a failed
+    # transaction must leave the file to be read again)
 
 
 @dataclass
@@ -331,12 +333,13 @@ class LiveRuns:
                 to_refuse.append(run.name)
             return None
         run.unstable = 0
-        run.seen = (read.info.st_ino, read.info.st_size, read.info.st_mtime_ns)
+        seen = (read.info.st_ino, read.info.st_size, read.info.st_mtime_ns)
         part = parts[0]
         base, base_part = self._baseline(run.name)
         grown = growth(base, base_part, read.data, part)
         package = self.attributor.package_for(part.binary_ids)
         if grown.data is None and not ended and not grown.new_run:
+            run.seen = seen  # nothing grew: the same file is not read again until it changes
             return None
         staging_name = None
         if grown.data is not None:
@@ -347,11 +350,14 @@ class LiveRuns:
             try:
                 os.write(fd, grown.data)
                 # The part is the run owner's, as an exit file is: the per-uid bounds and shares hold.
-                os.fchown(fd, read.info.st_uid, -1)
+                try:
+                    os.fchown(fd, read.info.st_uid, -1)
+                except PermissionError:
+                    pass  # no CAP_CHOWN (a daemon run by hand): pgod's own, counted under its uid
             finally:
                 os.close(fd)
         return _Taken(run, staging_name, bytes(part_bytes(read.data, part)), package,
-                      len(grown.data or b""), grown.counts, ended, read.info)
+                      len(grown.data or b""), grown.counts, ended, read.info, seen)
 
     def _baseline(self, name: str) -> tuple[bytes | None, RawProfile | None]:
         with self.sessions() as session:
@@ -397,6 +403,7 @@ class LiveRuns:
         self._ingest(staged, move_baselines)
         failpoint("after-live-record")
         for t in taken:
+            t.run.seen = t.seen
             if t.grown_bytes:
                 log.info("live.grew", name=t.run.name, package=t.package, uid=t.run.uid, bytes=t.grown_bytes,
                          counts=t.counts, ended=t.ended)
