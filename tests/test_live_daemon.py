@@ -9,6 +9,7 @@ the run's final snapshot: every growth counted once.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -94,6 +95,12 @@ def test_a_run_is_counted_while_it_runs_and_once_in_all(pgod, snapshots, llvm_pr
     assert _show(llvm_profdata_14, Path(package["profile"])) == _show(llvm_profdata_14, expected)
     assert package["live"]["bytes"] > 0 and package["live"]["snapshots"] == len(snaps)
     assert package["files"] == len(snaps)
+    # The report's growth chart shows what came from the running program.
+    out = tmp_path / "report"
+    daemon.pgoctl("report", "prog", "--config", str(pgod.config_path), "--output", str(out))
+    growth = json.loads((out / "report.json").read_text())["packages"][0]["growth"]
+    assert growth["points"][-1]["total_live_bytes"] == package["live"]["bytes"] == growth["total_raw_bytes"]
+    assert (out / "prog-growth.svg").exists()
 
 
 def test_a_run_that_ended_before_pgod_started_counts_whole(pgod, snapshots, llvm_profdata_14, tmp_path):

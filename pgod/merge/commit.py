@@ -38,7 +38,7 @@ from pgod.merge.confined import MergeOutcome
 from pgod.state.db import Merge, Package, Part, Quarantine, SpoolFile, among
 from pgod.state.failpoints import failpoint
 from pgod.state.history import add_contributions, add_tallies
-from pgod.state.layout import Layout
+from pgod.state.layout import GROWTH_STAGING_PREFIX, Layout
 from pgod.state.recovery import finish_files
 
 if TYPE_CHECKING:
@@ -101,6 +101,7 @@ class MergeCommitter:
                     bytes=merged_bytes,
                     seconds=outcome.seconds,
                     at=now,
+                    live_bytes=sum(p.size for p in merged if os.path.basename(p.path).startswith(GROWTH_STAGING_PREFIX)),
                 )
                 session.add(merge)
                 session.flush()

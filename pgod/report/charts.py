@@ -63,6 +63,10 @@ def growth_chart(package: dict, folder: Path) -> dict[str, str] | None:
     axis.step(start, [growth["earlier"]["bytes"] / size, *heights], where="post", color="tab:blue",
               label="raw profile data merged")
     axis.plot(when, heights, "o", color="tab:blue", markersize=4, label="a profile generation (merge)")
+    if points[-1].get("total_live_bytes"):
+        # Of it, what programs that keep running reported while they ran (their growth).
+        axis.step(start, [0, *(p["total_live_bytes"] / size for p in points)], where="post", color="tab:purple",
+                  linestyle="--", label="of it, from running programs (live)")
     axis.set_ylabel(f"raw profile data merged ({unit})")
     axis.set_ylim(0, max(heights) * 1.12)
     files_axis = axis.twinx()

@@ -91,12 +91,14 @@ def growth(package_row: dict, merges: list[dict], builds: list[dict]) -> dict:
     kept_files = sum(m["files"] for m in merges)
     offset_bytes = max(0, package_row["total_raw_bytes"] - kept_bytes)
     offset_files = max(0, package_row["total_files"] - kept_files)
-    points, size, files = [], offset_bytes, offset_files
+    points, size, files, live = [], offset_bytes, offset_files, 0
     for merge in merges:  # oldest first
         size += merge["bytes"]
         files += merge["files"]
+        live += merge.get("live_bytes") or 0  # growth of running programs (none before schema 5)
         points.append({"generation": merge["generation"], "at": merge["at"], "files": merge["files"], "bytes": merge["bytes"],
-                       "total_files": files, "total_bytes": size, "seconds": merge["seconds"]})
+                       "total_files": files, "total_bytes": size, "seconds": merge["seconds"],
+                       "live_bytes": merge.get("live_bytes") or 0, "total_live_bytes": live})
     return {
         "points": points,
         "total_raw_bytes": package_row["total_raw_bytes"],
