@@ -145,3 +145,31 @@ def test_pgod_killed_at_each_live_step_counts_the_run_once(point, pgod, snapshot
     expected = one_shot_merge(llvm_profdata_14, [final], tmp_path / "final.profdata")
     assert _show(llvm_profdata_14, Path(package["profile"])) == _show(llvm_profdata_14, expected)
     assert os.listdir(pgod.state / "staging" / "incoming") == []
+
+
+def test_an_older_snapshot_left_by_a_power_cut_is_not_counted_again(pgod, snapshots, llvm_profdata_14, tmp_path):
+    """The writer never syncs: after a power cut the name may hold an older snapshot than the one
+    pgod counted before the cut (its last renames lost with the page cache). Counters below the
+    baseline, from an earlier boot: nothing to count, where a new run would count them twice."""
+    root, snaps, _final = snapshots
+    _configure(pgod, root, llvm_profdata_14)
+    daemon = pgod.daemon()
+    writer = LiveWriter(pgod.spool)
+    writer.publish(snaps[2])
+    wait_for(lambda: _snapshots_counted(daemon) == 1, 20, "the later snapshot counted")
+    daemon.kill(signal.SIGKILL)
+    writer.publish(snaps[0])  # what the disk kept of the file
+    writer.end()  # the program died with the machine
+    with sqlite3.connect(pgod.state / "pgod.sqlite") as db:
+        db.execute("UPDATE live_runs SET boot_id = 'the boot before the cut'")
+    daemon = pgod.daemon()
+    package = _settled(pgod, daemon, writer.name)
+    expected = one_shot_merge(llvm_profdata_14, [_written(tmp_path, snaps[2])], tmp_path / "counted.profdata")
+    assert _show(llvm_profdata_14, Path(package["profile"])) == _show(llvm_profdata_14, expected)
+    assert "live.older_than_counted" in pgod.log_path.read_text()
+
+
+def _written(tmp_path: Path, data: bytes) -> Path:
+    path = tmp_path / f"snapshot-{len(list(tmp_path.glob('snapshot-*')))}.profraw"
+    path.write_bytes(data)
+    return path

@@ -52,6 +52,9 @@ class Growth:
     data: bytes | None
     new_run: bool  # the baseline did not apply: the snapshot counts whole
     counts: int  # the sum of the counter growth (for people: "counts rising")
+    # Why a new run: "first" (no baseline), "structure" (another module's profile under the
+    # name), "decreased" (counters went down in bulk); "" when the baseline applied.
+    why: str = ""
 
 
 def structure_key(data: bytes | memoryview, part: RawProfile) -> str:
@@ -80,7 +83,7 @@ def growth(base: bytes | memoryview | None, base_part: RawProfile | None, curren
     snapshot counted, or None for the run's first): see the module docstring."""
     cur = part_bytes(current, part)
     if base is None or base_part is None or structure_key(base, base_part) != structure_key(current, part):
-        return Growth(bytes(cur), True, _counter_sum(cur, part))
+        return Growth(bytes(cur), True, _counter_sum(cur, part), "first" if base is None else "structure")
     old = part_bytes(base, base_part)
     out = bytearray(cur[: part.length - part.value_data_size])
     counts = 0
@@ -90,7 +93,7 @@ def growth(base: bytes | memoryview | None, base_part: RawProfile | None, curren
         was = _counters(old, start, part.num_counters)
         decreased = sum(1 for c, b in zip(now, was) if c < b)
         if decreased and decreased > NEW_RUN_DECREASED_SHARE * sum(1 for c in was if c):
-            return Growth(bytes(cur), True, sum(now))
+            return Growth(bytes(cur), True, sum(now), "decreased")
         grown = array("Q", [c - b if c > b else 0 for c, b in zip(now, was)])
         counts = sum(grown)
         out[start : start + 8 * part.num_counters] = grown.tobytes()

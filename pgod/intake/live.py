@@ -63,6 +63,17 @@ _FLOCK = struct.Struct("hhqqi4x")  # struct flock: l_type, l_whence, l_start, l_
 COUNTS_CAP = 1 << 62  # LiveRun.counts is for people: kept inside SQLite's integer range
 
 
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+BOOT_ID = _boot_id()
+
+
 def is_live_name(name: str) -> bool:
     return name.startswith(LIVE_PREFIX) and name.endswith(LIVE_SUFFIX) and "/" not in name
 
@@ -153,7 +164,7 @@ class _Taken:
 
     run: _Run
     staging_name: str | None  # None: nothing grew (the baseline may still move, e.g. a new structure)
-    baseline: bytes
+    baseline: bytes | None  # None: the baseline stays (an older snapshot than the one counted)
     package: str | None
     grown_bytes: int
     counts: int
@@ -335,8 +346,18 @@ class LiveRuns:
         run.unstable = 0
         seen = (read.info.st_ino, read.info.st_size, read.info.st_mtime_ns)
         part = parts[0]
-        base, base_part = self._baseline(run.name)
+        base, base_part, base_boot = self._baseline(run.name)
         grown = growth(base, base_part, read.data, part)
+        if grown.why == "decreased" and base_boot != BOOT_ID:
+            # Below what was counted, and written before this boot: a power cut lost the writer's
+            # last renames (it never syncs), so the name holds an older snapshot of what was
+            # counted. Nothing new in it; counting it as a new run would count it twice.
+            log.warning("live.older_than_counted", name=run.name, uid=run.uid,
+                        hint="a snapshot older than the one counted, left by a power cut: nothing to count")
+            if not ended:
+                run.seen = seen
+                return None
+            return _Taken(run, None, None, None, 0, 0, True, read.info, seen)
         package = self.attributor.package_for(part.binary_ids)
         if grown.data is None and not ended and not grown.new_run:
             run.seen = seen  # nothing grew: the same file is not read again until it changes
@@ -359,13 +380,13 @@ class LiveRuns:
         return _Taken(run, staging_name, bytes(part_bytes(read.data, part)), package,
                       len(grown.data or b""), grown.counts, ended, read.info, seen)
 
-    def _baseline(self, name: str) -> tuple[bytes | None, RawProfile | None]:
+    def _baseline(self, name: str) -> tuple[bytes | None, RawProfile | None, str]:
         with self.sessions() as session:
-            stored = session.scalar(select(LiveRun.baseline).where(LiveRun.name == name))
-        if stored is None:
-            return None, None
-        data = zlib.decompress(stored)
-        return data, parse_profraw(data)[0]
+            row = session.execute(select(LiveRun.baseline, LiveRun.boot_id).where(LiveRun.name == name)).one_or_none()
+        if row is None or row.baseline is None:
+            return None, None, ""
+        data = zlib.decompress(row.baseline)
+        return data, parse_profraw(data)[0], row.boot_id
 
     def _record(self, taken: list[_Taken]) -> None:
         """One transaction: the growth parts pending (through the intake's ingest, which checks
@@ -388,8 +409,10 @@ class LiveRuns:
                     row = LiveRun(name=t.run.name, owner_uid=t.info.st_uid, first_at=now, snapshots=0,
                                   bytes_counted=0, counts=0, ended=False)
                     session.add(row)
-                row.baseline = zlib.compress(t.baseline, 1)
-                row.package = t.package
+                if t.baseline is not None:  # None: nothing newer than the baseline (it stays)
+                    row.baseline = zlib.compress(t.baseline, 1)
+                    row.package = t.package
+                    row.boot_id = BOOT_ID
                 row.last_at = now
                 if t.staging_name is not None:
                     row.snapshots += 1

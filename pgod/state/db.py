@@ -204,6 +204,10 @@ class LiveRun(Base):
     first_at: Mapped[float] = mapped_column(Float)
     last_at: Mapped[float] = mapped_column(Float)
     ended: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The kernel's boot id when the baseline moved: a snapshot of an earlier boot that is below
+    # the baseline is the writer's last rename lost with the page cache (a power cut), not a
+    # program that reset its counters (intake/live.py).
+    boot_id: Mapped[str] = mapped_column(String, default="")
 
 
 class Tally(Base):
