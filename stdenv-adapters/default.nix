@@ -135,8 +135,58 @@ let
   profileOptions =
     profileArg:
     if builtins.isAttrs profileArg && !(profileArg ? outPath) then profileArg else { profile = profileArg; };
+  # The `live` argument of the instrumenting adapters: null (off) or
+  # { dumpIntervalSeconds = D; }. true: on with the default interval; false: off.
+  defaultDumpIntervalSeconds = 60;
+  liveSettings =
+    who: live:
+    let
+      known = [ "dumpIntervalSeconds" ];
+      unknown = builtins.filter (n: !(builtins.elem n known)) (builtins.attrNames live);
+      interval = live.dumpIntervalSeconds or defaultDumpIntervalSeconds;
+    in
+    if live == null || live == false then
+      null
+    else if live == true then
+      { dumpIntervalSeconds = defaultDumpIntervalSeconds; }
+    else if !(builtins.isAttrs live) then
+      throw "${who}: `live` must be true, false, null or { dumpIntervalSeconds = N; }, got a ${builtins.typeOf live}."
+    else if unknown != [ ] then
+      throw "${who}: `live` takes only dumpIntervalSeconds, got ${builtins.concatStringsSep ", " unknown}."
+    else if !(builtins.isInt interval) || interval < 1 || interval > 86400 then
+      throw "${who}: live.dumpIntervalSeconds must be a whole number of seconds from 1 to 86400, got ${builtins.toJSON interval}."
+    else
+      { dumpIntervalSeconds = interval; };
+
+  # The live object (live/pgod-live.c) compiled by the stdenv's own clang, not
+  # instrumented, position-independent (it goes into shared libraries too), its
+  # symbols hidden (each module keeps its own copy, bound to its own runtime),
+  # with the adapter's dump interval as the default of PGOD_LIVE_INTERVAL_S.
+  liveObject =
+    stdenv: settings:
+    stdenv.mkDerivation {
+      name = "pgod-live-object-${toString settings.dumpIntervalSeconds}s";
+      src = ./live;
+      dontConfigure = true;
+      buildPhase = ''
+        runHook preBuild
+        $CC -O2 -fPIC -fvisibility=hidden -Wall -DPGOD_LIVE_DEFAULT_INTERVAL_S=${toString settings.dumpIntervalSeconds} \
+          -c pgod-live.c -o pgod-live.o
+        runHook postBuild
+      '';
+      installPhase = ''
+        runHook preInstall
+        mkdir -p $out/lib
+        cp pgod-live.o $out/lib/pgod-live.o
+        runHook postInstall
+      '';
+      dontStrip = true;
+      dontPatchELF = true;
+    };
+
   # The instrumenting adapters' common part: flags for `kind` ("fe", "ir" or
-  # "cs-ir", the last on top of `profile`), the setup hook writing pgo.json.
+  # "cs-ir", the last on top of `profile`), the live object on every link
+  # (`live`, see liveSettings), the setup hook writing pgo.json.
   instrumentWith =
     who:
     {
@@ -146,10 +196,14 @@ let
       kind,
       variant,
       profile,
+      live,
     }:
     stdenv:
     let
       stdenv' = checkStdenv who stdenv;
+      liveOn = liveSettings who live;
+      # The package's own clang (the stdenv before this adapter) builds the object.
+      liveLink = if liveOn == null then [ ] else [ "${liveObject stdenv' liveOn}/lib/pgod-live.o" ];
       profdata =
         if llvmProfdata != null then
           builtins.toString llvmProfdata
@@ -194,10 +248,11 @@ let
       throw ''${who}: spoolDir must be an absolute path without white space (it becomes part of a compiler flag), got "${spoolDir}".''
     else
       builtins.seq instrument (
+        builtins.seq liveOn (
         extendMkDerivationArgs stdenv' (
           prevAttrs:
           let
-            flagged = appendFlags "NIX_CFLAGS_LINK" (linkInstrument ++ linkUpdate ++ [ "-Wl,--build-id" ]) (
+            flagged = appendFlags "NIX_CFLAGS_LINK" (linkInstrument ++ linkUpdate ++ [ "-Wl,--build-id" ] ++ liveLink) (
               appendFlags "NIX_CFLAGS_COMPILE" (instrument ++ update) prevAttrs
             );
           in
@@ -207,14 +262,19 @@ let
             pgoVariant = variant;
             pgoInstrumentation = kind;
             pgoLlvmProfdata = profdata;
+            # pgo.json's "live": the interval, or null (empty: off)
+            pgoLiveDumpIntervalSeconds = if liveOn == null then "" else toString liveOn.dumpIntervalSeconds;
             passthru = (prevAttrs.passthru or { }) // {
               pgo = {
                 inherit variant spoolDir;
                 instrumentation = kind;
                 llvmProfdata = profdata;
+                live = liveOn;
+                liveObject = if liveOn == null then null else liveObject stdenv' liveOn;
               } // (if profile == null then { } else { inherit profile; });
             };
           }
+        )
         )
       );
 
@@ -252,6 +312,18 @@ rec {
     listing the build-ids of all ELF files of all outputs, the instrumentation
     kind and the llvm-profdata that can merge their profiles.
 
+    `live` (default `true`: on, a snapshot every 60 s): programs that keep
+    running report their counts while they run, not only at exit. Every link
+    gets live/pgod-live.c, compiled by the stdenv's own clang: a thread in each
+    instrumented module writes a cumulative snapshot of that module's counters
+    to `<spool>/live-<pid>-<random>.profraw` every `dumpIntervalSeconds` when
+    a counter moved, and a last one at exit, under the lock protocol of
+    docs/design/live-protocol.md; the runtime's own exit file is then not
+    written. `live = { dumpIntervalSeconds = 10; }` changes the interval
+    (PGOD_LIVE_INTERVAL_S overrides it per process, 0 turns it off);
+    `live = null` or `false` leaves the runtime's exit write alone. pgo.json
+    records it as `"live": {"dump_interval_s": D}` or `"live": null`.
+
     `llvmProfdata` defaults to the one of the stdenv's clang
     (`stdenv.cc.cc.libllvm`). The stdenv must use clang and target ELF.
 
@@ -266,9 +338,10 @@ rec {
       llvmProfdata ? null,
       instrumentation ? "ir",
       atomicCounters ? false,
+      live ? true,
     }:
     instrumentWith "withPgoProfile" {
-      inherit spoolDir llvmProfdata atomicCounters;
+      inherit spoolDir llvmProfdata atomicCounters live;
       kind = instrumentation;
       variant = "profile";
       profile = null;
@@ -282,7 +355,8 @@ rec {
     spool; merged together with `profile` they make the final profile, which
     withPgoOptimize builds from (LLVM-NOTES.md: 1.197× on Lua against IR
     PGO's 1.172×). pgod puts this variant in use in place of the first
-    profiling build while it collects the second stage.
+    profiling build while it collects the second stage. `live` as
+    withPgoProfile takes it, in the set form of the argument.
   */
   withPgoCsProfile =
     profileArg: stdenv:
@@ -293,6 +367,7 @@ rec {
       spoolDir = options.spoolDir or defaultSpoolDir;
       llvmProfdata = options.llvmProfdata or null;
       atomicCounters = options.atomicCounters or false;
+      live = options.live or true;
       kind = "cs-ir";
       variant = "cs-profile";
       profile = profileInput options.profile;

@@ -5,8 +5,10 @@
 #
 #   profile,  every output gets nix-support/pgo.json: the GNU build-ids of all
 #   cs-profile  ELF files of all outputs, the instrumentation kind
-#             ($pgoInstrumentation: fe, ir or cs-ir) and the llvm-profdata
-#             ($pgoLlvmProfdata) that can merge the raw profiles they write.
+#             ($pgoInstrumentation: fe, ir or cs-ir), the llvm-profdata
+#             ($pgoLlvmProfdata) that can merge the raw profiles they write,
+#             and live reporting ($pgoLiveDumpIntervalSeconds: the dump
+#             interval, empty when off).
 #   optimize  clang's profile-match warnings are logged while building
 #             (CC_LOG_DIAGNOSTICS) and counted into nix-support/pgo-warnings.json
 #             of every output.
@@ -90,7 +92,11 @@ pgoWriteProfileManifest() {
     for id in ${ids[@]+"${ids[@]}"}; do
         idList+="${idList:+, }\"$id\""
     done
-    _pgoWriteToOutputs pgo.json "{\"version\": 1, \"name\": $(_pgoJsonString "${pname:-$name}"), \"variant\": $(_pgoJsonString "${pgoVariant:-profile}"), \"instrumentation\": $(_pgoJsonString "${pgoInstrumentation:-fe}"), \"llvm_profdata\": $(_pgoJsonUnreferencedPath "${pgoLlvmProfdata:-}"), \"build_ids\": [$idList]}"
+    local live=null
+    if [[ "${pgoLiveDumpIntervalSeconds:-}" =~ ^[0-9]+$ ]]; then
+        live="{\"dump_interval_s\": $pgoLiveDumpIntervalSeconds}"
+    fi
+    _pgoWriteToOutputs pgo.json "{\"version\": 1, \"name\": $(_pgoJsonString "${pname:-$name}"), \"variant\": $(_pgoJsonString "${pgoVariant:-profile}"), \"instrumentation\": $(_pgoJsonString "${pgoInstrumentation:-fe}"), \"llvm_profdata\": $(_pgoJsonUnreferencedPath "${pgoLlvmProfdata:-}"), \"live\": $live, \"build_ids\": [$idList]}"
     if ((${#ids[@]} == 0)); then
         echo "pgo: warning: no ELF file with a GNU build-id in any output of ${pname:-$name}; pgod cannot attribute its profiles" >&2
     else
@@ -169,8 +175,11 @@ pgoWriteWarningsReport() {
 case "${pgoVariant:-}" in
     profile | cs-profile)
         # Instrumented programs run by the build itself (test suites) write
-        # here, not to the baked-in spool of whatever machine builds them.
+        # here, not to the baked-in spool of whatever machine builds them,
+        # at exit only: live reporting (stdenv-adapters/live) stays off, so a
+        # test suite sees no extra thread and no live files.
         export LLVM_PROFILE_FILE="$_pgoBuildTop/pgo-build-%p.profraw"
+        export PGOD_LIVE_INTERVAL_S=0
         postFixupHooks+=(pgoWriteProfileManifest)
         ;;
     optimize)

@@ -2,14 +2,17 @@
 
 nix-build runs the very adapters nixpkgs users get (stdenv-adapters/) over the fixture stdenv of
 nix/tests/fixture (the host's clang 14, no nixpkgs needed); nix/tests/adapters.nix is the entry
-point. The program, hello-pgo, links a shared library of its own, so each run writes one raw
-profile of two parts, each naming the build-id of its ELF file.
+point. The program, hello-pgo, links a shared library of its own. With live reporting (the
+default) each run leaves one live file per module (live-<pid>-<hex>.profraw, its last snapshot),
+each naming the build-id of its ELF file; with `live = null` the runtime's exit write leaves one
+raw profile of two parts.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,6 +21,7 @@ import pytest
 
 from benchmarks.atomic import counter_updates
 from testbed.clangs import elf_build_id
+from testbed.live import is_locked
 from pgod.intake.profraw import parse_profraw
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,6 +85,30 @@ def binary_ids(profraw: Path) -> set[str]:
     return {build_id for part in parse_profraw(profraw.read_bytes()) for build_id in part.binary_ids}
 
 
+LIVE_NAME = re.compile(r"live-(\d+)-[0-9a-f]{32}\.profraw")
+
+
+def live_runs(files) -> dict[int, list[Path]]:
+    """The live files of ended runs by pid; fails on any other file or one still locked."""
+    runs: dict[int, list[Path]] = {}
+    for path in files:
+        match = LIVE_NAME.fullmatch(path.name)
+        assert match, f"{path.name} is not a live file"
+        assert not is_locked(path), f"{path.name} is still locked after its program ended"
+        runs.setdefault(int(match.group(1)), []).append(path)
+    return runs
+
+
+def one_module_each(files: list[Path]) -> list[str]:
+    """The build-id of each live file, one part and one module per file."""
+    ids = []
+    for path in files:
+        (part,) = parse_profraw(path.read_bytes())
+        (build_id,) = part.binary_ids
+        ids.append(build_id)
+    return sorted(ids)
+
+
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("nix-adapters")
@@ -140,7 +168,10 @@ def test_flags_are_appended_to_what_the_package_sets():
     assert flags["env"].split()[1:] == [
         "-fprofile-generate", "-Xclang", "-fprofile-instrument-path=/var/spool/pgod/%p.profraw",
     ]
-    assert flags["link"].split() == ["-fprofile-generate", "-Wl,--build-id"]
+    # Live reporting by default: the object built for this stdenv on every link, after the rest.
+    link = flags["link"].split()
+    assert link[:2] == ["-fprofile-generate", "-Wl,--build-id"]
+    assert len(link) == 3 and re.fullmatch(r"/nix/store/[0-9a-z]{32}-pgod-live-object-60s/lib/pgod-live\.o", link[2])
     # An older package's top-level NIX_CFLAGS_COMPILE is extended in place, not shadowed by `env`.
     assert flags["topLevel"].startswith("-DTOP_LEVEL=1 -fprofile-generate ")
     # Front-end instrumentation, per package.
@@ -173,6 +204,7 @@ def test_pgo_json_lists_the_build_id_of_every_elf_file_in_every_output(profiling
         "variant": "profile",
         "instrumentation": "ir",
         "llvm_profdata": FIXTURE_LLVM_PROFDATA,
+        "live": {"dump_interval_s": 60},
         "build_ids": sorted(elf_build_id(p) for p in elves),
     }
     # Every output carries the same manifest, whichever of them pgod's config lists.
@@ -203,12 +235,15 @@ def test_pgo_json_names_llvm_profdata_without_keeping_llvm_in_the_runtime_closur
 
 
 def test_profile_goes_where_llvm_profile_file_says_and_names_listed_build_ids(profiling, manifest, raw_profiles):
-    assert len(raw_profiles) == 3
+    """Three runs, each a live run per module: the program's and its library's, each file naming
+    its own module's build-id only, unlocked once the program ended."""
+    runs = live_runs(raw_profiles)
+    assert len(runs) == 3
     exe_id = elf_build_id(profiling["out"] / "bin" / "hello-pgo")
     lib_id = elf_build_id(profiling["lib"] / "lib" / "libhellowork.so")
-    for raw in raw_profiles:
-        assert binary_ids(raw) == {exe_id, lib_id}
-        assert binary_ids(raw) <= set(manifest["build_ids"])
+    for files in runs.values():
+        assert one_module_each(files) == sorted([exe_id, lib_id])
+    assert {exe_id, lib_id} <= set(manifest["build_ids"])
 
 
 def test_without_the_environment_the_baked_in_spool_is_used(profiling, manifest, baked_spool):
@@ -217,8 +252,50 @@ def test_without_the_environment_the_baked_in_spool_is_used(profiling, manifest,
     process = subprocess.Popen([str(exe)], env={"PATH": "/usr/bin:/bin"}, stdout=subprocess.DEVNULL)
     assert process.wait() == 0
     written = set(baked_spool.iterdir()) - before
-    assert written == {baked_spool / f"{process.pid}.profraw"}
-    assert binary_ids(written.pop()) <= set(manifest["build_ids"])
+    runs = live_runs(written)
+    assert list(runs) == [process.pid] and len(runs[process.pid]) == 2
+    assert set(one_module_each(runs[process.pid])) <= set(manifest["build_ids"])
+
+
+def test_live_off_leaves_the_runtime_exit_write_and_says_so_in_pgo_json(work):
+    """`live = null`: no object on the links, "live": null in pgo.json, and a run writes the
+    runtime's own exit file: one raw profile of two parts at the %p name."""
+    assert nix_eval("live.noLiveLink").split() == ["-fprofile-generate", "-Wl,--build-id"]
+    assert nix_eval("live.false")["live"] is None and nix_eval("live.false")["liveObject"] is None
+    built = nix_build("profileNoLive", work / "result-profile-no-live")
+    manifest = json.loads((built["out"] / "nix-support" / "pgo.json").read_text())
+    assert manifest["live"] is None
+    spool = work / "no-live-spool"
+    spool.mkdir()
+    process = subprocess.Popen([str(built["out"] / "bin" / "hello-pgo")], env={"PATH": "/usr/bin:/bin", "LLVM_PROFILE_FILE": f"{spool}/%p.profraw"},
+                               stdout=subprocess.DEVNULL)
+    assert process.wait() == 0
+    assert sorted(spool.iterdir()) == [spool / f"{process.pid}.profraw"]
+    assert len(parse_profraw((spool / f"{process.pid}.profraw").read_bytes())) == 2
+    assert binary_ids(spool / f"{process.pid}.profraw") == set(manifest["build_ids"])
+
+
+def test_the_live_object_is_the_stdenvs_clang_uninstrumented_with_only_hidden_symbols(profiling):
+    """Built by the package's own compiler, not instrumented (no counters of its own), every
+    symbol local or hidden, the interval (60 s, or the one given) baked in."""
+    assert nix_eval("live.objectCc") == "/usr/bin/clang-14"
+    assert nix_eval("live.default")["live"] == {"dumpIntervalSeconds": 60}
+    assert nix_eval("live.every5s")["live"] == {"dumpIntervalSeconds": 5}
+    assert nix_eval("live.every5sLink").split()[-1].endswith("-pgod-live-object-5s/lib/pgod-live.o")
+    obj = Path(nix_eval("flags")["link"].split()[-1])
+    assert obj.exists(), "built as an input of the profiling build"
+    sections = subprocess.run(["readelf", "-SW", str(obj)], check=True, capture_output=True, text=True).stdout
+    assert "__llvm_prf" not in sections
+    symbols = subprocess.run(["readelf", "-sW", str(obj)], check=True, capture_output=True, text=True).stdout
+    defined = [line.split() for line in symbols.splitlines() if re.match(r"\s*\d+:", line)]
+    exported = [f[7] for f in defined if len(f) >= 8 and f[6] != "UND" and f[4] != "LOCAL" and f[5] != "HIDDEN"]
+    assert exported == [], exported
+
+
+def test_the_context_sensitive_stage_reports_live_too_unless_told_not_to():
+    args = ("--argstr", "profile", "/nix/store/00000000000000000000000000000000-x.profdata")
+    assert nix_eval("live.csDefault", *args) == {"dumpIntervalSeconds": 60}
+    assert nix_eval("live.csOff", *args) is None
 
 
 def test_optimized_variant_is_built_with_the_merged_profile(work, profiling, merged_profile, profile_functions):
@@ -260,10 +337,10 @@ def test_front_end_instrumentation_stays_a_choice_and_its_mismatches_are_counted
     spool = work / "fe-spool"
     spool.mkdir()
     run_program(profiled["out"] / "bin" / "hello-pgo", profile_file=f"{spool}/%p.profraw")
-    (raw,) = spool.iterdir()
-    assert {part.instrumentation for part in parse_profraw(raw.read_bytes())} == {"fe"}
+    (raws,) = live_runs(spool.iterdir()).values()
+    assert {part.instrumentation for raw in raws for part in parse_profraw(raw.read_bytes())} == {"fe"}
     merged = work / "hello-pgo-fe.profdata"
-    subprocess.run([str(LLVM_PROFDATA), "merge", "-o", str(merged), str(raw)], check=True)
+    subprocess.run([str(LLVM_PROFDATA), "merge", "-o", str(merged), *map(str, raws)], check=True)
     stored = subprocess.run(["nix-store", "--add", str(merged)], check=True, capture_output=True, text=True).stdout.strip()
     optimized = nix_build("optimizeTweaked", work / "result-tweaked-fe", "--argstr", "profile", stored)
     report = json.loads((optimized["out"] / "nix-support" / "pgo-warnings.json").read_text())
@@ -283,12 +360,12 @@ def test_the_context_sensitive_stage_writes_cs_profiles_that_complete_the_ir_pro
     spool.mkdir()
     ran = run_program(staged["out"] / "bin" / "hello-pgo", profile_file=f"{spool}/%p.profraw")
     assert ran.stdout.startswith("hello-pgo greeting 42:")
-    (raw,) = spool.iterdir()
-    parts = parse_profraw(raw.read_bytes())
+    (raws,) = live_runs(spool.iterdir()).values()
+    parts = [part for raw in raws for part in parse_profraw(raw.read_bytes())]
     assert {part.instrumentation for part in parts} == {"cs-ir"}
     assert {build_id for part in parts for build_id in part.binary_ids} <= set(manifest["build_ids"])
     final = work / "hello-pgo-cs.profdata"
-    subprocess.run([str(LLVM_PROFDATA), "merge", "-o", str(final), str(merged_profile), str(raw)], check=True)
+    subprocess.run([str(LLVM_PROFDATA), "merge", "-o", str(final), str(merged_profile), *map(str, raws)], check=True)
     shown = subprocess.run([str(LLVM_PROFDATA), "show", "--showcs", str(final)], check=True, capture_output=True, text=True).stdout
     assert shown.splitlines()[0].startswith("Instrumentation level: IR") and "Total functions: 0" not in shown, shown
     stored = subprocess.run(["nix-store", "--add", str(final)], check=True, capture_output=True, text=True).stdout.strip()
@@ -308,6 +385,9 @@ def test_the_context_sensitive_stage_writes_cs_profiles_that_complete_the_ir_pro
         ("noStdenvArgument", "does not take a `stdenv` argument (it takes: clangStdenv)"),
         ("plainStringProfile", "is a plain string"),
         ("unknownInstrumentation", 'instrumentation must be "ir" or "fe", got "sampling"'),
+        ("liveNotASetting", "`live` must be true, false, null or { dumpIntervalSeconds = N; }, got a string"),
+        ("liveUnknownKey", "`live` takes only dumpIntervalSeconds, got interval"),
+        ("liveZeroInterval", "live.dumpIntervalSeconds must be a whole number of seconds from 1 to 86400, got 0"),
     ],
 )
 def test_adapters_throw_a_reason_for_what_they_cannot_handle(case, message):

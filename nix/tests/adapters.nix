@@ -58,6 +58,19 @@ in
   };
   profile = pgo.profile pkgs.hello;
   profileFe = pgo.profileWith { instrumentation = "fe"; } pkgs.hello;
+  # Live reporting off: the runtime's exit write, one file of two parts per run.
+  profileNoLive = pgo.profileWith { live = null; } pkgs.hello;
+  live = {
+    default = (pgo.profile pkgs.hello).pgo;
+    every5s = (pgo.profileWith { live = { dumpIntervalSeconds = 5; }; } pkgs.hello).pgo;
+    false = (pgo.profileWith { live = false; } pkgs.hello).pgo;
+    every5sLink = (pgo.profileWith { live = { dumpIntervalSeconds = 5; }; } pkgs.hello).NIX_CFLAGS_LINK;
+    noLiveLink = (pgo.profileWith { live = null; } pkgs.hello).NIX_CFLAGS_LINK;
+    # The object's builder: the package's own clang (fixture: its compiler wrapper's target).
+    objectCc = (pgo.profile pkgs.hello).pgo.liveObject.fixtureCc;
+    csDefault = (pgo.csProfile { profile = mergedProfile; } pkgs.hello).pgo.live;
+    csOff = (pgo.csProfile { profile = mergedProfile; live = null; } pkgs.hello).pgo.live;
+  };
   csProfile = pgo.csProfile mergedProfile pkgs.hello;
   optimize = pgo.optimize mergedProfile pkgs.hello;
   optimizeTweaked = pgo.optimize mergedProfile (pkgs.hello.override { tweak = true; });
@@ -95,5 +108,8 @@ in
     );
     plainStringProfile = pgo.optimize "/tmp/app.profdata" pkgs.hello;
     unknownInstrumentation = (pgo.profileWith { instrumentation = "sampling"; } pkgs.hello).NIX_CFLAGS_COMPILE;
+    liveNotASetting = (pgo.profileWith { live = "yes"; } pkgs.hello).NIX_CFLAGS_LINK;
+    liveUnknownKey = (pgo.profileWith { live = { interval = 5; }; } pkgs.hello).NIX_CFLAGS_LINK;
+    liveZeroInterval = (pgo.profileWith { live = { dumpIntervalSeconds = 0; }; } pkgs.hello).NIX_CFLAGS_LINK;
   };
 }
