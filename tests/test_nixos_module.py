@@ -223,9 +223,10 @@ def test_dbus_policy_gives_the_admin_group_the_mutating_methods(tmp):
 
 def test_generated_toml_is_a_valid_pgod_configuration(config_file, system, tmp):
     document = tomllib.loads(config_file.read_text())
-    top_keys = "activation admin_group merge_user packages profile_link spool_dir state_dir substitute_dir threshold_mb"
+    top_keys = "activation admin_group live_interval_s merge_user packages profile_link spool_dir state_dir substitute_dir threshold_mb"
     assert sorted(document) == top_keys.split()
     assert document["threshold_mb"] == 64 and document["activation"] == "notify"
+    assert document["live_interval_s"] == 60
     assert document["admin_group"] == "wheel"
     assert document["merge_user"] == "pgod-merge"
     hello = document["packages"]["hello"]
@@ -238,6 +239,7 @@ def test_generated_toml_is_a_valid_pgod_configuration(config_file, system, tmp):
         manifest = json.loads((Path(output) / "nix-support" / "pgo.json").read_text())
         assert manifest["variant"] == "profile" and len(manifest["build_ids"]) == 2
         assert manifest["instrumentation"] == "ir"
+        assert manifest["live"] == {"dump_interval_s": 60}, "live reporting is on by default"
     build_nix = system.eval("summary.etc")["pgod/build.nix"]
     assert hello["build"] == [
         "nix-build",
@@ -259,13 +261,15 @@ def test_generated_toml_is_a_valid_pgod_configuration(config_file, system, tmp):
     assert config.spool_dir == tmp / "spool"
     assert config.substitute_dir == Path("/run/pgod/packages")
     assert config.profile_link == Path("/nix/var/nix/profiles/pgod/optimized")
+    assert config.live_interval_s == 60
 
 
 def test_options_reach_the_toml(tmp):
-    configuration = pgod_configuration(tmp, thresholdMB=8, activation="auto", acceptUids=[0, 1000])
+    configuration = pgod_configuration(tmp, thresholdMB=8, activation="auto", acceptUids=[0, 1000], liveIntervalSeconds=300)
     configuration["services"]["pgod"]["settings"]["packages"] = {"hello": {"threshold_mb": 2}}
     settings = System(configuration).eval("summary.settings")
     assert settings["threshold_mb"] == 8 and settings["activation"] == "auto"
+    assert settings["live_interval_s"] == 300
     assert settings["accept_uids"] == [0, 1000]
     assert settings["packages"]["hello"]["threshold_mb"] == 2
     assert "profile_build" in settings["packages"]["hello"]
@@ -281,7 +285,9 @@ def test_build_argv_rebuilds_the_package_with_a_merged_profile(config_file, tmp)
         # No LLVM_PROFILE_FILE: the module's spool is baked into the profiling variant.
         subprocess.run([str(exe), text], env={"PATH": "/usr/bin:/bin"}, check=True, capture_output=True)
     raw = sorted(spool.glob("*.profraw"))
-    assert len(raw) == 3
+    # Live reporting: each run leaves one live file per module (program and library).
+    assert len(raw) == 6 and all(p.name.startswith("live-") for p in raw)
+    assert len({p.name.split("-")[1] for p in raw}) == 3
     merged = tmp / "hello.profdata"
     subprocess.run([hello["llvm_profdata"], "merge", "-o", str(merged), *map(str, raw)], check=True)
     profile = subprocess.run(["nix-store", "--add", str(merged)], check=True, capture_output=True, text=True)
@@ -308,7 +314,7 @@ def test_build_argv_rebuilds_the_package_with_a_merged_profile(config_file, tmp)
     before = set(spool.glob("*.profraw"))
     subprocess.run([str(staged_out / "bin" / "hello-pgo"), "four"], env={"PATH": "/usr/bin:/bin"}, check=True,
                    capture_output=True)
-    assert len(set(spool.glob("*.profraw")) - before) == 1
+    assert len(set(spool.glob("*.profraw")) - before) == 2, "live files of the program and its library"
 
 
 def test_per_package_settings_choose_instrumentation_stages_and_a_benchmark_gate(tmp):
@@ -328,6 +334,36 @@ def test_per_package_settings_choose_instrumentation_stages_and_a_benchmark_gate
     flags = system.eval("config.services.pgod.settings.packages")
     assert set(flags) == {"hello", "testPackages.hello"}
     assert system.eval("summary.warnings") == []
+
+
+def test_live_reporting_can_be_turned_off_per_package(tmp):
+    """packages.<name>.live = false: the profiling variant without the live object ("live": null
+    in its pgo.json, the runtime's exit file per run), and build.nix's context-sensitive stage
+    asks for the same."""
+    configuration = pgod_configuration(tmp, packages={"hello": {"live": False}, "testPackages.hello": {}})
+    system = System(configuration)
+    assert system.eval("summary.failedAssertions") == []
+    config_file = system.build("configFile", tmp / "config-no-live.toml")
+    packages = tomllib.loads(config_file.read_text())["packages"]
+    off = json.loads((Path(packages["hello"]["profile_build"][0]) / "nix-support" / "pgo.json").read_text())
+    on = json.loads((Path(packages["testPackages.hello"]["profile_build"][0]) / "nix-support" / "pgo.json").read_text())
+    assert off["live"] is None and on["live"] == {"dump_interval_s": 60}
+    spool = tmp / "no-live-spool"
+    spool.mkdir()
+    run = subprocess.Popen([str(Path(packages["hello"]["profile_build"][0]) / "bin" / "hello-pgo")],
+                           env={"PATH": "/usr/bin:/bin", "LLVM_PROFILE_FILE": f"{spool}/%p.profraw"}, stdout=subprocess.DEVNULL)
+    assert run.wait() == 0
+    assert [p.name for p in spool.iterdir()] == [f"{run.pid}.profraw"]
+    build_nix = Path(system.eval("summary.etc")["pgod/build.nix"]).read_text()
+    assert '"hello" = optimize [ "hello" ] false;' in build_nix
+    assert '"testPackages"."hello" = optimize [ "testPackages" "hello" ] true;' in build_nix
+
+
+def test_the_live_interval_must_be_whole_seconds_from_1(tmp):
+    for bad in (0, 86401):
+        result = System(pgod_configuration(tmp, liveIntervalSeconds=bad))._run(
+            "nix-instantiate", "--eval", "--strict", "--json", "-A", "summary.settings.live_interval_s")
+        assert result.returncode != 0 and "liveIntervalSeconds" in result.stderr, result.stderr[-2000:]
 
 
 def test_dotted_attribute_paths_name_packages_in_package_sets(tmp):
