@@ -17,13 +17,17 @@ and the inode it names is held by an OFD write lock for as long as its writer li
   file (state/recovery.py), so the next poll computes it again; after it, the part is pending.
 - after a run's last growth is recorded it is marked ended, then its file is deleted.
 
+When: every `live_interval_s`, and soon after an event for the name (a snapshot renamed in, the
+writer's close at its exit), but not more often than every EVENT_SPACING_SECONDS: a short run is
+counted and ended within seconds of its exit, a service once per interval.
+
 Bounds, per owner uid (the spool is hostile): at most `live_max_runs_per_uid` runs followed
 (more names wait, counted in status, until one ends), at most `live_max_mb_per_poll` read per
-poll (the rest of that uid's due runs wait for the next), LIVE_STEP_RUNS runs read per engine
+interval (the rest of that uid's due runs wait for the next), LIVE_STEP_RUNS runs read per engine
 cycle (the engine answers between steps). A file larger than max_file_mb, not a regular file,
 hard-linked, or locked but never a raw profile of one module for LIVE_UNSTABLE_POLLS polls is
 handed to the claim path, which refuses it with its reason as for any other file. An unchanged
-live file (same inode, size and mtime) costs one lstat per poll.
+live file (same inode, size and mtime) costs an lstat, an open and a lock probe per poll.
 """
 
 from __future__ import annotations
@@ -57,6 +61,10 @@ LIVE_SUFFIX = ".profraw"
 WRITER_TEMP_PREFIX = ".live-"  # the writer's temp files, renamed over the live name when whole
 LIVE_STEP_RUNS = 256  # live files read per engine cycle: the engine answers between steps
 LIVE_UNSTABLE_POLLS = 3  # a locked file that is no one-module raw profile this often is refused
+# An event for a followed name (a snapshot renamed in, the writer's close at exit) makes it due
+# this long after its last read at the earliest: a short run's last snapshot and end are taken
+# within seconds, and a writer renaming in a loop costs at most a read this often.
+EVENT_SPACING_SECONDS = 2.0
 READ_ATTEMPTS = 3  # a name moved while it was read (a new snapshot): read again at once, this often
 _F_OFD_GETLK = 36
 _FLOCK = struct.Struct("hhqqi4x")  # struct flock: l_type, l_whence, l_start, l_len, l_pid
@@ -154,6 +162,7 @@ class _Run:
     name: str
     uid: int
     due: float  # monotonic time of its next read
+    last_read: float = float("-inf")  # monotonic time of its last read
     seen: tuple[int, int, int] | None = None  # (inode, size, mtime_ns) last read, unchanged → skipped
     unstable: int = 0  # consecutive reads of a locked file that was no one-module raw profile
 
@@ -211,6 +220,8 @@ class LiveRuns:
         self._per_uid: dict[int, int] = {}
         self._over_limit: dict[int, int] = {}  # uid → names not followed (limit reached) since the last scan
         self._rescan_owed = False
+        self._window_start = float("-inf")  # the current interval's window of per-uid read bytes
+        self._spent: dict[int, int] = {}
         self._counter = 0
         self._prefix = f"{GROWTH_STAGING_PREFIX}{time.time_ns():x}"
         self.status = LiveStatus(interval_s=config.live_interval_s)
@@ -221,7 +232,13 @@ class LiveRuns:
         now = time.monotonic()
         limit = self.config.live_max_runs_per_uid
         for name in names:
-            if name in self._runs:
+            if (known := self._runs.get(name)) is not None:
+                # An event for it: a new snapshot renamed in, or its writer closed it (at exit
+                # the kernel closes the fd: IN_CLOSE_WRITE). Read it soon, not at the next
+                # interval, but no more often than every EVENT_SPACING_SECONDS whatever the
+                # writer does: a short run is counted and ended within seconds of its exit.
+                spacing = min(self.config.live_interval_s, EVENT_SPACING_SECONDS)
+                known.due = min(known.due, max(now, known.last_read + spacing))
                 continue
             try:
                 uid = os.lstat(f"{self._spool}/{name}").st_uid
@@ -269,13 +286,16 @@ class LiveRuns:
         due = sorted((run for run in self._runs.values() if run.due <= now), key=lambda run: run.due)
         if not due:
             return
-        budget: dict[int, int] = {}
+        if now - self._window_start >= self.config.live_interval_s:
+            self._window_start, self._spent = now, {}
+        budget = self._spent  # bytes read per uid in this interval's window
         taken: list[_Taken] = []
         to_refuse: list[str] = []
         finished: list[_Run] = []
         interval = self.config.live_interval_s
         for run in _uids_in_turn(due)[:LIVE_STEP_RUNS]:
             run.due = now + interval
+            run.last_read = now
             try:
                 before = os.lstat(f"{self._spool}/{run.name}")
             except FileNotFoundError:
@@ -287,7 +307,8 @@ class LiveRuns:
                     continue
             spent = budget.get(run.uid, 0)
             if spent and spent + before.st_size > self.config.live_max_bytes_per_poll:
-                run.due = now + 1.0  # this uid's share of the poll is used: soon, after the others
+                # This uid's bytes for the interval are used up: at the next window, after the others.
+                run.due = self._window_start + self.config.live_interval_s
                 continue
             budget[run.uid] = spent + before.st_size
             read = read_live(self._spool, run.name, self.config.max_file_bytes)
