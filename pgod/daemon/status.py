@@ -69,11 +69,12 @@ def _package_summary(row: Package, running=None, package: PackageConfig | None =
     if session is not None:
         # Programs that keep running (intake/live.py): runs reporting now, what their growth
         # added over the package's life, and when a run of it was last read with growth.
-        reporting, last = session.execute(
-            select(func.count(LiveRun.name), func.max(LiveRun.last_at))
+        reporting, last, counts = session.execute(
+            select(func.count(LiveRun.name), func.max(LiveRun.last_at), func.coalesce(func.sum(LiveRun.counts), 0))
             .where(LiveRun.package == row.name, LiveRun.ended.is_(False))
         ).one()
-        summary["live"] = {"processes": reporting, "bytes": row.live_bytes or 0,
+        # "counts": the counter increments the running ones have reported so far (rising while they run).
+        summary["live"] = {"processes": reporting, "bytes": row.live_bytes or 0, "counts": counts,
                            "snapshots": row.live_snapshots or 0, "last_read": last}
         # "benchmark": the latest measured final build's figures (a refused candidate's too);
         # "speedup": what the optimized build, the one that may be used, measured.
