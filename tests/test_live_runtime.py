@@ -311,6 +311,13 @@ def test_a_running_program_publishes_locked_rising_snapshots_and_ends_with_its_e
     (live,) = poll(lambda: live_files(spool, program.pid), "the live file made at start")
     assert locked(live), "the live file is write-locked from the start"
     assert live.stat().st_mode & 0o777 == 0o600
+    # One extra thread, named, taking none of the program's signals.
+    tasks = {tid: Path(f"/proc/{program.pid}/task/{tid}") for tid in os.listdir(f"/proc/{program.pid}/task")}
+    (dumper,) = poll(lambda: [t for t in tasks.values() if (t / "comm").read_text().strip() == "pgod-live"], "the thread's name")
+    assert len(tasks) == 2
+    blocked = int(re.search(r"SigBlk:\s*([0-9a-f]+)", (dumper / "status").read_text()).group(1), 16)
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1, signal.SIGALRM, signal.SIGPIPE):
+        assert blocked & (1 << (number - 1)), f"the dumper thread blocks {number!r}"
 
     program.send("w 100000")
     assert program.line().startswith("ok ")
