@@ -11,6 +11,17 @@ demo's Lua, built as benchmarks/atomic.py builds it, running a long server loop
 
     /work/main/.venv/bin/python -m benchmarks.live_runtime [--clangs 14,16,19] [--rounds 5]
         [--dump-intervals 1,10] [--items 360] [--quick] [--src DIR]
+    /work/main/.venv/bin/python -m benchmarks.live_runtime --fork-loop N [--clangs …] [--rounds …]
+
+--fork-loop N measures what a fork costs instead (no Lua): a small C program forks N children one
+after the other, each calls an instrumented function once and then ends by `_exit` (no exit
+handlers: the atfork handlers and the child's dumper thread are the whole cost), `exit` (the
+child's profile written: the runtime's <pid>.profraw, or the object's live file) or `exec` of
+/bin/true; plain -O2, exit-only and live (D = 60 s) builds of the same source; wall µs per fork,
+the parent's clock around fork + waitpid, median of the rounds. Checked: the files the children
+leave (live, exit: one live file per child; _exit and exec: none from the object; exit-only: one
+file, the parent's %p name, which every child appends its whole profile to, the parent's counts
+before the fork included).
 
 Every run is under `setarch -R` and Lua is compiled with a fixed string-hash seed
 (-Dluai_makeseed(L)=0u), so a run's counts are deterministic. Rounds are interleaved (all variants
@@ -329,6 +340,103 @@ def check_finals(version: int, intervals: list[int], finals: dict, notes: list[s
             notes.append(f"{name}: {what} == {against} profile, all {len(expected)} functions, every counter")
 
 
+FORK_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static double cpu_us(void) {
+  struct rusage self, children;
+  getrusage(RUSAGE_SELF, &self);
+  getrusage(RUSAGE_CHILDREN, &children);
+  return (self.ru_utime.tv_sec + self.ru_stime.tv_sec + children.ru_utime.tv_sec + children.ru_stime.tv_sec) * 1e6 +
+         self.ru_utime.tv_usec + self.ru_stime.tv_usec + children.ru_utime.tv_usec + children.ru_stime.tv_usec;
+}
+
+__attribute__((noinline)) long step(long i) { return i % 5 == 0 ? i / 5 : i * 3 + 1; }
+
+int main(int argc, char **argv) {
+  long n = atol(argv[1]), sum = 0;
+  const char *how = argv[2];
+  for (long i = 0; i < 100000; i++) sum += step(i); /* the parent's own counts before the forks */
+  struct timespec a, b;
+  double cpu = cpu_us();
+  clock_gettime(CLOCK_MONOTONIC, &a);
+  for (long k = 0; k < n; k++) {
+    pid_t child = fork();
+    if (child == 0) {
+      sum += step(k);
+      if (strcmp(how, "exit") == 0) exit(sum == 42);
+      if (strcmp(how, "exec") == 0) execl("/bin/true", "true", (char *)NULL);
+      _exit(0);
+    }
+    int status;
+    if (child < 0 || waitpid(child, &status, 0) != child || status != 0) return 2;
+  }
+  clock_gettime(CLOCK_MONOTONIC, &b);
+  printf("%.3f %.3f\n", ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / 1e3 / n, (cpu_us() - cpu) / n);
+  return sum == 42;
+}
+"""
+
+
+def fork_loop(clangs: list[int], forks: int, rounds: int, scratch: Path) -> None:
+    source = scratch / "forkloop.c"
+    source.write_text(FORK_C)
+    binaries = {}
+    for version in clangs:
+        cc = f"/usr/bin/clang-{version}"
+        live_o = scratch / f"pgod-live-{version}.o"
+        run([cc, "-O2", "-fPIC", "-fvisibility=hidden", "-c", str(LIVE_C), "-o", str(live_o)])
+        run([cc, "-O2", *IR, "-c", str(source), "-o", str(scratch / f"fork-ir-{version}.o")])
+        binaries[(version, "plain")] = run([cc, "-O2", str(source), "-o", str(scratch / f"fork-plain-{version}")]) and scratch / f"fork-plain-{version}"
+        binaries[(version, "exit")] = scratch / f"fork-exit-{version}"
+        run([cc, *IR, str(scratch / f"fork-ir-{version}.o"), "-o", str(binaries[(version, "exit")])])
+        binaries[(version, "live")] = scratch / f"fork-live-{version}"
+        run([cc, *IR, str(scratch / f"fork-ir-{version}.o"), str(live_o), "-o", str(binaries[(version, "live")])])
+    hows = ("_exit", "exit", "exec")
+    cases = [(v, variant, how) for (v, variant) in binaries for how in hows]
+    times: dict[tuple, list[float]] = {case: [] for case in cases}
+    notes: list[str] = []
+    out = scratch / "fork-out"
+    for index in range(rounds):
+        turn = index % len(cases)
+        for version, variant, how in cases[turn:] + cases[:turn]:
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            env = {"PATH": "/usr/bin:/bin", "LLVM_PROFILE_FILE": f"{out}/%p.profraw", "PGOD_LIVE_INTERVAL_S": "60"}
+            done = run([str(binaries[(version, variant)]), str(forks), how], env=env)
+            times[(version, variant, how)].append(tuple(map(float, done.stdout.split())))
+            if index == 0:
+                names = [p.name for p in out.iterdir()]
+                live = [n for n in names if n.startswith("live-")]
+                exits = [n for n in names if re.fullmatch(r"\d+\.profraw", n)]
+                expected = {("plain", "_exit"): (0, 0), ("plain", "exit"): (0, 0), ("plain", "exec"): (0, 0),
+                            ("exit", "_exit"): (0, 1), ("exit", "exit"): (0, 1), ("exit", "exec"): (0, 1),
+                            ("live", "_exit"): (1, 0), ("live", "exit"): (forks + 1, 0), ("live", "exec"): (1, 0)}[(variant, how)]
+                ok = (len(live), len(exits)) == expected
+                notes.append(f"{'' if ok else 'FAILED: '}clang {version} {variant} {how}: {len(live)} live files, {len(exits)} exit files"
+                             f" (expected {expected[0]} and {expected[1]})")
+        print(f"  fork round {index + 1}/{rounds}", file=sys.stderr, flush=True)
+    shutil.rmtree(out, ignore_errors=True)
+    print(f"\n  µs per fork (fork + child + waitpid), {forks} forks, median of {rounds} rounds: wall (the parent's clock)"
+          " / CPU (parent and children, user + system)")
+    print(f"  {'clang':5} {'child ends by':14} {'plain':>13} {'exit-only':>13} {'live':>13} {'live - exit-only':>17}")
+    for version in clangs:
+        for how in hows:
+            med = {variant: [statistics.median(t[i] for t in times[(version, variant, how)]) for i in (0, 1)]
+                   for variant in ("plain", "exit", "live")}
+            cells = " ".join(f"{med[v][0]:6.0f}/{med[v][1]:<6.0f}" for v in ("plain", "exit", "live"))
+            print(f"  {version:5} {how:14} {cells} {med['live'][0] - med['exit'][0]:+8.0f}/{med['live'][1] - med['exit'][1]:<+8.0f}")
+    print("\n  checks:")
+    for note in notes:
+        print(f"  {note}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.live_runtime", description=__doc__.split("\n\n")[0])
     parser.add_argument("--clangs", default="14,16,19")
@@ -337,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=360, help="work items per run (360: ~9 s plain -O2, ~11 s instrumented, on the 2-core box)")
     parser.add_argument("--quick", action="store_true", help="a short check: 2 rounds of 100 items")
     parser.add_argument("--src", type=Path, help="Lua 5.4 sources with onelua.c (default: demo-state/lua-src)")
+    parser.add_argument("--fork-loop", type=int, metavar="N", help="measure the cost of N forks per run instead (no Lua)")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.items = 2, 100
@@ -345,6 +454,11 @@ def main(argv: list[str] | None = None) -> int:
     missing = [v for v in clangs if not Path(f"/usr/bin/clang-{v}").exists() or not Path(f"/usr/bin/llvm-profdata-{v}").exists()]
     if missing:
         raise SystemExit(f"needs /usr/bin/clang-N and llvm-profdata-N for {missing}")
+    if args.fork_loop:
+        with tempfile.TemporaryDirectory(prefix="pgod-live-fork-") as scratch_name:
+            print(f"live_runtime --fork-loop {args.fork_loop}: clang {', '.join(map(str, clangs))}, {args.rounds} rounds")
+            fork_loop(clangs, args.fork_loop, args.rounds, Path(scratch_name))
+        return 0
     src = lua_sources(args.src)
     with tempfile.TemporaryDirectory(prefix="pgod-live-runtime-") as scratch_name:
         scratch = Path(scratch_name)
