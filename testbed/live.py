@@ -99,3 +99,46 @@ int main(int argc, char **argv) {
   return 0;
 }
 """
+
+
+LIVE_OBJECT_SOURCE = Path(__file__).resolve().parent.parent / "stdenv-adapters" / "live" / "pgod-live.c"
+
+# A service that never exits: a work item every tick, forever (what a daemon does).
+SERVER_PROGRAM = r"""
+#include <time.h>
+__attribute__((noinline)) long step(long i) { return i % 5 == 0 ? i / 5 : i * 3 + 1; }
+__attribute__((noinline)) long serve(long n) {
+  long s = 0;
+  for (long i = 0; i < n; i++) s += step(i);
+  return s;
+}
+int main(void) {
+  volatile long sink = 0;
+  struct timespec tick = {0, 100 * 1000 * 1000};
+  for (;;) {
+    sink += serve(1000);
+    nanosleep(&tick, 0);
+  }
+}
+"""
+
+
+def build_live_program(clang, source_text: str, folder: Path, name: str, *, baked: str | None = None) -> Path:
+    """Compile ``source_text`` instrumented (IR) and link it with the live object as the adapter
+    does (stdenv-adapters/default.nix: the object built uninstrumented by the same clang, hidden
+    visibility, position-independent). ``baked``: the default profile path compiled in."""
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    live_o = folder / f".{name}-pgod-live.o"
+    subprocess.run([str(clang.cc), "-O2", "-fPIC", "-fvisibility=hidden", "-c", str(LIVE_OBJECT_SOURCE), "-o", str(live_o)],
+                   check=True, capture_output=True)
+    source = folder / f".{name}.c"
+    source.write_text(source_text)
+    extra = ["-Xclang", f"-fprofile-instrument-path={baked}"] if baked else []
+    out = folder / name
+    subprocess.run([str(clang.cc), "-O1", "-fprofile-generate", *extra, "-Wl,--build-id", str(source), str(live_o),
+                    "-o", str(out)], check=True, capture_output=True)
+    live_o.unlink()
+    source.unlink()
+    return out

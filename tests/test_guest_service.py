@@ -46,6 +46,20 @@ Type=oneshot
 ExecStart=/usr/bin/env -i /opt/workload/bin/workload 33 timer
 """
 
+LIVE_SERVICE = """\
+[Unit]
+Description=a hardened service that never exits, built with the live object
+[Service]
+Type=simple
+ExecStart=/opt/liveserver/bin/liveserver
+Environment=PGOD_LIVE_INTERVAL_S=2
+DynamicUser=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+NoNewPrivileges=yes
+"""
+
 #: The three runs, each as its source starts it: (the program's arguments).
 RUNS = [("31", "hardened-service"), ("33", "timer"), ("35", "login")]
 
@@ -53,9 +67,9 @@ RUNS = [("31", "hardened-service"), ("33", "timer"), ("35", "login")]
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory, clang14, request):
     machine = Machine(tmp_path_factory.mktemp("guest-service"))
-    prepare_share(machine.share, clang14)
+    prepare_share(machine.share, clang14, live_server=True, live_interval_s=2)
     for name, text in [("pgod-test-hardened.service", HARDENED_SERVICE), ("pgod-test-timer.timer", TIMER),
-                       ("pgod-test-timer.service", TIMER_SERVICE)]:
+                       ("pgod-test-timer.service", TIMER_SERVICE), ("pgod-test-live.service", LIVE_SERVICE)]:
         (machine.share / name).write_text(text)
     try:
         machine.start()
@@ -86,7 +100,7 @@ def test_pgod_runs_under_the_shipped_unit_with_its_capabilities_and_filter(guest
 
 def test_status_is_open_to_an_unprivileged_user_over_the_system_bus(guest):
     document = status(guest, user="bob")
-    assert [p["name"] for p in document["packages"]] == ["workload"]
+    assert [p["name"] for p in document["packages"]] == ["workload", "liveserver"]
     assert document["packages"][0]["state"] == "profiling"
 
 
@@ -137,3 +151,43 @@ def test_mutations_are_refused_outside_the_admin_group_and_allowed_inside(guest)
     assert refused[0] == 4, refused
     allowed = guest.run("pgoctl rebuild workload", user="alice")
     assert allowed[0] == 0, allowed
+
+
+SERVE_CALLS = """\
+import json, subprocess
+for _ in range(20):  # a newer generation may replace the one named between the two commands
+    profile = json.loads(subprocess.run(["pgoctl", "show", "liveserver", "--json"], capture_output=True, check=True).stdout)["profile"]
+    shown = subprocess.run(["llvm-profdata-14", "show", "--counts", "--function=step", profile], capture_output=True, text=True)
+    if shown.returncode == 0:
+        print(sum(int(n) for n in shown.stdout.split("Block counts: [", 1)[1].split("]", 1)[0].split(",")))
+        break
+else:
+    raise SystemExit("no generation of liveserver's profile could be read")
+"""
+
+
+def test_a_hardened_service_that_never_exits_is_counted_while_it_runs(guest):
+    """The live object in a service with ProtectSystem=strict and DynamicUser=yes: its counts
+    reach pgod's profile while it runs, rising, under the service's dynamic uid; never stopped."""
+    guest.succeed("cp /mnt/host/pgod-test-live.service /etc/systemd/system/ && systemctl daemon-reload")
+    guest.succeed("systemctl start pgod-test-live.service")
+    main_pid = guest.succeed("systemctl show -p MainPID --value pgod-test-live.service").strip()
+    guest.wait_until_succeeds("pgoctl show liveserver --json | python3 -c 'import json,sys; "
+                              "l=json.load(sys.stdin)[\"live\"]; sys.exit(not (l[\"processes\"] == 1 and l[\"snapshots\"] >= 2))'",
+                              timeout=180)
+    (guest.share / "serve_calls.py").write_text(SERVE_CALLS)  # step()'s calls in pgod's profile of it
+    calls = int(guest.succeed("python3 /mnt/host/serve_calls.py"))
+    assert calls > 0 and calls % 1000 == 0, calls  # whole work items: serve(1000) per tick
+    guest.wait_until_succeeds(f"test $(python3 /mnt/host/serve_calls.py) -gt {calls}", timeout=120)
+    # Still the same process: nothing was stopped or restarted for it.
+    assert guest.succeed("systemctl is-active pgod-test-live.service").strip() == "active"
+    assert guest.succeed("systemctl show -p MainPID --value pgod-test-live.service").strip() == main_pid
+    live_files = guest.succeed("ls /var/spool/pgod").split()
+    assert [name for name in live_files if name.startswith("live-")] and not any(
+        name.endswith(".profraw") and not name.startswith("live-") for name in live_files), live_files
+    owners = guest.succeed("stat -c %u /var/spool/pgod/live-*.profraw").split()
+    shown = json.loads(guest.succeed("pgoctl show liveserver --json"))
+    uids = {share["uid"] for share in shown["contributions"]}
+    assert uids == {int(owners[0])} and 61184 <= int(owners[0]) <= 65519, (uids, owners)
+    assert "LLVM Profile" not in guest.succeed("journalctl -b --no-pager -o cat -u pgod-test-live.service")
+    assert "live.not_a_snapshot" not in journal(guest, "pgod.service", lines=2000)

@@ -34,6 +34,16 @@ rm -rf /opt/workload
 cp -r "$share/workload" /opt/workload
 chown -R root:root /opt/workload
 chmod -R go-w /opt/workload
+# More packages' programs, when the test brought some (share/opt/<package>).
+if [ -d "$share/opt" ]; then
+    for folder in "$share"/opt/*/; do
+        name=$(basename "$folder")
+        rm -rf "/opt/$name"
+        cp -r "$folder" "/opt/$name"
+        chown -R root:root "/opt/$name"
+        chmod -R go-w "/opt/$name"
+    done
+fi
 
 mkdir -p /etc/pgod
 install -m 644 "$share/config.toml" /etc/pgod/config.toml

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from testbed.clangs import Clang
 from testbed.config import write_config
+from testbed.live import SERVER_PROGRAM, build_live_program
 from testbed.programs import WORKLOAD_SOURCE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,15 +33,21 @@ GUEST_SETTINGS = {
 }
 
 
-def prepare_share(share: Path, clang: Clang, packages: dict[str, dict] | None = None, **settings) -> None:
+def prepare_share(share: Path, clang: Clang, packages: dict[str, dict] | None = None, *, live_server: bool = False,
+                  **settings) -> None:
     """Put pgod's code, the install script, an instrumented workload (IR instrumentation with
-    the adapter's baked-in spool path, as a profiling build has it) and the config in ``share``."""
+    the adapter's baked-in spool path, as a profiling build has it) and the config in ``share``.
+    ``live_server``: also a program that never exits, linked with the live object (package
+    "liveserver" in /opt/liveserver), for the live-runs test."""
     shutil.copytree(REPO / "pgod", share / "src" / "pgod", ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
     shutil.copy2(REPO / "tests" / "guest" / "install-pgod.sh", share / "install-pgod.sh")
     bin_dir = share / "workload" / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     clang.compile(WORKLOAD_SOURCE, bin_dir / "workload", ir=True, extra=["-Xclang", f"-fprofile-instrument-path={BAKED_PATH}"])
     workload = {"profile_build": ["/opt/workload"], "build": ["true"], "llvm_profdata": f"/usr/bin/llvm-profdata-{clang.version}"}
+    if live_server:
+        build_live_program(clang, SERVER_PROGRAM, share / "opt" / "liveserver" / "bin", "liveserver", baked=BAKED_PATH)
+        packages = {**(packages or {}), "liveserver": {**workload, "profile_build": ["/opt/liveserver"]}}
     write_config(share / "config.toml", {**GUEST_SETTINGS, **settings}, {"workload": workload, **(packages or {})})
 
 
