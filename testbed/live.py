@@ -142,3 +142,20 @@ def build_live_program(clang, source_text: str, folder: Path, name: str, *, bake
     live_o.unlink()
     source.unlink()
     return out
+
+
+def snapshots_of_a_run(clang, package_root: Path, run_dir: Path, rounds: int, *, extra: tuple[str, ...] = ()) -> list[Path]:
+    """Build SNAPSHOTS_PROGRAM (IR) into ``package_root``/bin/prog and run it for ``rounds`` in
+    ``run_dir``: its snapshots in order, the exit write last."""
+    import subprocess
+
+    (package_root / "bin").mkdir(parents=True, exist_ok=True)
+    source = package_root / "prog.c"
+    source.write_text(SNAPSHOTS_PROGRAM)
+    exe = clang.compile(source, package_root / "bin" / "prog", ir=True, extra=list(extra))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for old in run_dir.glob("*.profraw"):
+        old.unlink()  # the runtime appends to a file that exists
+    subprocess.run([str(exe), str(rounds)], cwd=run_dir, check=True, capture_output=True,
+                   env={"LLVM_PROFILE_FILE": str(run_dir / "unused.profraw")})
+    return [run_dir / f"snap-{r}.profraw" for r in range(rounds)] + [run_dir / "final.profraw"]

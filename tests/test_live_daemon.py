@@ -20,7 +20,7 @@ import pytest
 
 from pgod.state.failpoints import LIVE_POINTS
 from testbed.daemon import wait_for
-from testbed.live import SNAPSHOTS_PROGRAM, LiveWriter, is_locked
+from testbed.live import LiveWriter, is_locked, snapshots_of_a_run
 from testbed.profiles import one_shot_merge
 
 ROUNDS = 3
@@ -37,14 +37,7 @@ def _show(profdata: str, path: Path) -> str:
 def snapshots(tmp_path_factory, clang14):
     """The package folder (its ELF is what attributes the snapshots) and the run's snapshots, in order."""
     root = tmp_path_factory.mktemp("liveprog")
-    (root / "bin").mkdir()
-    source = root / "prog.c"
-    source.write_text(SNAPSHOTS_PROGRAM)
-    exe = clang14.compile(source, root / "bin" / "prog", ir=True)
-    run = tmp_path_factory.mktemp("liverun")
-    subprocess.run([str(exe), str(ROUNDS)], cwd=run, check=True, capture_output=True,
-                   env={"LLVM_PROFILE_FILE": str(run / "unused.profraw")})
-    files = [run / f"snap-{r}.profraw" for r in range(ROUNDS)] + [run / "final.profraw"]
+    files = snapshots_of_a_run(clang14, root, tmp_path_factory.mktemp("liverun"), ROUNDS)
     return root, [f.read_bytes() for f in files], files[-1]
 
 

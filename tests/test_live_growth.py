@@ -17,8 +17,7 @@ import pytest
 from pgod.intake.growth import growth, structure_key
 from pgod.intake.profraw import parse_profraw
 from testbed.clangs import find_clang, missing_packages_message
-from testbed.live import SNAPSHOTS_PROGRAM as PROGRAM
-
+from testbed.live import snapshots_of_a_run
 
 
 def _show(profdata: Path, path: Path) -> str:
@@ -38,13 +37,7 @@ def test_the_growths_of_a_run_add_up_to_its_final_snapshot(version, tmp_path):
     clang = find_clang(version)
     if clang is None:
         pytest.skip(missing_packages_message(version))
-    source = tmp_path / "prog.c"
-    source.write_text(PROGRAM)
-    exe = clang.compile(source, tmp_path / "prog", ir=True)
-    rounds = 4
-    subprocess.run([str(exe), str(rounds)], cwd=tmp_path, check=True, capture_output=True,
-                   env={"LLVM_PROFILE_FILE": str(tmp_path / "unused.profraw")})
-    snapshots = [tmp_path / f"snap-{r}.profraw" for r in range(rounds)] + [tmp_path / "final.profraw"]
+    snapshots = snapshots_of_a_run(clang, tmp_path / "package", tmp_path / "run", 4)
     assert all(s.stat().st_size for s in snapshots)
 
     grown, previous, new_runs, value_runs = [], None, 0, 0
@@ -77,12 +70,8 @@ def test_counters_that_go_down_in_bulk_are_a_new_run_and_another_binary_too(vers
     clang = find_clang(version)
     if clang is None:
         pytest.skip(missing_packages_message(version))
-    source = tmp_path / "prog.c"
-    source.write_text(PROGRAM)
-    exe = clang.compile(source, tmp_path / "prog", ir=True)
-    subprocess.run([str(exe), "3"], cwd=tmp_path, check=True, capture_output=True,
-                   env={"LLVM_PROFILE_FILE": str(tmp_path / "unused.profraw")})
-    early, late = (tmp_path / "snap-0.profraw").read_bytes(), (tmp_path / "snap-2.profraw").read_bytes()
+    files = snapshots_of_a_run(clang, tmp_path / "package", tmp_path / "run", 3)
+    early, late = files[0].read_bytes(), files[2].read_bytes()
     (early_part,), (late_part,) = parse_profraw(early), parse_profraw(late)
     assert structure_key(early, early_part) == structure_key(late, late_part)
     backwards = growth(late, late_part, early, early_part)
@@ -90,10 +79,6 @@ def test_counters_that_go_down_in_bulk_are_a_new_run_and_another_binary_too(vers
     unchanged = growth(late, late_part, late, late_part)
     assert unchanged.data is None and not unchanged.new_run
 
-    other = clang.compile(source, tmp_path / "other", ir=True, extra=["-DEXTRA=1", "-O2"])
-    (tmp_path / "snap-0.profraw").unlink()  # the runtime appends to a file that exists
-    subprocess.run([str(other), "1"], cwd=tmp_path, check=True, capture_output=True,
-                   env={"LLVM_PROFILE_FILE": str(tmp_path / "unused.profraw")})
-    foreign = (tmp_path / "snap-0.profraw").read_bytes()
+    foreign = snapshots_of_a_run(clang, tmp_path / "other", tmp_path / "run", 1, extra=("-O2",))[0].read_bytes()
     (foreign_part,) = parse_profraw(foreign)
     assert growth(late, late_part, foreign, foreign_part).new_run

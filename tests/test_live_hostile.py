@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
 
 import pytest
 
 from testbed.crafted import poisoned_count
 from testbed.daemon import wait_for
-from testbed.live import SNAPSHOTS_PROGRAM, LiveWriter
+from testbed.live import LiveWriter, snapshots_of_a_run
 
 OTHER_UID = 4242
 
@@ -19,14 +18,8 @@ OTHER_UID = 4242
 @pytest.fixture(scope="module")
 def program(tmp_path_factory, clang14):
     root = tmp_path_factory.mktemp("liveprog")
-    (root / "bin").mkdir()
-    source = root / "prog.c"
-    source.write_text(SNAPSHOTS_PROGRAM)
-    exe = clang14.compile(source, root / "bin" / "prog", ir=True)
-    run = tmp_path_factory.mktemp("liverun")
-    subprocess.run([str(exe), "2"], cwd=run, check=True, capture_output=True,
-                   env={"LLVM_PROFILE_FILE": str(run / "unused.profraw")})
-    return root, (run / "snap-0.profraw").read_bytes(), (run / "final.profraw").read_bytes()
+    files = snapshots_of_a_run(clang14, root, tmp_path_factory.mktemp("liverun"), 2)
+    return root, files[0].read_bytes(), files[-1].read_bytes()
 
 
 def _configure(pgod, root, profdata, **top):

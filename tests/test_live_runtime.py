@@ -5,7 +5,9 @@ visibility) and linked into small instrumented C programs built by clang 14 and 
 adapter's flags (IR instrumentation, the spool's %p name baked in, --build-id). The programs take
 commands on stdin, so every count they make is known: `w N` calls step() N times, `l N` calls the
 shared library's lib_step() N times, `fork N PATH` forks a child that calls step() N times and
-exits once PATH exists, `exec` becomes /bin/sleep, `spin` calls step() forever.
+exits once PATH exists, `exec` becomes /bin/sleep, `spin` calls step() forever, `closeall PATH`
+closes every descriptor and opens PATH twice, `dl N PATH` dlopens a library, calls its lib_step()
+N times and dlcloses it.
 
 Checked from outside, as pgod's reader sees it: the live file's name, its OFD write lock
 (F_OFD_GETLK from this process), its bytes (pgod's parser, llvm-profdata of the same release).
@@ -39,6 +41,8 @@ DEADLINE = 30.0
 pytestmark = pytest.mark.slow
 
 PROGRAM = r"""
+#include <dlfcn.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +71,7 @@ static void wait_for_path(const char *path) {
 int main(void) {
   char line[4200];
   long sum = 0;
+  int kept[2] = {-1, -1};
   setvbuf(stdout, NULL, _IOLBF, 0);
   while (fgets(line, sizeof line, stdin)) {
     long n = 0;
@@ -95,11 +100,27 @@ int main(void) {
       int status = 0;
       waitpid(child, &status, 0);
       printf("reaped %d\n", status);
+    } else if (sscanf(line, "closeall %4095s", path) == 1) {
+      /* as daemons do: every descriptor above stderr closed, then files of its own opened (they
+       * get the numbers the live object had) */
+      for (int fd = 3; fd < 1024; fd++) close(fd);
+      kept[0] = open(path, O_WRONLY | O_CREAT | O_APPEND, 0600);
+      kept[1] = open(path, O_WRONLY | O_APPEND);
+      printf("closed %d %d\n", kept[0], kept[1]);
+    } else if (sscanf(line, "dl %ld %4095s", &n, path) == 2) {
+      void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+      long (*lib_step)(long) = lib ? (long (*)(long))dlsym(lib, "lib_step") : NULL;
+      if (!lib_step) return 4;
+      for (long i = 0; i < n; i++) sum += lib_step(i);
+      dlclose(lib);
+      printf("unloaded\n");
     } else if (strncmp(line, "exec", 4) == 0) {
       execl("/bin/sleep", "sleep", "60", (char *)NULL);
       return 3;
     }
   }
+  for (int i = 0; i < 2; i++)
+    if (kept[i] >= 0 && (write(kept[i], "intact\n", 7) != 7 || close(kept[i]) != 0)) return 5;
   return sum == 42; /* never: keeps sum alive */
 }
 """
@@ -452,6 +473,54 @@ def test_a_fork_child_makes_its_own_run_without_the_parents_counts(built, spool,
     assert calls(child, "step") == 2000
     assert calls(parent, "step") + calls(child, "step") == 7000, "every call counted once"
     assert sorted(spool.iterdir()) == sorted([parent_file, child_file])
+
+
+def test_a_program_that_closes_every_descriptor_ends_the_run_and_keeps_its_files_intact(built, spool, tmp_path, programs):
+    """A daemon closing every fd takes the lock away: the reader sees the run ended at its last
+    snapshot. The object must stop there (no snapshot under the same name, no exit file: both would
+    count the same calls twice) and never touch the descriptor numbers the program now uses."""
+    stats = tmp_path / "stats"
+    own = tmp_path / "own-file"
+    program = start(programs, built.prog, environment(spool, PGOD_LIVE_STATS=str(stats)))
+    program.send("w 1000")
+    program.line()
+    (live,) = poll(lambda: live_files(spool, program.pid), "the live file")
+    inode, _ = poll(published(built.clang, live, tmp_path, "step", 1000), "a snapshot with 1000 calls")
+    program.send(f"closeall {own}")
+    assert program.line() == "closed 3 4", "the program's files got the numbers the object had"
+    assert not locked(live), "closing the descriptors dropped the lock"
+    program.send("w 5000")
+    program.line()
+    assert program.finish() == 0
+    assert own.read_text() == "intact\nintact\n", "the program's own files were neither closed nor written by the object"
+    assert snapshot(live)[0] == inode and calls(counts(built.clang, live, tmp_path), "step") == 1000
+    assert sorted(p.name for p in spool.iterdir()) == [live.name], "no exit file, no temporary"
+    assert not stats.exists(), "stopped: no last snapshot"
+
+
+def test_dlclose_ends_the_librarys_run_and_leaves_nothing_open(built, spool, tmp_path, programs):
+    program = start(programs, built.prog, environment(spool))
+    program.send("w 1000")
+    program.line()
+    (exe_file,) = poll(lambda: live_files(spool, program.pid), "the program's live file")
+    fds = f"/proc/{program.pid}/fd"
+    open_before = len(os.listdir(fds))
+    lib_files = []
+    for cycle, n in enumerate((300, 700)):
+        program.send(f"dl {n} {built.lib}")
+        assert program.line() == "unloaded"
+        (new,) = set(live_files(spool, program.pid)) - {exe_file} - set(lib_files)
+        lib_files.append(new)
+        assert not locked(new), "the library's run ended with dlclose"
+        (part,) = parse_profraw(new.read_bytes())
+        assert tuple(part.binary_ids) == (elf_build_id(built.lib),)
+        assert calls(counts(built.clang, new, tmp_path), "lib_step") == n, "each load is a run of its own"
+        assert len(os.listdir(fds)) == open_before, f"cycle {cycle}: the unloaded module's descriptors are closed"
+        assert not [t for t in os.listdir(f"/proc/{program.pid}/task")
+                    if Path(f"/proc/{program.pid}/task/{t}/comm").read_text().strip() == "pgod-live"][1:], "its thread is gone"
+    assert locked(exe_file), "the program's own run goes on"
+    assert program.finish() == 0
+    assert sorted(spool.iterdir()) == sorted([exe_file, *lib_files])
 
 
 def test_exec_releases_the_lock_and_keeps_the_last_snapshot(built, spool, tmp_path, programs):
