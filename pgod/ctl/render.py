@@ -184,8 +184,11 @@ def _user_name(uid: int) -> str:
 def _live_figures(live: dict | None) -> str:
     if not live or (not live["processes"] and not live["snapshots"]):
         return "none (no running program of it has reported)"
-    return (f"{live['processes']} running program{'s' if live['processes'] != 1 else ''} reporting; "
-            f"{human_bytes(live['bytes'])} counted live in {live['snapshots']} snapshots, last {human_age(live['last_read'])}")
+    text = (f"{live['processes']} running program{'s' if live['processes'] != 1 else ''} reporting; "
+            f"{human_bytes(live['bytes'])} counted live in {live['snapshots']} snapshots")
+    if live["processes"]:
+        text += f", {live.get('counts', 0):,} counts from those running, last read {human_age(live['last_read'])}"
+    return text
 
 
 def render_package(document: dict) -> str:
