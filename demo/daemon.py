@@ -27,6 +27,8 @@ def write_config(layout: Layout, source: Source, profiling: str, plain: str, thr
         "profile_link": layout.profile,
         "threshold_mb": threshold_mb,
         "activation": "auto",
+        # The Lua service (demo/service.py) dumps every 5 s; pgod reads live runs as often.
+        "live_interval_s": 5,
     }
     package = {
         "profile_build": [profiling],

@@ -10,11 +10,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from demo.common import BUILD_TIMEOUT, DEFAULT_THRESHOLD_MB, MIN_SPEEDUP, PACKAGE, ROOT, DemoError, Layout, Steps
-from demo.common import indent, say
+from demo.common import (
+    BUILD_TIMEOUT,
+    DEFAULT_THRESHOLD_MB,
+    MIN_SPEEDUP,
+    PACKAGE,
+    ROOT,
+    DemoError,
+    Layout,
+    Steps,
+    indent,
+    say,
+)
 from demo.daemon import Bus, Daemon, write_config
 from demo.manual import start_manual_instrumented
 from demo.nixbuild import nix_build
+from demo.service import ITEMS_PER_ROUND, LuaService
 from demo.sources import Source, fetch_sources
 from demo.training import (
     Trainer,
@@ -59,7 +70,7 @@ def closed_loop(layout: Layout, steps: Steps, threshold_mb: float = DEFAULT_THRE
     with steps("nix-build the instrumented (profiling, IR) Lua and plain -O2 Lua (the gate's baseline)"):
         profiling = nix_build("profiling", layout, source)
         plain_out = nix_build("plain", layout, source)
-    bus = daemon = None
+    bus = daemon = service = None
     failed = False
     manual_running = None
     try:
@@ -75,9 +86,18 @@ def closed_loop(layout: Layout, steps: Steps, threshold_mb: float = DEFAULT_THRE
             if manual:
                 manual_running = start_manual_instrumented(layout, source, manual)
         trainer = Trainer(daemon, profiling, scripts)
+        with steps("start a Lua service beside them: demo/service.lua on the profiling Lua, serving work items"
+                   " fed on its stdin, never exiting; it reports its counts while it runs (the live object)"):
+            service = trainer.service = LuaService(trainer.profiling, trainer.env)
+            say(f"    pid {service.process.pid}: {ITEMS_PER_ROUND} items each round; 'live:' below is what pgod has"
+                " counted of the running programs so far")
         with steps(f"train, first stage: the IR-instrumented Lua over demo/workload/*.lua ({len(scripts)} scripts);"
                    " at the threshold pgod builds the context-sensitive stage and puts it in use"):
             trainer.until(in_cs_stage(trainer), "the context-sensitive stage in use")
+            trainer.service = None
+            code = service.stop()
+            say(f"    the Lua service ({service.served} items served) stopped with SIGTERM (exit {code}), as"
+                " `systemctl stop` would: no exit write; what it reported while it ran was counted, once")
             say(f"    in use: {layout.active_lua().relative_to(ROOT)} -> {os.path.realpath(layout.active_lua())}"
                 " (IR-optimized, CS-instrumented)")
         with steps("train, context-sensitive stage: the same scripts on the build in use, until pgod's final build"):
@@ -100,6 +120,8 @@ def closed_loop(layout: Layout, steps: Steps, threshold_mb: float = DEFAULT_THRE
             say(indent(daemon.log_tail()))
         raise
     finally:
+        if service is not None:
+            service.stop()
         for _out, _begun, process in (manual_running or {}).values():
             if process.poll() is None and failed:
                 process.kill()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from demo.common import LIGHT_PAUSE, LIGHT_RUNS, ROOT, TRAIN_TIMEOUT, WORKLOAD_DIR, DemoError, Layout, say
 from demo.daemon import Daemon
+from demo.service import live_text
 
 
 def workload_scripts() -> list[Path]:
@@ -80,6 +81,7 @@ class Trainer:
         self.last: dict = {}
         self.next_script = 0
         self.package: dict = daemon.package()
+        self.service = None  # a demo.service.LuaService fed a few items each round, if one runs
 
     def builds_started(self) -> int:
         return sum(1 for e in self.daemon.events() if e.get("event") == "build.started")
@@ -134,6 +136,8 @@ class Trainer:
             light = package["state"] == "building" or bool(package.get("benchmark_running"))
             batch = self.scripts[self.next_script:self.next_script + LIGHT_RUNS] if light else self.scripts
             builds = self.builds_started()
+            if self.service is not None:
+                self.service.feed()
             for script in batch:
                 run_lua(lua, script, self.env)
                 self.daemon.training_exits.append(time.time())
@@ -154,7 +158,7 @@ class Trainer:
                 doing += f" [{build.get('done') or 0}/{build.get('total') or '?'}] {build['derivation']}: {build.get('phase') or '…'}"
             say(f"    {sum(self.done.runs.values()):3d} runs, on {kind:9s} stage {package.get('stage', 'first'):17s}"
                 f" raw {_mb(package['raw_bytes'])} / {_mb(package['threshold_bytes'])} ({share:4.0%})"
-                f"  {doing}  [{time.monotonic() - self.begun:5.1f} s]")
+                f"  {doing}{live_text(package)}  [{time.monotonic() - self.begun:5.1f} s]")
 
 
 def in_cs_stage(trainer: Trainer):
