@@ -65,6 +65,7 @@ LIVE_UNSTABLE_POLLS = 3  # a locked file that is no one-module raw profile this 
 # this long after its last read at the earliest: a short run's last snapshot and end are taken
 # within seconds, and a writer renaming in a loop costs at most a read this often.
 EVENT_SPACING_SECONDS = 2.0
+OVER_LIMIT_NAMES = 4096  # names remembered per uid as waiting for a free slot (for status only)
 READ_ATTEMPTS = 3  # a name moved while it was read (a new snapshot): read again at once, this often
 _F_OFD_GETLK = 36
 _FLOCK = struct.Struct("hhqqi4x")  # struct flock: l_type, l_whence, l_start, l_len, l_pid
@@ -218,7 +219,9 @@ class LiveRuns:
         self._incoming = os.fsdecode(layout.incoming)
         self._runs: dict[str, _Run] = {}
         self._per_uid: dict[int, int] = {}
-        self._over_limit: dict[int, int] = {}  # uid → names not followed (limit reached) since the last scan
+        # uid → names not followed (its limit reached) since the last scan; at most OVER_LIMIT_NAMES
+        # each are remembered (the count is for status; the names are looked for again by a scan).
+        self._over_limit: dict[int, set[str]] = {}
         self._rescan_owed = False
         self._window_start = float("-inf")  # the current interval's window of per-uid read bytes
         self._spent: dict[int, int] = {}
@@ -245,7 +248,9 @@ class LiveRuns:
             except OSError:
                 continue
             if self._per_uid.get(uid, 0) >= limit:
-                self._over_limit[uid] = self._over_limit.get(uid, 0) + 1
+                waiting = self._over_limit.setdefault(uid, set())
+                if len(waiting) < OVER_LIMIT_NAMES:
+                    waiting.add(name)
                 self._rescan_owed = True
                 continue
             self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
@@ -253,7 +258,7 @@ class LiveRuns:
             # snapshot, need not wait a whole interval.
             self._runs[name] = _Run(name, uid, now)
         self.status.followed = len(self._runs)
-        self.status.over_limit = sum(self._over_limit.values())
+        self.status.over_limit = sum(map(len, self._over_limit.values()))
 
     def _drop(self, run: _Run) -> None:
         del self._runs[run.name]
@@ -477,7 +482,7 @@ class LiveRuns:
 
     def _refresh_status(self) -> None:
         self.status.followed = len(self._runs)
-        self.status.over_limit = sum(self._over_limit.values())
+        self.status.over_limit = sum(map(len, self._over_limit.values()))
 
 
 def _uids_in_turn(runs: list[_Run]) -> list[_Run]:
