@@ -26,7 +26,8 @@
  *     dumper thread. The child's name appears with its first snapshot (periodic or at exit), so a
  *     fork that is followed by exec or _exit leaves nothing in the spool;
  *   - exec closes the descriptors (O_CLOEXEC): the run ends with its last snapshot; so do SIGKILL
- *     and every other death (the kernel drops the lock).
+ *     and every other death (the kernel drops the lock), and dlclose of a library (its atexit
+ *     handler writes the last snapshot, joins the thread and closes the module's descriptors).
  *
  * Off, the runtime untouched (its exit write works as without this object), when:
  *   - the module has no profile runtime (every runtime symbol is a hidden weak reference);
@@ -306,6 +307,11 @@ static void live_exit(void) {
     }
     live_on = 0;
     write_stats();
+    /* the run ends here: at exit a moment early, at dlclose of a library (which runs its atexit
+     * handlers) while the process goes on, so nothing of the unloaded module stays open */
+    if (live_fd >= 0 && still_ours(live_fd, live_fd_dev, live_fd_ino)) close(live_fd);
+    if (live_dir >= 0 && still_ours(live_dir, live_dir_dev, live_dir_ino)) close(live_dir);
+    live_fd = live_dir = -1;
   }
   pthread_mutex_unlock(&live_mutex);
 }
