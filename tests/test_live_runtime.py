@@ -142,7 +142,7 @@ class Built:
 
 
 def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
-    done = subprocess.run(argv, capture_output=True, text=True, **kwargs)
+    done = subprocess.run(argv, check=False, capture_output=True, text=True, **kwargs)
     assert done.returncode == 0, f"{' '.join(map(str, argv))} failed: {done.stderr[-3000:]}"
     return done
 
@@ -395,7 +395,7 @@ def test_sigkill_leaves_the_last_snapshot_whole_and_unlocked(built, spool, tmp_p
     assert program.line() == "spinning"
 
     def grown():
-        inode, data = snapshot(live)
+        _inode, data = snapshot(live)
         return data if data and calls(counts(built.clang, data, tmp_path), "step") > 50000 else None
 
     poll(grown, "a snapshot taken while the program spins")
@@ -561,7 +561,7 @@ def test_where_the_object_stays_off_and_where_it_takes_the_baked_in_spool(built,
         del env["LLVM_PROFILE_FILE"]
     else:
         env["LLVM_PROFILE_FILE"] = f"{spool}/all.profraw"
-    done = subprocess.run([str(built.prog)], input=b"w 100\n", env=env, stdout=subprocess.DEVNULL, timeout=DEADLINE)
+    done = subprocess.run([str(built.prog)], check=False, input=b"w 100\n", env=env, stdout=subprocess.DEVNULL, timeout=DEADLINE)
     assert done.returncode == 0
     written = sorted(p.name for p in spool.iterdir()) + sorted(f"baked/{p.name}" for p in built.baked.iterdir())
     if case == "dev-null":
