@@ -119,3 +119,24 @@ def llvm_profdata_14(clang14) -> str:
 def pytest_report_header(config):
     tools = {name: shutil.which(name) for name in ("dbus-daemon", "nix-build", "clang-14", "llvm-profdata-14")}
     return ["tools: " + ", ".join(f"{k}={v or 'MISSING'}" for k, v in tools.items()), describe_local_nix()]
+
+
+@pytest.fixture(scope="module", params=[14, 19], ids=lambda v: f"clang{v}")
+def built(request, tmp_path_factory):
+    """The live-object test programs (testbed/live_programs.py) built by clang 14, then 19."""
+    from testbed.clangs import find_clang, missing_packages_message
+    from testbed.live_programs import build
+
+    clang = find_clang(request.param)
+    if clang is None:
+        pytest.skip(missing_packages_message(request.param))
+    return build(clang, tmp_path_factory.mktemp(f"live-clang{request.param}"))
+
+
+@pytest.fixture
+def programs():
+    """Programs a test started (testbed.live_programs.start), killed if still running at its end."""
+    started: list = []
+    yield started
+    for program in started:
+        program.kill()

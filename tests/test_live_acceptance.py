@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from testbed.daemon import wait_for
-from tests.test_live_runtime import built, calls, counts, environment, programs, start  # noqa: F401 (fixtures)
+from testbed.live_programs import calls, counts, environment, start
 
 pytestmark = pytest.mark.slow
 
