@@ -58,19 +58,21 @@ def spool(tmp_path) -> Path:
 def test_a_running_program_publishes_locked_rising_snapshots_and_ends_with_its_exit_counts(built, spool, tmp_path, programs):
     stats = tmp_path / "stats"
     program = start(programs, built.prog, environment(spool, PGOD_LIVE_STATS=str(stats)))
-    (live,) = poll(lambda: live_files(spool, program.pid), "the live file made at start")
-    assert locked(live), "the live file is write-locked from the start"
-    assert live.stat().st_mode & 0o777 == 0o600
     # One extra thread, named, taking none of the program's signals.
-    tasks = {tid: Path(f"/proc/{program.pid}/task/{tid}") for tid in os.listdir(f"/proc/{program.pid}/task")}
-    (dumper,) = poll(lambda: [t for t in tasks.values() if (t / "comm").read_text().strip() == "pgod-live"], "the thread's name")
-    assert len(tasks) == 2
+    def tasks() -> list[Path]:
+        return [Path(f"/proc/{program.pid}/task/{tid}") for tid in os.listdir(f"/proc/{program.pid}/task")]
+
+    (dumper,) = poll(lambda: [t for t in tasks() if (t / "comm").read_text().strip() == "pgod-live"], "the thread's name")
+    assert len(tasks()) == 2
     blocked = int(re.search(r"SigBlk:\s*([0-9a-f]+)", (dumper / "status").read_text()).group(1), 16)
     for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1, signal.SIGALRM, signal.SIGPIPE):
         assert blocked & (1 << (number - 1)), f"the dumper thread blocks {number!r}"
 
+    assert live_files(spool, program.pid) == [], "the name appears with the first snapshot, not at start"
     program.send("w 100000")
     assert program.line().startswith("ok ")
+    (live,) = poll(lambda: live_files(spool, program.pid), "the live file, with the first snapshot")
+    assert live.stat().st_mode & 0o777 == 0o600
     first_inode, first = poll(published(built.clang, live, tmp_path, "step", 100000), "a snapshot with step() called 100000 times")
     assert locked(live), "each snapshot is published locked"
     assert len(parse_profraw(first)) == 1

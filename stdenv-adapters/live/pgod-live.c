@@ -4,9 +4,10 @@
  * shared library) of an instrumented package. It implements the writer of
  * docs/design/live-protocol.md:
  *
- *   - one run per (process, module): live-<pid>-<32 hex>.profraw in the spool folder, made empty
- *     at start (O_CREAT|O_EXCL|O_NOFOLLOW|O_RDWR|O_CLOEXEC, 0600) and write-locked with an OFD
- *     lock over the whole file (F_OFD_SETLK) for as long as the process lives;
+ *   - one run per (process, module): live-<pid>-<32 hex>.profraw in the spool folder, appearing
+ *     with the run's first snapshot (periodic, or at exit: a short program pays for one file at its
+ *     exit, as without this object), every inode at the name write-locked with an OFD lock over
+ *     the whole file (F_OFD_SETLK) for as long as the process lives;
  *   - a snapshot (a cumulative raw profile of this module, __llvm_profile_write_file through
  *     __llvm_profile_set_file_object) goes to .live-<pid>-<hex>.tmp in the same folder, which is
  *     opened and locked before the profile is written and renamed over the name; the previous
@@ -33,8 +34,9 @@
  *   - the module has no profile runtime (every runtime symbol is a hidden weak reference);
  *   - the file pattern (LLVM_PROFILE_FILE if set and non-empty, else the one baked in with
  *     -fprofile-instrument-path) is /dev/null, asks for continuous mode (%c), or is neither a
- *     folder nor a per-process pattern (a last component with %p) in a folder where this process
- *     can make the live file;
+ *     folder nor a per-process pattern (a last component with %p) in a folder this process can
+ *     open (a folder it cannot write to fails the last snapshot: the runtime's exit write then
+ *     fails as it would without this object);
  *   - PGOD_LIVE_INTERVAL_S is 0.
  *
  * Every symbol is static or hidden: an executable and each instrumented shared library get their
@@ -112,7 +114,7 @@ static int live_thread_up; /* live_thread runs */
 static int live_stop;
 static unsigned live_interval_s = PGOD_LIVE_DEFAULT_INTERVAL_S;
 static int live_dir = -1; /* the folder, O_PATH */
-static int live_fd = -1;  /* the inode at the name, locked; -1: no snapshot yet in a fork child */
+static int live_fd = -1;  /* the inode at the name, locked; -1: no snapshot published yet */
 static dev_t live_dir_dev, live_fd_dev;
 static ino_t live_dir_ino, live_fd_ino;
 static char live_name[80], live_tmp[80]; /* relative to live_dir */
@@ -395,27 +397,18 @@ __attribute__((constructor(101))) static void live_start(void) {
   if (fstat(live_dir, &st) != 0) goto off;
   live_dir_dev = st.st_dev;
   live_dir_ino = st.st_ino;
+  /* The name appears with the first snapshot (periodic, or at exit), not now: a short program
+   * then pays for one file, at its exit, as without this object, and nothing at its start but the
+   * thread (measured: benchmarks/live_runtime --fork-loop, the exit and exec rows). */
   new_names();
-  live_fd = openat(live_dir, live_name, O_CREAT | O_EXCL | O_NOFOLLOW | O_RDWR | O_CLOEXEC, 0600);
-  if (live_fd < 0) goto off;
-  if (lock_whole(live_fd) != 0 || fstat(live_fd, &st) != 0) { /* no lock, no live file: a reader would end it at once */
-    close(live_fd);
-    unlinkat(live_dir, live_name, 0);
-    goto off;
-  }
-  live_fd_dev = st.st_dev;
-  live_fd_ino = st.st_ino;
   live_last_sum = counter_sum(); /* nothing ran yet (constructors of instrumented code may have) */
   live_have_sum = 1;
   __llvm_profile_set_filename("/dev/null");
   /* the runtime's atexit write first, ours after it: ours runs first (LIFO) */
   __llvm_profile_register_write_file_atexit();
   if (atexit(live_exit) != 0 || pthread_atfork(live_prepare, live_parent, live_child) != 0) {
-    /* cannot end the run properly: back to the runtime's exit write (the empty name ends unlocked) */
+    /* cannot end the run properly: back to the runtime's exit write */
     __llvm_profile_set_filename(live_fallback);
-    close(live_fd);
-    unlinkat(live_dir, live_name, 0);
-    live_fd = -1;
     goto off;
   }
   live_on = 1;
