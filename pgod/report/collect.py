@@ -27,8 +27,16 @@ from pgod import __version__
 from pgod.config import DEFAULT_MERGE_USER, Config, PackageConfig
 from pgod.confine import ConfineError, Identity, memfd_holding, read_own
 from pgod.manifest import profdata_for
-from pgod.report.figures import MERGE_HISTORY_KEPT, build_records, coverage, growth, hot_functions, summary_numbers
-from pgod.report.tool import ToolError, parse_overlap, parse_show, percent, run_tool
+from pgod.report.figures import (
+    MERGE_HISTORY_KEPT,
+    build_records,
+    coverage,
+    growth,
+    hot_functions,
+    level_overlap,
+    summary_numbers,
+)
+from pgod.report.tool import ToolError, parse_overlap, parse_show, run_tool
 
 REPORT_VERSION = 1
 DEFAULT_TOP = 20
@@ -105,8 +113,10 @@ def _open_profile(path: str) -> int:
     return memfd_holding("pgod-report-profile", read_own(Path(path)))
 
 
-def show_profile(profdata: str, fd: int, identity: Identity | None = None):
-    argv = [profdata, "show", "--all-functions", "--counts", f"/proc/self/fd/{fd}"]
+def show_profile(profdata: str, fd: int, identity: Identity | None = None, *, context_sensitive: bool = False):
+    """Every function's counts; ``context_sensitive``: the CS level's records only (`--showcs`)."""
+    argv = [profdata, "show", "--all-functions", "--counts", *(["--showcs"] if context_sensitive else []),
+            f"/proc/self/fd/{fd}"]
     return parse_show(run_tool(argv, pass_fds=[fd], identity=identity))
 
 
@@ -250,18 +260,24 @@ def _change(profdata: str, build: dict | None, profile_fd: int | None, row: dict
     except OSError as err:
         return {**result, "unavailable": f"{base}: {err.strerror} (collected as garbage?)"}
     try:
+        # Each level on its own, from the per-function counts (figures.level_overlap: the tool's
+        # own overlap line is wrong for profiles with a context-sensitive level).
+        levels = {}
+        for level, cs in (("main", False), ("cs", True)):
+            base_shown = show_profile(profdata, base_fd, identity, context_sensitive=cs)
+            current_shown = show_profile(profdata, profile_fd, identity, context_sensitive=cs)
+            if cs and not base_shown.functions and not current_shown.functions:
+                break  # no context-sensitive level in either
+            levels[level] = level_overlap(base_shown.functions, current_shown.functions)
         figures = overlap_profiles(profdata, base_fd, profile_fd, identity)
     finally:
         os.close(base_fd)
-    overlap = percent(figures.get("Edge profile overlap"))
+    main = levels["main"]
     return {
         **result,
-        "overlap_percent": overlap,
-        "changed_percent": round(100.0 - overlap, 3) if overlap is not None else None,
-        "functions_overlap": _maybe_int(figures.get("# of functions overlap")),
-        "base_count_sum": _maybe_int(figures.get("Edge profile base count sum")),
-        "current_count_sum": _maybe_int(figures.get("Edge profile test count sum")),
-        "llvm_profdata_overlap": figures,
+        **main,
+        "context_sensitive": levels.get("cs"),
+        "llvm_profdata_overlap": figures,  # the tool's own lines, for reference
     }
 
 

@@ -104,13 +104,17 @@ def _change(package: dict) -> list[str]:
         f"Build #{change['build']} was made from generation {change['base_generation']} "
         f"({_code(change['base_profile'])}); the profile is now at generation {change['current_generation']}.",
         "",
-        f"- `llvm-profdata overlap`: **{change['overlap_percent']:.3f} %** overlap, so "
-        f"**{change['changed_percent']:.3f} %** of the profile changed since that build (0 %: nothing to gain from a "
-        "rebuild)",
+        f"- overlap (llvm-profdata's measure, computed per level from the per-function counts): "
+        f"**{change['overlap_percent']:.3f} %**, so **{change['changed_percent']:.3f} %** of the profile changed since "
+        "that build (0 %: nothing to gain from a rebuild)",
         f"- count sums: {change['base_count_sum']:,} then, {change['current_count_sum']:,} now; "
         f"{change['functions_overlap']} functions in both",
-        "",
     ]
+    cs = change.get("context_sensitive")
+    if cs:
+        lines.append(f"- context-sensitive level: **{cs['overlap_percent']:.3f} %** overlap "
+                     f"({cs['changed_percent']:.3f} % changed), {cs['functions_overlap']} functions in both")
+    lines.append("")
     return lines
 
 
