@@ -42,15 +42,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from pgod.config import Config
 from pgod.durable import sync_filesystem, unlink_if_present
 from pgod.intake.attribution import Attributor
 from pgod.intake.growth import growth
-from pgod.intake.profraw import ProfrawError, RawProfile, parse_profraw, part_bytes
-from pgod.state.db import LiveRun, Package
+from pgod.intake.profraw import ProfrawError, parse_profraw, part_bytes
+from pgod.state.db import LiveRun, Package, among
 from pgod.state.failpoints import failpoint
 from pgod.state.layout import GROWTH_STAGING_PREFIX, Layout
 
@@ -59,7 +59,7 @@ log = structlog.get_logger(__name__)
 LIVE_PREFIX = "live-"
 LIVE_SUFFIX = ".profraw"
 WRITER_TEMP_PREFIX = ".live-"  # the writer's temp files, renamed over the live name when whole
-LIVE_STEP_RUNS = 256  # live files read per engine cycle: the engine answers between steps
+LIVE_STEP_RUNS = 128  # live files read per engine cycle: the engine answers between steps
 LIVE_UNSTABLE_POLLS = 3  # a locked file that is no one-module raw profile this often is refused
 # An event for a followed name (a snapshot renamed in, the writer's close at exit) makes it due
 # this long after its last read at the earliest: a short run's last snapshot and end are taken
@@ -174,7 +174,7 @@ class _Taken:
 
     run: _Run
     staging_name: str | None  # None: nothing grew (the baseline may still move, e.g. a new structure)
-    baseline: bytes | None  # None: the baseline stays (an older snapshot than the one counted)
+    baseline: bytes | None  # zlib of the snapshot; None: the baseline stays (older than the one counted)
     package: str | None
     grown_bytes: int
     counts: int
@@ -236,12 +236,15 @@ class LiveRuns:
         limit = self.config.live_max_runs_per_uid
         for name in names:
             if (known := self._runs.get(name)) is not None:
-                # An event for it: a new snapshot renamed in, or its writer closed it (at exit
-                # the kernel closes the fd: IN_CLOSE_WRITE). Read it soon, not at the next
-                # interval, but no more often than every EVENT_SPACING_SECONDS whatever the
-                # writer does: a short run is counted and ended within seconds of its exit.
-                spacing = min(self.config.live_interval_s, EVENT_SPACING_SECONDS)
-                known.due = min(known.due, max(now, known.last_read + spacing))
+                if known.seen is None:
+                    # An event for a run not yet read with a snapshot: its first one came (for a
+                    # short program, its last too). Read it soon, not at the next tick, but no
+                    # more often than every EVENT_SPACING_SECONDS whatever the writer does: a
+                    # short run is counted and ended within seconds of its exit. A run already
+                    # read waits for its tick: a service is read once per interval, all of them
+                    # together (one transaction, few merges).
+                    spacing = min(self.config.live_interval_s, EVENT_SPACING_SECONDS)
+                    known.due = min(known.due, max(now, known.last_read + spacing))
                 continue
             try:
                 uid = os.lstat(f"{self._spool}/{name}").st_uid
@@ -295,11 +298,12 @@ class LiveRuns:
             self._window_start, self._spent = now, {}
         budget = self._spent  # bytes read per uid in this interval's window
         taken: list[_Taken] = []
+        reads: list[tuple[_Run, LiveRead]] = []
         to_refuse: list[str] = []
         finished: list[_Run] = []
-        interval = self.config.live_interval_s
+        tick = self._next_tick(now)
         for run in _uids_in_turn(due)[:LIVE_STEP_RUNS]:
-            run.due = now + interval
+            run.due = tick
             run.last_read = now
             try:
                 before = os.lstat(f"{self._spool}/{run.name}")
@@ -316,8 +320,11 @@ class LiveRuns:
                 run.due = self._window_start + self.config.live_interval_s
                 continue
             budget[run.uid] = spent + before.st_size
-            read = read_live(self._spool, run.name, self.config.max_file_bytes)
-            outcome = self._take(run, read, to_refuse, finished)
+            reads.append((run, read_live(self._spool, run.name, self.config.max_file_bytes)))
+        # One query for the baselines of every run read with a snapshot (not one a run).
+        baselines = self._baselines([run.name for run, read in reads if read.data])
+        for run, read in reads:
+            outcome = self._take(run, read, baselines.get(run.name), to_refuse, finished)
             if outcome is not None:
                 taken.append(outcome)
         self._record(taken)
@@ -327,6 +334,12 @@ class LiveRuns:
             self._refuse(to_refuse)
         self.status.last_poll = time.time()
         self._refresh_status()
+
+    def _next_tick(self, now: float) -> float:
+        """The next multiple of live_interval_s (monotonic clock): every run read at a tick is due
+        at the next one together, so a poll is one batch of reads, transactions and merges."""
+        interval = self.config.live_interval_s
+        return (now // interval + 1) * interval
 
     def _still_locked(self, name: str, before: os.stat_result) -> bool:
         try:
@@ -338,7 +351,8 @@ class LiveRuns:
         finally:
             os.close(fd)
 
-    def _take(self, run: _Run, read: LiveRead, to_refuse: list[str], finished: list[_Run]) -> _Taken | None:
+    def _take(self, run: _Run, read: LiveRead, baseline: tuple[bytes, str] | None, to_refuse: list[str],
+              finished: list[_Run]) -> _Taken | None:
         """What one read gives: a growth to record, a name to refuse, a run ended, or nothing."""
         if read.state == "gone":
             finished.append(run)
@@ -372,7 +386,8 @@ class LiveRuns:
         run.unstable = 0
         seen = (read.info.st_ino, read.info.st_size, read.info.st_mtime_ns)
         part = parts[0]
-        base, base_part, base_boot = self._baseline(run.name)
+        base, base_boot = baseline if baseline is not None else (None, "")
+        base_part = parse_profraw(base)[0] if base is not None else None
         grown = growth(base, base_part, read.data, part)
         if grown.why == "decreased" and base_boot != BOOT_ID:
             # Below what was counted, and written before this boot: a power cut lost the writer's
@@ -403,16 +418,18 @@ class LiveRuns:
                     pass  # no CAP_CHOWN (a daemon run by hand): pgod's own, counted under its uid
             finally:
                 os.close(fd)
-        return _Taken(run, staging_name, bytes(part_bytes(read.data, part)), package,
+        return _Taken(run, staging_name, zlib.compress(part_bytes(read.data, part), 1), package,
                       len(grown.data or b""), grown.counts, ended, read.info, seen)
 
-    def _baseline(self, name: str) -> tuple[bytes | None, RawProfile | None, str]:
+    def _baselines(self, names: list[str]) -> dict[str, tuple[bytes, str]]:
+        """name → (the snapshot last counted, the boot it was counted in), for those that have one."""
+        if not names:
+            return {}
         with self.sessions() as session:
-            row = session.execute(select(LiveRun.baseline, LiveRun.boot_id).where(LiveRun.name == name)).one_or_none()
-        if row is None or row.baseline is None:
-            return None, None, ""
-        data = zlib.decompress(row.baseline)
-        return data, parse_profraw(data)[0], row.boot_id
+            rows = session.execute(
+                select(LiveRun.name, LiveRun.baseline, LiveRun.boot_id).where(among(LiveRun.name, names))
+            ).all()
+        return {row.name: (zlib.decompress(row.baseline), row.boot_id) for row in rows if row.baseline is not None}
 
     def _record(self, taken: list[_Taken]) -> None:
         """One transaction: the growth parts pending (through the intake's ingest, which checks
@@ -426,8 +443,11 @@ class LiveRuns:
         now = time.time()
 
         def move_baselines(session: Session) -> None:
+            names = [t.run.name for t in taken]
+            rows = {row.name: row for row in session.scalars(select(LiveRun).where(among(LiveRun.name, names)))}
+            grown_by_package: dict[str, tuple[int, int]] = {}
             for t in taken:
-                row = session.get(LiveRun, t.run.name)
+                row = rows.get(t.run.name)
                 if row is None or row.owner_uid != t.info.st_uid:
                     if row is not None:
                         session.delete(row)
@@ -436,7 +456,7 @@ class LiveRuns:
                                   bytes_counted=0, counts=0, ended=False)
                     session.add(row)
                 if t.baseline is not None:  # None: nothing newer than the baseline (it stays)
-                    row.baseline = zlib.compress(t.baseline, 1)
+                    row.baseline = t.baseline
                     row.package = t.package
                     row.boot_id = BOOT_ID
                 row.last_at = now
@@ -445,9 +465,12 @@ class LiveRuns:
                     row.bytes_counted += t.grown_bytes
                     row.counts = min(COUNTS_CAP, row.counts + t.counts)
                 row.ended = t.ended
-                if t.staging_name is not None and t.package is not None and (package := session.get(Package, t.package)):
-                    package.live_bytes += t.grown_bytes
-                    package.live_snapshots += 1
+                if t.staging_name is not None and t.package is not None:
+                    size, count = grown_by_package.get(t.package, (0, 0))
+                    grown_by_package[t.package] = (size + t.grown_bytes, count + 1)
+            for name, (size, count) in grown_by_package.items():
+                session.execute(update(Package).where(Package.name == name).values(
+                    live_bytes=Package.live_bytes + size, live_snapshots=Package.live_snapshots + count))
 
         self._ingest(staged, move_baselines)
         failpoint("after-live-record")
