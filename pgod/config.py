@@ -86,7 +86,7 @@ class Config:
     accept_uids: frozenset[int] | None = None
     # Live runs (programs that keep running, intake/live.py): how often their snapshots are read,
     # and per uid how many runs are followed and how many bytes are read per poll.
-    live_interval_s: float = 60.0
+    live_interval_s: float = 300.0
     live_max_runs_per_uid: int = 1024
     live_max_bytes_per_poll: int = 32 * MB
 
@@ -250,7 +250,7 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
     build_retry_seconds = top.get("build_retry_seconds", (int, float), 30, what="a number of seconds")
     if build_retry_seconds <= 0:
         raise top.error("build_retry_seconds", f"must be positive, got {build_retry_seconds}")
-    live_interval_s = top.get("live_interval_s", (int, float), 60, what="a number of seconds")
+    live_interval_s = top.get("live_interval_s", (int, float), 300, what="a number of seconds")
     if not 1 <= live_interval_s <= 86400:
         raise top.error("live_interval_s", f"must be between 1 and 86400 seconds, got {live_interval_s}")
     live_max_runs = top.get("live_max_runs_per_uid", int, 1024)

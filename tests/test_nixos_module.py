@@ -226,7 +226,7 @@ def test_generated_toml_is_a_valid_pgod_configuration(config_file, system, tmp):
     top_keys = "activation admin_group live_interval_s merge_user packages profile_link spool_dir state_dir substitute_dir threshold_mb"
     assert sorted(document) == top_keys.split()
     assert document["threshold_mb"] == 64 and document["activation"] == "notify"
-    assert document["live_interval_s"] == 60
+    assert document["live_interval_s"] == 300
     assert document["admin_group"] == "wheel"
     assert document["merge_user"] == "pgod-merge"
     hello = document["packages"]["hello"]
@@ -261,15 +261,15 @@ def test_generated_toml_is_a_valid_pgod_configuration(config_file, system, tmp):
     assert config.spool_dir == tmp / "spool"
     assert config.substitute_dir == Path("/run/pgod/packages")
     assert config.profile_link == Path("/nix/var/nix/profiles/pgod/optimized")
-    assert config.live_interval_s == 60
+    assert config.live_interval_s == 300
 
 
 def test_options_reach_the_toml(tmp):
-    configuration = pgod_configuration(tmp, thresholdMB=8, activation="auto", acceptUids=[0, 1000], liveIntervalSeconds=300)
+    configuration = pgod_configuration(tmp, thresholdMB=8, activation="auto", acceptUids=[0, 1000], liveIntervalSeconds=60)
     configuration["services"]["pgod"]["settings"]["packages"] = {"hello": {"threshold_mb": 2}}
     settings = System(configuration).eval("summary.settings")
     assert settings["threshold_mb"] == 8 and settings["activation"] == "auto"
-    assert settings["live_interval_s"] == 300
+    assert settings["live_interval_s"] == 60
     assert settings["accept_uids"] == [0, 1000]
     assert settings["packages"]["hello"]["threshold_mb"] == 2
     assert "profile_build" in settings["packages"]["hello"]

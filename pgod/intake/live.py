@@ -17,9 +17,11 @@ and the inode it names is held by an OFD write lock for as long as its writer li
   file (state/recovery.py), so the next poll computes it again; after it, the part is pending.
 - after a run's last growth is recorded it is marked ended, then its file is deleted.
 
-When: every `live_interval_s`, and soon after an event for the name (a snapshot renamed in, the
-writer's close at its exit), but not more often than every EVENT_SPACING_SECONDS: a short run is
-counted and ended within seconds of its exit, a service once per interval.
+When: every run already read at ticks of `live_interval_s`, all together (one batch of reads,
+transactions and merges per interval); a run not yet read soon after an event for its name (its
+first snapshot renamed in), but not more often than every EVENT_SPACING_SECONDS: a short run is
+counted within seconds of its exit (and its file deleted at the next tick), a service once per
+interval.
 
 Bounds, per owner uid (the spool is hostile): at most `live_max_runs_per_uid` runs followed
 (more names wait, counted in status, until one ends), at most `live_max_mb_per_poll` read per

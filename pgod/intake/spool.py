@@ -35,7 +35,7 @@ import structlog
 from watchdog.observers.inotify_c import InotifyConstants as IN
 from watchdog.observers.inotify_c import inotify_add_watch, inotify_init
 
-from pgod.intake.live import is_live_name
+from pgod.intake.live import WRITER_TEMP_PREFIX, is_live_name
 from pgod.intake.squatting import EMPTY_FILE_GRACE_SECONDS, squatter
 from pgod.osthread import name_os_thread
 
@@ -53,6 +53,7 @@ READ_SIZE = 64 * 1024  # bytes of events per read (each event is 16 bytes plus i
 # a burst of exits then costs a few wake-ups instead of one per file (measured: 0.03 → 0.007 s
 # of CPU per 2,000 files). The kernel queue (16,384 events by default) outlasts it easily.
 COALESCE_MS = 5
+_WRITER_TEMP = os.fsencode(WRITER_TEMP_PREFIX)
 
 
 
@@ -151,6 +152,8 @@ class SpoolWatcher:
                 # that program's name: the engine looks at those.
                 if mask & (IN.IN_CREATE | IN.IN_MOVED_TO) and raw_name.endswith(b".profraw"):
                     ready[os.fsdecode(raw_name)] = os.fsdecode(raw_name)
+            elif raw_name.startswith(_WRITER_TEMP):
+                pass  # a live writer's temp file, renamed over its live name once whole: nobody's to take
             elif raw_name:
                 name = os.fsdecode(raw_name)
                 if mask & (IN.IN_CLOSE_WRITE | IN.IN_MOVED_TO):
