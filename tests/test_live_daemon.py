@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sqlite3
+import zlib
 import subprocess
 from pathlib import Path
 
@@ -55,13 +56,23 @@ def _pending_parts(pgod) -> int:
         return db.execute("SELECT COUNT(*) FROM parts WHERE status = 'pending'").fetchone()[0]
 
 
+def _baseline_is(pgod, name: str, snapshot: bytes) -> bool:
+    """Has pgod taken this snapshot of the run (its stored baseline)? Each wait is for one snapshot:
+    a run's snapshot that pgod never read is folded into the next, which the count of snapshots
+    taken would not tell apart from a lost one."""
+    with sqlite3.connect(pgod.state / "pgod.sqlite") as db:
+        row = db.execute("SELECT baseline FROM live_runs WHERE name = ?", (name,)).fetchone()
+    return row is not None and row[0] is not None and zlib.decompress(row[0]) == snapshot
+
+
 def _settled(pgod, daemon, name: str) -> dict:
     """Wait until the run's file is gone, it reports no more and no part waits to be merged."""
     def done():
-        if (pgod.spool / name).exists():
+        # In this order: nothing is pending before the package is read, so its profile is the last.
+        if (pgod.spool / name).exists() or _pending_parts(pgod) != 0:
             return None
         package = daemon.package("prog")
-        return package if package["live"]["processes"] == 0 and _pending_parts(pgod) == 0 else None
+        return package if package["live"]["processes"] == 0 else None
     return wait_for(done, 60, "the ended run counted and its file deleted")
 
 
@@ -119,20 +130,19 @@ def test_pgod_killed_at_each_live_step_counts_the_run_once(point, pgod, snapshot
         writer.publish(snapshot)
         if index == len(snaps) - 1:
             writer.end()
-        def counted_or_dead(daemon=daemon, index=index):
-            try:
-                return _snapshots_counted(daemon) >= index + 1
-            except AssertionError:  # pgoctl found no daemon: it must have died at the point
-                if daemon.process.poll() is None:
-                    raise
-                return True
 
-        reached = wait_for(counted_or_dead, 30, f"snapshot {index} counted, or the daemon dead at {point}")
+        def taken_or_dead(daemon=daemon, snapshot=snapshot):
+            if daemon.process.poll() is not None:
+                return True
+            return _baseline_is(pgod, writer.name, snapshot) or not writer.path.exists()  # (or ended, deleted)
+
+        wait_for(taken_or_dead, 30, f"snapshot {index} taken, or the daemon dead at {point}")
         if daemon.process.poll() is not None:
             assert daemon.process.returncode == -signal.SIGKILL
             died = True
             daemon = pgod.daemon()  # restarted between polls, with the run still going (or ended)
-        assert reached
+            wait_for(lambda snapshot=snapshot: _baseline_is(pgod, writer.name, snapshot) or not writer.path.exists(),
+                     30, f"snapshot {index} taken after the restart")
     assert died, f"the daemon never reached {point}"
     package = _settled(pgod, daemon, writer.name)
     expected = one_shot_merge(llvm_profdata_14, [final], tmp_path / "final.profdata")
@@ -166,3 +176,20 @@ def _written(tmp_path: Path, data: bytes) -> Path:
     path = tmp_path / f"snapshot-{len(list(tmp_path.glob('snapshot-*')))}.profraw"
     path.write_bytes(data)
     return path
+
+
+def test_at_the_default_interval_a_short_run_is_counted_and_ended_within_seconds(pgod, snapshots, llvm_profdata_14,
+                                                                                 tmp_path):
+    """Read every 300 s by default, a run's first snapshot (a short program's only one) is still
+    read on its event, and its end (the writer's close at exit) taken on the next event's probe."""
+    root, snaps, final = snapshots
+    pgod.write_config({"prog": {"profile_build": [str(root)], "build": ["true"], "llvm_profdata": llvm_profdata_14}})
+    daemon = pgod.daemon()
+    assert daemon.status()["daemon"]["live"]["interval_s"] == 300
+    writer = LiveWriter(pgod.spool)
+    writer.publish(snaps[-1])
+    wait_for(lambda: _snapshots_counted(daemon) == 1, 20, "the first snapshot read on its event, not at the tick")
+    writer.end()
+    package = _settled(pgod, daemon, writer.name)
+    expected = one_shot_merge(llvm_profdata_14, [final], tmp_path / "final.profdata")
+    assert _show(llvm_profdata_14, Path(package["profile"])) == _show(llvm_profdata_14, expected)

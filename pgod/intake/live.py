@@ -67,6 +67,9 @@ LIVE_UNSTABLE_POLLS = 3  # a locked file that is no one-module raw profile this 
 # this long after its last read at the earliest: a short run's last snapshot and end are taken
 # within seconds, and a writer renaming in a loop costs at most a read this often.
 EVENT_SPACING_SECONDS = 2.0
+# After an event for a run already read, its lock is probed this long after (the writer's rename
+# of its last snapshot comes a moment before its exit).
+PROBE_DELAY_SECONDS = 0.5
 OVER_LIMIT_NAMES = 4096  # names remembered per uid as waiting for a free slot (for status only)
 READ_ATTEMPTS = 3  # a name moved while it was read (a new snapshot): read again at once, this often
 _F_OFD_GETLK = 36
@@ -166,6 +169,8 @@ class _Run:
     uid: int
     due: float  # monotonic time of its next read
     last_read: float = float("-inf")  # monotonic time of its last read
+    probe_at: float | None = None  # a lock probe owed (an event came): has it ended?
+    last_probe: float = float("-inf")
     seen: tuple[int, int, int] | None = None  # (inode, size, mtime_ns) last read, unchanged → skipped
     unstable: int = 0  # consecutive reads of a locked file that was no one-module raw profile
 
@@ -247,6 +252,11 @@ class LiveRuns:
                     # together (one transaction, few merges).
                     spacing = min(self.config.live_interval_s, EVENT_SPACING_SECONDS)
                     known.due = min(known.due, max(now, known.last_read + spacing))
+                elif known.probe_at is None:
+                    # One already read: an event may be its exit (the kernel closes the fd), so a
+                    # lock probe soon (not a read: a service's snapshots wait for the tick): an
+                    # ended run is then taken at once, not at the next tick.
+                    known.probe_at = max(now + PROBE_DELAY_SECONDS, known.last_probe + EVENT_SPACING_SECONDS)
                 continue
             try:
                 uid = os.lstat(f"{self._spool}/{name}").st_uid
@@ -277,7 +287,7 @@ class LiveRuns:
                 self.follow([entry.name for entry in scan if is_live_name(entry.name)])
 
     def next_deadline(self) -> float | None:
-        return min((run.due for run in self._runs.values()), default=None)
+        return min((min(run.due, run.probe_at or run.due) for run in self._runs.values()), default=None)
 
     def start_up(self) -> None:
         """Forget rows of runs whose file is gone (ended and deleted, or removed by someone)."""
@@ -293,7 +303,8 @@ class LiveRuns:
         """Read the runs that are due (at most LIVE_STEP_RUNS, uids in turn, each within its
         bytes per poll) and record what grew, in one transaction."""
         now = time.monotonic()
-        due = sorted((run for run in self._runs.values() if run.due <= now), key=lambda run: run.due)
+        due = sorted((run for run in self._runs.values() if run.due <= now or self._ended_now(run, now)),
+                     key=lambda run: run.due)
         if not due:
             return
         if now - self._window_start >= self.config.live_interval_s:
@@ -336,6 +347,17 @@ class LiveRuns:
             self._refuse(to_refuse)
         self.status.last_poll = time.time()
         self._refresh_status()
+
+    def _ended_now(self, run: _Run, now: float) -> bool:
+        """A probe owed after an event, if due: has the run ended (unlocked)? Then it is read now."""
+        if run.probe_at is None or run.probe_at > now:
+            return False
+        run.probe_at, run.last_probe = None, now
+        try:
+            before = os.lstat(f"{self._spool}/{run.name}")
+        except FileNotFoundError:
+            return True
+        return not self._still_locked(run.name, before)
 
     def _next_tick(self, now: float) -> float:
         """The next multiple of live_interval_s (monotonic clock): every run read at a tick is due
