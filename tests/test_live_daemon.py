@@ -65,6 +65,11 @@ def _baseline_is(pgod, name: str, snapshot: bytes) -> bool:
     return row is not None and row[0] is not None and zlib.decompress(row[0]) == snapshot
 
 
+def _has_row(pgod, name: str) -> bool:
+    with sqlite3.connect(pgod.state / "pgod.sqlite") as db:
+        return db.execute("SELECT 1 FROM live_runs WHERE name = ?", (name,)).fetchone() is not None
+
+
 def _settled(pgod, daemon, name: str) -> dict:
     """Wait until the run's file is gone, it reports no more and no part waits to be merged."""
     def done():
@@ -127,13 +132,16 @@ def test_pgod_killed_at_each_live_step_counts_the_run_once(point, pgod, snapshot
     writer = LiveWriter(pgod.spool)
     died = False
     for index, snapshot in enumerate(snaps):
+        last = index == len(snaps) - 1
         writer.publish(snapshot)
-        if index == len(snaps) - 1:
+        if last:
             writer.end()
 
-        def taken_or_dead(daemon=daemon, snapshot=snapshot):
+        def taken_or_dead(daemon=daemon, snapshot=snapshot, last=last):
             if daemon.process.poll() is not None:
                 return True
+            if last:  # the ended run's file goes, then (after-live-end) its row: both gone = passed
+                return not writer.path.exists() and not _has_row(pgod, writer.name)
             return _baseline_is(pgod, writer.name, snapshot) or not writer.path.exists()  # (or ended, deleted)
 
         wait_for(taken_or_dead, 30, f"snapshot {index} taken, or the daemon dead at {point}")
