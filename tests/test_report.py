@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from test_layers import client_side_loads, run_with_import_list
 
 from testbed.clangs import run_instrumented
 from testbed.daemon import wait_for
-from test_layers import client_side_loads, run_with_import_list
 
 PROGRAM_C = Path(__file__).parent / "programs" / "report_workload.c"
 RUNS = [["3", "alpha"], ["7", "banana"], ["5", "x"], ["40", "aeiou aeiou"], ["2", ""], ["11", "report"]]
@@ -290,7 +290,7 @@ def test_report_after_a_real_optimized_build_shows_change_match_builds_and_gener
 
 
 def test_llvm_profdata_runs_are_bounded_in_time_and_output():
-    from pgod.report.tool import ToolError, run_tool
+    from pgod.profiles.tool import ToolError, run_tool
 
     with pytest.raises(ToolError, match="printed more than 1 MiB"):
         run_tool(["yes", "a line that llvm-profdata could print"], max_bytes=1 << 20)
@@ -322,7 +322,7 @@ def test_show_and_overlap_are_read_alike_from_every_llvm_release(version, ir, tm
     of instrumentation: the functions, their counts summed, what ran."""
     from conftest import require_clang
 
-    from pgod.report.tool import parse_overlap, parse_show, percent, run_tool
+    from pgod.profiles.tool import parse_overlap, parse_show, percent, run_tool
 
     clang = require_clang(version)
     exe = clang.compile(PROGRAM_C, tmp_path / "prog", ir=ir)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from pgod.profiles.overlap import level_overlap
 from pgod.report.collect import show_profile
-from pgod.report.figures import level_overlap
 
 PROGRAM = r"""
 #include <stdlib.h>

@@ -27,16 +27,16 @@ from pgod import __version__
 from pgod.config import DEFAULT_MERGE_USER, Config, PackageConfig
 from pgod.confine import ConfineError, Identity, memfd_holding, read_own
 from pgod.manifest import profdata_for
+from pgod.profiles.overlap import level_overlap
+from pgod.profiles.tool import ToolError, parse_overlap, parse_show, run_tool
 from pgod.report.figures import (
     MERGE_HISTORY_KEPT,
     build_records,
     coverage,
     growth,
     hot_functions,
-    level_overlap,
     summary_numbers,
 )
-from pgod.report.tool import ToolError, parse_overlap, parse_show, run_tool
 
 REPORT_VERSION = 1
 DEFAULT_TOP = 20
