@@ -18,8 +18,9 @@ from guest.pgod_in_guest import install, journal, package, prepare_share, status
 
 pytestmark = [pytest.mark.guest, pytest.mark.skipif(bool(guest_unavailable()), reason=guest_unavailable() or "")]
 
-# The unit's four capabilities: CAP_CHOWN (0), CAP_DAC_READ_SEARCH (2), CAP_SETGID (6), CAP_SETUID (7).
-UNIT_CAPABILITIES = (1 << 0) | (1 << 2) | (1 << 6) | (1 << 7)
+# The unit's five capabilities: CAP_CHOWN (0), CAP_DAC_READ_SEARCH (2), CAP_SETGID (6), CAP_SETUID (7),
+# CAP_SYS_NICE (23).
+UNIT_CAPABILITIES = (1 << 0) | (1 << 2) | (1 << 6) | (1 << 7) | (1 << 23)
 
 HARDENED_SERVICE = """\
 [Unit]

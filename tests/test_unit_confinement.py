@@ -22,8 +22,8 @@ from unitfile import capability_bounding_set, setpriv_as_unit
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="drops capabilities from root: run as root (make test does)")
 
 
-def test_the_unit_grants_exactly_four_capabilities():
-    assert sorted(capability_bounding_set()) == ["chown", "dac_read_search", "setgid", "setuid"]
+def test_the_unit_grants_exactly_five_capabilities():
+    assert sorted(capability_bounding_set()) == ["chown", "dac_read_search", "setgid", "setuid", "sys_nice"]
 
 
 def test_pgod_with_only_its_units_capabilities_starts_merges_and_restarts(pgod, workload, llvm_profdata_14, tmp_path):
@@ -55,7 +55,7 @@ def _capabilities(pid: int) -> dict[str, int]:
     return fields
 
 
-_CAP_NUMBERS = {"chown": 0, "dac_read_search": 2, "setgid": 6, "setuid": 7}
+_CAP_NUMBERS = {"chown": 0, "dac_read_search": 2, "setgid": 6, "setuid": 7, "sys_nice": 23}
 
 
 def _mask(names: list[str]) -> int:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgod.optimize.build_progress import BuildProgress, bounded_lines
+from pgod.optimize.priority import BuildPriority
 from pgod.osthread import name_os_thread
 
 PROFILE_PLACEHOLDER = "{profile}"
@@ -192,11 +193,13 @@ class BuildRun:
         with open(self.log_path, "w", encoding="utf-8", errors="replace") as log:
             log.write(f"$ {' '.join(argv)}\n")
             log.flush()
+            priority = BuildPriority(self.package, self.build_id)  # nice 19, SCHED_IDLE, I/O idle
             try:
                 # stderr (the build's chatter, or Nix's JSON events) is read line by line into
                 # the progress and the log; stdout is kept apart because its last line is the
                 # output path, as nix-build prints it.
-                self._process = subprocess.Popen(
+                self._process = priority.popen(
+                    subprocess.Popen,
                     argv,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
@@ -214,6 +217,7 @@ class BuildRun:
                 self._read_stderr(self._process.stderr, log)
                 reader.join()
                 returncode = self._process.wait()
+                priority.close()
                 self._process.stdout.close()
                 self._process.stderr.close()
                 stdout = kept.decode("utf-8", "replace")
