@@ -401,25 +401,31 @@ def spaced(points: list[Checkpoint], spacing: float, start_bytes: int = 0) -> li
 
 
 def steps_at(points: list[Checkpoint], spacing: float) -> list[dict]:
-    """Step change at each rule checkpoint (threshold/4 = ``spacing`` bytes apart)."""
+    """Step change at each rule checkpoint (threshold/4 = ``spacing`` bytes apart), and how far
+    that checkpoint's profile still is from the series' last (the best estimate of where it goes)."""
     chosen = spaced(points, spacing)
+    final = points[-1].shown.functions
     out = []
     for before, after in zip(chosen, chosen[1:]):
         change = level_overlap(before.shown.functions, after.shown.functions)["changed_percent"]
-        out.append({"runs": after.runs, "raw_bytes": after.raw_bytes, "step_percent": change})
+        out.append({"runs": after.runs, "raw_bytes": after.raw_bytes, "step_percent": change,
+                    "to_end_percent": level_overlap(after.shown.functions, final)["changed_percent"]})
     return out
 
 
 def first_below(steps: list[dict], mark: float) -> dict:
-    """The first rule checkpoint with step ≤ mark, and the first from which every later one is."""
+    """The first rule checkpoint with step ≤ mark, the first of two in a row, the first from which
+    every later one is; each with its profile's change to the series' last profile."""
     first = next((s for s in steps if s["step_percent"] <= mark), None)
+    twice = next((b for a, b in zip(steps, steps[1:]) if a["step_percent"] <= mark and b["step_percent"] <= mark), None)
     stays = None
     for i, s in enumerate(steps):
         if all(t["step_percent"] <= mark for t in steps[i:]):
             stays = s
             break
-    pick = (lambda s: {"runs": s["runs"], "raw_mb": round(s["raw_bytes"] / 1e6, 2)} if s else None)
-    return {"first": pick(first), "stays": pick(stays)}
+    pick = (lambda s: {"runs": s["runs"], "raw_mb": round(s["raw_bytes"] / 1e6, 2), "to_end_percent": s["to_end_percent"]}
+            if s else None)
+    return {"first": pick(first), "twice": pick(twice), "stays": pick(stays)}
 
 
 def maturity_figures(series: Series, thresholds_mb: list[float]) -> dict:
@@ -515,7 +521,9 @@ def _pct(v) -> str:
 
 
 def _where(hit) -> str:
-    return "not reached" if hit is None else f"{hit['runs']} runs / {hit['raw_mb']:.1f} MB"
+    if hit is None:
+        return "-"
+    return f"{hit['runs']}r {hit['raw_mb']:.0f}MB" + (f" [{hit['to_end_percent']:.1f}]" if "to_end_percent" in hit else "")
 
 
 def table(doc: dict) -> str:
@@ -526,10 +534,12 @@ def table(doc: dict) -> str:
             lines += ["", f"== {name} {prog.get('version', '')}, {label} level, mix {prog['mix']!r} "
                           f"({prog['mix_describe']}): {m['runs']} runs, {m['raw_bytes'] / 1e6:.1f} MB raw, "
                           f"{m['raw_bytes_per_run'] / 1e3:.1f} KB a run"]
-            lines.append(f"  {'threshold':>9} {'spacing':>15} | (a) step ≤ 0.5 / 1 / 2 / 5 %: first (stays from)")
+            lines.append("  (a) where the step change first is ≤ X: first checkpoint / first of two in a row / from where it"
+                         " stays ≤ X; r = runs, [the change % from that profile to the last one]")
             for t, f in m["thresholds"].items():
-                marks = "; ".join(f"{mk}%: {_where(v['first'])} ({_where(v['stays'])})" for mk, v in f["marks"].items())
-                lines.append(f"  {t + ' MB':>9} {f['spacing_runs']:6.1f} runs/ckpt | {marks}")
+                lines.append(f"    threshold {t} MB, a checkpoint every {f['spacing_runs']:.1f} runs:")
+                for mk, v in f["marks"].items():
+                    lines.append(f"      ≤ {mk:>3} %: {_where(v['first']):>20} / {_where(v.get('twice')):>20} / {_where(v['stays']):>20}")
             lines.append("  step change % at each rule checkpoint (raw MB: %), per threshold:")
             for t, f in m["thresholds"].items():
                 steps = f["steps"]
@@ -603,7 +613,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--chart", type=Path, help="write a PNG of step change against raw bytes")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--from-json", type=Path, help="print the table (and --chart) of a saved --json output; run nothing")
     args = parser.parse_args(argv)
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        if args.chart:
+            chart(saved, args.chart)
+        print(table(saved))
+        return 0
     plan = Plan(runs=args.runs or (150 if args.quick else 1200), branch_runs=args.branch_runs or (40 if args.quick else 400),
                 chunk=args.chunk or 5, cs_runs=args.cs_runs or (60 if args.quick else 400))
     thresholds = [float(t) for t in args.thresholds_mb.split(",") if t]
