@@ -39,6 +39,20 @@ DUNSTRC = """\
 """
 RECORD = '#!/bin/sh\nprintf "%s|%s|%s\\n" "$1" "$2" "$3" >> /home/alice/notifications.log\n'
 THRESHOLD_MB = 0.008  # a few runs of hello cross it (tests/test_closed_loop.py)
+#: Once a second, from outside: every builder process (the nixbld users') and every nix-daemon
+#: process, with its scheduling class as `ps` shows it (its `ni` column shows "-" for SCHED_IDLE,
+#: so the nice value is /proc/PID/stat's field 19) and its I/O class (`ionice -p`).
+SAMPLER = r"""
+while :; do
+    ps -eo pid=,ni=,cls=,user=,comm=,args= | while read -r pid ni cls user comm args; do
+        case "$user $comm" in nixbld*|*" nix-daemon") ;; *) continue ;; esac
+        stat=$(sed 's/.*) //' /proc/$pid/stat 2>/dev/null) || continue
+        set -- $stat
+        echo "$pid ${17} $cls $user $comm $ni | $(ionice -p "$pid" 2>&1) | $args"
+    done >> "$1"
+    sleep 1
+done
+"""
 
 
 def _copy_nix_sources(share) -> None:
@@ -105,15 +119,33 @@ def _start_notification_session(guest) -> None:
                               " | grep -qx 'pgoctl: notify-agent running'", timeout=120)
 
 
+def _start_sampler(guest, name: str) -> None:
+    guest.succeed(f"systemd-run --unit=pgod-test-ps-{name} /bin/bash /root/sampler.sh /root/ps-{name}.log")
+
+
+def _sampled(guest, name: str) -> list[tuple[int, str, str, str, str, str]]:
+    """The sampler's lines: (pid, nice, cls, user, comm, ionice), builders and daemons."""
+    guest.succeed(f"systemctl stop pgod-test-ps-{name}")
+    rows = []
+    for line in guest.succeed(f"cat /root/ps-{name}.log").splitlines():
+        head, io, _args = line.split(" | ", 2)
+        pid, nice, cls, user, *comm, _ps_ni = head.split()
+        rows.append((int(pid), nice, cls, user, " ".join(comm), io))
+    return rows
+
+
 def _notifications(guest) -> list[str]:
     return guest.run("cat /home/alice/notifications.log")[1].splitlines()
 
 
 def test_a_profiled_package_is_built_by_the_nix_daemon_activated_and_run_through_the_system_path(guest):
+    guest.succeed(f"cat > /root/sampler.sh <<'EOF'\n{SAMPLER}\nEOF")
+    _start_sampler(guest, "direct")  # root's own nix-build: the daemon's usual priorities
     profiling = guest.succeed(f"{NIX} nix-build {LOOP} -A profiling --argstr spoolDir {SPOOL} -o /root/hello-profiling",
                               timeout=900).split()[-1]
     stand_in = guest.succeed(f"{NIX} nix-build {LOOP} -A standIn --argstr spoolDir {SPOOL} -o /root/stand-in",
                              timeout=600).split()[-1]
+    direct = _sampled(guest, "direct")
     guest.succeed(f"{NIX} nix-env -p /nix/var/nix/profiles/guest-system -i {stand_in}"
                   " && ln -sf /nix/var/nix/profiles/guest-system/bin/hello-pgo /usr/local/bin/hello-pgo")
     guest.succeed(f"sed -i 's|@PROFILING@|{profiling}|' /mnt/host/config.toml")
@@ -123,6 +155,7 @@ def test_a_profiled_package_is_built_by_the_nix_daemon_activated_and_run_through
     assert _realpath(guest, "/usr/local/bin/hello-pgo") == f"{profiling}/bin/hello-pgo"
     assert _writes_a_profile(guest)
 
+    _start_sampler(guest, "pgod")  # pgod's optimized build, through the same daemon
     for n in range(20):
         guest.succeed(f"hello-pgo {n * 3 + 1} some text", user="bob")
     active = guest.wait_until_succeeds(
@@ -136,6 +169,31 @@ def test_a_profiled_package_is_built_by_the_nix_daemon_activated_and_run_through
     # The Nix daemon built it: its build log names the store path and no local store was used.
     assert guest.succeed("ls /nix/var/log/nix/drvs").strip() != ""
     assert "LLVM Profile Error" not in guest.succeed("journalctl -b --no-pager -o cat")
+
+    # Seen from outside: the builders nix-daemon ran for root's own nix-build kept the usual
+    # priorities; those it ran for pgod's build, and the worker serving pgod, ran at nice 19,
+    # SCHED_IDLE (ps: IDL) and I/O idle; the master daemon was not touched.
+    pgod_rows = _sampled(guest, "pgod")
+    for name, rows in (("root's nix-build", direct), ("pgod's build", pgod_rows)):
+        seen = [(r[1], r[2], r[5]) for r in rows if r[3] != "root"]
+        print(f"\nbuilder samples (nice, class, I/O), {name}: {len(seen)},",
+              {key: seen.count(key) for key in sorted(set(seen))})
+    lowered_line = guest.succeed("journalctl -b -o cat -u pgod.service | grep build.lowered | tail -n 1")
+    print(lowered_line)
+    built_for_root = [r for r in direct if r[3] != "root"]
+    built_for_pgod = [r for r in pgod_rows if r[3] != "root"]
+    assert built_for_root and built_for_pgod, (direct, pgod_rows)
+    assert {(ni, cls) for _pid, ni, cls, _u, _c, _io in built_for_root} == {("0", "TS")}
+    assert all(not io.startswith("idle") for *_, io in built_for_root)
+    assert {(ni, cls, io) for _pid, ni, cls, _u, _c, io in built_for_pgod} == {("19", "IDL", "idle")}, built_for_pgod
+    lowered = json.loads(lowered_line)
+    assert lowered["workers"] and not lowered.get("not_lowered") and not lowered.get("child_failed"), lowered
+    for worker in lowered["workers"]:  # a sample may straddle its lowering (ps before, stat after): the last one
+        samples = [(r[1], r[2], r[5]) for r in pgod_rows if r[0] == worker]
+        assert samples and samples[-1] == ("19", "IDL", "idle"), samples
+    masters = {r[0] for r in pgod_rows if r[4] == "nix-daemon" and r[0] not in lowered["workers"]
+               and r[0] in {q[0] for q in direct}}
+    assert masters and all((r[1], r[2]) == ("0", "TS") for r in pgod_rows if r[0] in masters)
 
 
 def test_the_notify_agent_in_a_user_session_tells_the_finished_build_once(guest):

@@ -1,6 +1,6 @@
 """pgod under its own unit's capability set, on the host: what a NixOS user's daemon can do.
 
-Every other host test runs pgod as full root. Under pgod.service it has four capabilities and
+Every other host test runs pgod as full root. Under pgod.service it has five capabilities and
 no_new_privs; with them it once could not start (EPERM chmod-ing the merge folder it had given
 away) nor, after that, finish a merge (EACCES removing the tool's output from that folder). The
 booted-machine tests (test_guest_*.py) add the unit's namespaces and syscall filter.

@@ -192,8 +192,15 @@ def real_uid(pid: int) -> int | None:
     return None
 
 
+#: /proc/PID/task/TID/children needs CONFIG_PROC_CHILDREN (Debian's and NixOS's kernels have it).
+_KERNEL_LISTS_CHILDREN = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
 def children(pid: int) -> list[int]:
-    """The process's children, as the kernel lists them per thread; [] when it is gone."""
+    """The process's children, as the kernel lists them per thread (else by a scan of every
+    process's parent); [] when it is gone."""
+    if not _KERNEL_LISTS_CHILDREN:
+        return [p for p in _all_pids() if (fields := stat_fields(p)) is not None and fields[3] == str(pid)]
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
@@ -306,7 +313,7 @@ class DaemonWatch:
     def _run(self) -> None:
         name_os_thread()
         fast_until = time.monotonic() + self._fast_phase
-        while not self._stop.is_set():
+        while not self._stop.is_set() and os.path.exists(f"/proc/{self.root}"):  # bounded by the build
             try:
                 if self.poll():
                     fast_until = time.monotonic() + self._fast_phase
