@@ -58,6 +58,7 @@ import os
 import random
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -598,6 +599,10 @@ def chart(doc: dict, path: Path) -> None:
 
 
 # ---- main ---------------------------------------------------------------------------------------
+def _interrupt(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.maturity", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: few runs (~3 min)")
@@ -630,6 +635,7 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(tool).exists():
             raise SystemExit(f"missing {tool}: `make test` installs clang-14 and llvm-profdata-14")
     os.nice(10)
+    signal.signal(signal.SIGTERM, _interrupt)  # so the work folder is removed on SIGTERM too
     began = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="pgod-maturity-"))
     doc = {"seed": args.seed, "quick": args.quick, "plan": plan.__dict__, "thresholds_mb": thresholds, "programs": {}}
