@@ -339,6 +339,55 @@ in
       '';
     };
 
+    buildWhen = {
+      settledPercent = mkOption {
+        type = types.numbers.between 0 100;
+        default = 1;
+        description = ''
+          A package's first optimized build waits, past `thresholdMB`, until
+          its profile changed at most this many percent over the last
+          checkpoint (a quarter of the threshold of new data): a profile that
+          still moves is not worth a build yet. 100: the threshold alone
+          decides. `settings.settled_percent` sets it too.
+        '';
+      };
+      rebuildChangePercent = mkOption {
+        type = types.numbers.between 0 100;
+        default = 5;
+        description = ''
+          Once a build is in use, pgod builds again only when the profile
+          changed at least this many percent since the profile that build was
+          made from: a workload that stopped changing is not rebuilt at every
+          threshold. 0: every threshold rebuilds.
+          `settings.rebuild_change_percent` sets it too.
+        '';
+      };
+      onBattery = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Whether a due build may start on battery (UPower's `OnBattery`; a
+          machine without UPower counts as on AC). `pgoctl rebuild` never waits.
+          `settings.build_on_battery` sets it too.
+        '';
+      };
+      idleCpuPercent = mkOption {
+        type = types.numbers.between 0 100;
+        default = 25;
+        description = ''
+          A due build waits while the machine's CPU use over the last
+          `buildWhen.idleSeconds` is at or above this (all CPUs, from
+          /proc/stat); 100: never wait. `settings.build_idle_cpu_percent` sets
+          it too.
+        '';
+      };
+      idleSeconds = mkOption {
+        type = types.ints.between 1 86400;
+        default = 60;
+        description = "The window `buildWhen.idleCpuPercent` is measured over. `settings.build_idle_seconds` sets it too.";
+      };
+    };
+
     activation = mkOption {
       type = types.enum [
         "notify"
@@ -435,6 +484,36 @@ in
             default = cfg.liveIntervalSeconds;
             defaultText = literalExpression "config.services.pgod.liveIntervalSeconds";
             description = "See {option}`services.pgod.liveIntervalSeconds`.";
+          };
+          settled_percent = mkOption {
+            type = types.numbers.between 0 100;
+            default = cfg.buildWhen.settledPercent;
+            defaultText = literalExpression "config.services.pgod.buildWhen.settledPercent";
+            description = "See {option}`services.pgod.buildWhen.settledPercent`.";
+          };
+          rebuild_change_percent = mkOption {
+            type = types.numbers.between 0 100;
+            default = cfg.buildWhen.rebuildChangePercent;
+            defaultText = literalExpression "config.services.pgod.buildWhen.rebuildChangePercent";
+            description = "See {option}`services.pgod.buildWhen.rebuildChangePercent`.";
+          };
+          build_on_battery = mkOption {
+            type = types.bool;
+            default = cfg.buildWhen.onBattery;
+            defaultText = literalExpression "config.services.pgod.buildWhen.onBattery";
+            description = "See {option}`services.pgod.buildWhen.onBattery`.";
+          };
+          build_idle_cpu_percent = mkOption {
+            type = types.numbers.between 0 100;
+            default = cfg.buildWhen.idleCpuPercent;
+            defaultText = literalExpression "config.services.pgod.buildWhen.idleCpuPercent";
+            description = "See {option}`services.pgod.buildWhen.idleCpuPercent`.";
+          };
+          build_idle_seconds = mkOption {
+            type = types.ints.between 1 86400;
+            default = cfg.buildWhen.idleSeconds;
+            defaultText = literalExpression "config.services.pgod.buildWhen.idleSeconds";
+            description = "See {option}`services.pgod.buildWhen.idleSeconds`.";
           };
           threshold_mb = mkOption {
             type = types.numbers.positive;

@@ -19,6 +19,10 @@ DEFAULT_PROFILE_LINK = Path("/nix/var/nix/profiles/pgod/optimized")
 ACTIVATION_MODES = ("notify", "auto")
 MB = 1024 * 1024
 DEFAULT_MAX_COUNTER = 1 << 56
+# Maturity (pgod/schedule/maturity.py): the defaults, and what they rest on, are in DESIGN.md
+# "When to build".
+DEFAULT_SETTLED_PERCENT = 1.0
+DEFAULT_REBUILD_CHANGE_PERCENT = 5.0
 DEFAULT_MERGE_USER = "pgod-merge"  # the system user the install and the NixOS module create
 
 
@@ -89,6 +93,17 @@ class Config:
     live_interval_s: float = 300.0
     live_max_runs_per_uid: int = 1024
     live_max_bytes_per_poll: int = 32 * MB
+    # When a package past its threshold builds (pgod/schedule): the first build once the profile
+    # changed at most `settled_percent` over the last checkpoint step, later ones once it changed
+    # at least `rebuild_change_percent` since the profile the build in use was made from
+    # (100 and 0: bytes alone decide, as before); and the machine: on AC unless
+    # `build_on_battery`, and idle: CPU use below `build_idle_cpu_percent` over the last
+    # `build_idle_seconds` (100: never wait).
+    settled_percent: float = DEFAULT_SETTLED_PERCENT
+    rebuild_change_percent: float = DEFAULT_REBUILD_CHANGE_PERCENT
+    build_on_battery: bool = False
+    build_idle_cpu_percent: float = 25.0
+    build_idle_seconds: float = 60.0
 
     @property
     def db_path(self) -> Path:
@@ -185,6 +200,11 @@ _TOP_KEYS = {
     "live_interval_s",
     "live_max_runs_per_uid",
     "live_max_mb_per_poll",
+    "settled_percent",
+    "rebuild_change_percent",
+    "build_on_battery",
+    "build_idle_cpu_percent",
+    "build_idle_seconds",
     "packages",
 }
 # Package names become file names under state_dir (profiles/<name>/, logs): no "/" and no "..".
@@ -256,6 +276,15 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
     live_max_runs = top.get("live_max_runs_per_uid", int, 1024)
     if live_max_runs < 1:
         raise top.error("live_max_runs_per_uid", f"must be at least 1, got {live_max_runs}")
+    percents = {}
+    for key, default in (("settled_percent", DEFAULT_SETTLED_PERCENT),
+                         ("rebuild_change_percent", DEFAULT_REBUILD_CHANGE_PERCENT), ("build_idle_cpu_percent", 25)):
+        percents[key] = float(top.get(key, (int, float), default, what="a percentage"))
+        if not 0 <= percents[key] <= 100:
+            raise top.error(key, f"must be between 0 and 100, got {percents[key]:g}")
+    build_idle_seconds = top.get("build_idle_seconds", (int, float), 60, what="a number of seconds")
+    if not 1 <= build_idle_seconds <= 86400:
+        raise top.error("build_idle_seconds", f"must be between 1 and 86400 seconds, got {build_idle_seconds}")
     return Config(
         path=path,
         build_retry_seconds=float(build_retry_seconds),
@@ -278,6 +307,9 @@ def parse_config(document: dict[str, Any], path: Path) -> Config:
         live_interval_s=float(live_interval_s),
         live_max_runs_per_uid=live_max_runs,
         live_max_bytes_per_poll=top.megabytes("live_max_mb_per_poll", 32),
+        **percents,
+        build_on_battery=top.get("build_on_battery", bool, False),
+        build_idle_seconds=float(build_idle_seconds),
     )
 
 

@@ -10,10 +10,11 @@
 set -euo pipefail
 
 # e2fsprogs: chattr, with which a test makes a Nix profile's folder unwritable even to root.
+# libdbus-1-dev: dbus-python (python-dbusmock's, for the tests that fake UPower) builds against it.
 # qemu-system-x86, qemu-utils, mmdebstrap: the booted-guest tests (tests/guest) build a Debian
 # image with mmdebstrap and boot it under QEMU (qemu-img makes each guest's overlay).
 REQUIRED=(nix-bin dbus-daemon dbus xvfb dunst libnotify-bin tmux passwd util-linux e2fsprogs
-          libgirepository1.0-dev libcairo2-dev pkg-config binutils python3-venv python3-dev git make
+          libgirepository1.0-dev libcairo2-dev libdbus-1-dev pkg-config binutils python3-venv python3-dev git make
           qemu-system-x86 qemu-utils mmdebstrap)
 REQUIRED_CLANG=14
 OPTIONAL_CLANGS=(13 16 19)

@@ -20,6 +20,14 @@ def toml_value(value) -> str:
     return json.dumps(str(value))  # a TOML basic string
 
 
+# Bytes alone decide when a build is due (no maturity) and the machine's power and load never
+# delay it: what a test, benchmark or guest run that is not about scheduling wants, so its
+# builds start at the threshold, as they did before pgod/schedule. Tests of the schedule leave
+# these out or set their own.
+SCHEDULE_OFF = {"settled_percent": 100, "rebuild_change_percent": 0, "build_idle_cpu_percent": 100,
+                "build_on_battery": True}
+
+
 def write_config(path: Path, top: dict, packages: dict[str, dict]) -> Path:
     """``top``'s settings, then a `[packages.NAME]` table for each of ``packages``."""
     lines = [f"{key} = {toml_value(value)}" for key, value in top.items()]

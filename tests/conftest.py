@@ -11,7 +11,7 @@ from demo.nixlocal import describe as describe_local_nix
 from demo.nixlocal import use_local_nix
 from testbed.bus import PrivateBus
 from testbed.clangs import elf_build_id, find_clang, missing_packages_message
-from testbed.config import write_config
+from testbed.config import SCHEDULE_OFF, write_config
 from testbed.daemon import Daemon
 from testbed.notifications import NotificationServer
 from testbed.programs import WORKLOAD_C
@@ -83,6 +83,9 @@ class PgodSetup:
             "state_dir": str(self.state),
             "profile_link": str(self.root / "profile"),
             "threshold_mb": 64,
+            # Bytes alone decide when a build is due, and the machine's load never delays it:
+            # the tests of maturity and scheduling (test_schedule_*.py) set their own.
+            **SCHEDULE_OFF,
             **top,
         }
         return write_config(self.config_path, settings, packages)

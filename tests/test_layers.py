@@ -1,7 +1,7 @@
 """The package's layers: imports point one way, and pgoctl loads none of the daemon's code.
 
-    daemon → merge → optimize → intake → state → shared (the modules at pgod/'s top)
-    ctl → report → shared
+    daemon → merge → optimize → schedule → intake → state → profiles → shared (pgod/'s top modules)
+    ctl → report → profiles → shared
 
 Read statically (every import statement, also those inside functions, in every module) and
 checked by running the real commands: `pgoctl status` and `pgoctl show` against a running daemon
@@ -20,15 +20,17 @@ import pgod
 PACKAGE = Path(pgod.__file__).parent
 # Each subpackage and what it may import besides the shared modules (and itself).
 MAY_IMPORT = {
+    "profiles": set(),  # llvm-profdata's show, parsed; the per-level overlap: the daemon's and the report's
     "state": set(),
     "intake": {"state"},
-    "optimize": {"intake", "state"},
+    "schedule": {"state", "profiles"},
+    "optimize": {"schedule", "intake", "state"},
     "merge": {"optimize", "intake", "state"},
-    "daemon": {"merge", "optimize", "intake", "state"},
-    "report": set(),
+    "daemon": {"merge", "optimize", "schedule", "intake", "state"},
+    "report": {"profiles"},
     "ctl": {"report"},  # `pgoctl report` hands over to the report's command
 }
-DAEMON_ONLY = ("pgod.daemon", "pgod.intake", "pgod.merge", "pgod.optimize", "pgod.state")
+DAEMON_ONLY = ("pgod.daemon", "pgod.intake", "pgod.merge", "pgod.optimize", "pgod.schedule", "pgod.state")
 # What the client side must not load: the daemon's code and the libraries only it needs.
 NOT_FOR_CLIENTS = (*DAEMON_ONLY, "elftools", "sqlalchemy", "watchdog")
 

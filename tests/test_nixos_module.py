@@ -223,8 +223,12 @@ def test_dbus_policy_gives_the_admin_group_the_mutating_methods(tmp):
 
 def test_generated_toml_is_a_valid_pgod_configuration(config_file, system, tmp):
     document = tomllib.loads(config_file.read_text())
-    top_keys = "activation admin_group live_interval_s merge_user packages profile_link spool_dir state_dir substitute_dir threshold_mb"
+    top_keys = ("activation admin_group build_idle_cpu_percent build_idle_seconds build_on_battery live_interval_s merge_user"
+                " packages profile_link rebuild_change_percent settled_percent spool_dir state_dir substitute_dir threshold_mb")
     assert sorted(document) == top_keys.split()
+    # When to build (pgod/schedule): pgod's own defaults, written out.
+    assert (document["settled_percent"], document["rebuild_change_percent"]) == (1, 5)
+    assert (document["build_on_battery"], document["build_idle_cpu_percent"], document["build_idle_seconds"]) == (False, 25, 60)
     assert document["threshold_mb"] == 64 and document["activation"] == "notify"
     assert document["live_interval_s"] == 300
     assert document["admin_group"] == "wheel"
@@ -262,14 +266,18 @@ def test_generated_toml_is_a_valid_pgod_configuration(config_file, system, tmp):
     assert config.substitute_dir == Path("/run/pgod/packages")
     assert config.profile_link == Path("/nix/var/nix/profiles/pgod/optimized")
     assert config.live_interval_s == 300
+    assert (config.settled_percent, config.rebuild_change_percent, config.build_idle_cpu_percent) == (1, 5, 25)
 
 
 def test_options_reach_the_toml(tmp):
-    configuration = pgod_configuration(tmp, thresholdMB=8, activation="auto", acceptUids=[0, 1000], liveIntervalSeconds=60)
+    configuration = pgod_configuration(tmp, thresholdMB=8, activation="auto", acceptUids=[0, 1000], liveIntervalSeconds=60,
+                                       buildWhen={"onBattery": True, "idleCpuPercent": 50, "settledPercent": 2.5})
     configuration["services"]["pgod"]["settings"]["packages"] = {"hello": {"threshold_mb": 2}}
     settings = System(configuration).eval("summary.settings")
     assert settings["threshold_mb"] == 8 and settings["activation"] == "auto"
     assert settings["live_interval_s"] == 60
+    assert settings["build_on_battery"] is True and settings["build_idle_cpu_percent"] == 50
+    assert settings["settled_percent"] == 2.5 and settings["rebuild_change_percent"] == 5
     assert settings["accept_uids"] == [0, 1000]
     assert settings["packages"]["hello"]["threshold_mb"] == 2
     assert "profile_build" in settings["packages"]["hello"]

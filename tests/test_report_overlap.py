@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pgod.profiles.overlap import level_overlap
-from pgod.report.collect import show_profile
+from pgod.profiles.tool import show_levels
 
 PROGRAM = r"""
 #include <stdlib.h>
@@ -62,9 +62,11 @@ def _reference(profdata: Path, profile: Path, cs: bool) -> dict[tuple[str, str],
             name = line.strip()[:-1]
         elif line.strip().startswith("Hash:"):
             digest = line.split(":", 1)[1].strip()
+        elif line.strip().startswith("Function count:"):  # front-end: the entry count is counter 0
+            found[(name, digest)] = [int(line.split(":", 1)[1])]
         elif "Block counts:" in line:
             inner = line.split("[", 1)[1].rstrip("]").strip()
-            found[(name, digest)] = [int(v) for v in inner.split(",")] if inner else []
+            found.setdefault((name, digest), []).extend(int(v) for v in inner.split(",") if inner)
     return found
 
 
@@ -79,9 +81,8 @@ def _expected_overlap(base: dict, test: dict) -> float:
 def _levels(profdata: Path, base: Path, test: Path) -> dict[str, dict]:
     fds = [os.open(base, os.O_RDONLY), os.open(test, os.O_RDONLY)]
     try:
-        return {level: level_overlap(show_profile(str(profdata), fds[0], context_sensitive=cs).functions,
-                                     show_profile(str(profdata), fds[1], context_sensitive=cs).functions)
-                for level, cs in (("ir", False), ("cs", True))}
+        shown = [show_levels(str(profdata), fd) for fd in fds]
+        return {name: level_overlap(shown[0][level], shown[1][level]) for name, level in (("ir", "main"), ("cs", "cs"))}
     finally:
         for fd in fds:
             os.close(fd)
@@ -105,3 +106,33 @@ def test_each_level_of_a_two_level_profile_is_measured_right(clang14, tmp_path):
         expected = _expected_overlap(_reference(clang14.profdata, first, cs), _reference(clang14.profdata, second, cs))
         assert moved[level]["overlap_percent"] == pytest.approx(expected, abs=0.001), level
         assert 0 < moved[level]["overlap_percent"] < 100 and moved[level]["changed_percent"] > 0, level
+
+
+def _one_level_profile(clang, tmp: Path, name: str, flag: str, runs: list[tuple[str, str]]) -> Path:
+    source = tmp / "prog.c"
+    source.write_text(PROGRAM)
+    exe, raw = tmp / f"{name}-exe", tmp / f"{name}-raw"
+    _run([clang.cc, "-O2", flag, source, "-o", exe])
+    for n, k in runs:
+        subprocess.run([str(exe), n, k], env={"LLVM_PROFILE_FILE": f"{raw}/%p.profraw"})  # exits with s & 1
+    profile = tmp / f"{name}.profdata"
+    _run([clang.profdata, "merge", "-o", profile, *sorted(raw.glob("*.profraw"))])
+    return profile
+
+
+@pytest.mark.parametrize("kind, flag", [("fe", "-fprofile-instr-generate"), ("ir", "-fprofile-generate")])
+def test_a_one_level_profile_is_measured_right_and_as_the_tool_says(clang14, tmp_path, kind, flag):
+    """Front-end and IR profiles (one level each): the figure from the counts, the reference
+    computed here, and llvm-profdata's own overlap line (right for one level) agree."""
+    first = _one_level_profile(clang14, tmp_path, f"{kind}-first", flag, [("20000", "5"), ("3000", "2")])
+    second = _one_level_profile(clang14, tmp_path, f"{kind}-second", flag, [("20000", "5"), ("90000", "2")])
+    same = _levels(clang14.profdata, first, first)
+    assert same["ir"]["changed_percent"] == 0.0 and same["ir"]["functions_overlap"] > 0
+    assert same["cs"]["base_functions"] == 0  # one level: nothing context-sensitive
+    moved = _levels(clang14.profdata, first, second)["ir"]
+    expected = _expected_overlap(_reference(clang14.profdata, first, False), _reference(clang14.profdata, second, False))
+    assert moved["overlap_percent"] == pytest.approx(expected, abs=0.001)
+    tool = _run([clang14.profdata, "overlap", first, second]).stdout
+    tools_own = float(re.search(r"Edge profile overlap: ([\d.]+)%", tool).group(1))
+    assert moved["overlap_percent"] == pytest.approx(tools_own, abs=0.01)
+    assert 0 < moved["overlap_percent"] < 100

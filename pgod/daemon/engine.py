@@ -43,6 +43,7 @@ from pgod.optimize.gate import GateResult
 from pgod.optimize.gcroots import GCRoots
 from pgod.optimize.optimizer import Optimizer
 from pgod.osthread import name_os_thread
+from pgod.schedule.maturity import CheckpointDone, Maturity, apply_decisions
 from pgod.state.db import Package
 from pgod.state.history import History
 from pgod.state.layout import Layout
@@ -91,7 +92,7 @@ class Engine:
         self.attributor = attributor
         self.listeners: list[Listener] = []
         self._queue: queue.SimpleQueue[
-            list[str] | Rescan | BuildResult | BuildProgressed | GateResult | MergeDone | Command | None
+            list[str] | Rescan | BuildResult | BuildProgressed | GateResult | MergeDone | CheckpointDone | Command | None
         ] = queue.SimpleQueue()
         self._names_queued = 0  # spool names in the queue, for the intake's spool_backlog
         self._names_lock = threading.Lock()
@@ -118,6 +119,9 @@ class Engine:
             attributor=attributor, bench_identity=sandbox.identity,
         )
         self.adoption = Adoption(config, self.activation, roots, attributor, in_flight=self.optimizer.in_flight)
+        # How settled each profile is, measured at checkpoints on a thread; decides when a
+        # package past its threshold is due (schedule/maturity.py).
+        self.maturity = Maturity(config, layout, sessions, profdata, sandbox.identity, self._queue.put, self._emit)
 
     # ---- called from other threads -------------------------------------------------------
     def submit(self, names: list[str]) -> None:
@@ -178,7 +182,7 @@ class Engine:
         self.merger.merge_when_due(force=True)
         self.optimizer.request_build(name)
 
-    def _handle(self, event: Rescan | BuildResult | BuildProgressed | GateResult | MergeDone | Command) -> None:
+    def _handle(self, event: Rescan | BuildResult | BuildProgressed | GateResult | MergeDone | CheckpointDone | Command) -> None:
         if isinstance(event, Rescan):
             with self._names_lock:
                 self._names_dropped = False
@@ -197,11 +201,22 @@ class Engine:
             self.merger.on_merge_done(event)
             self._history.owe()
             self.intake.count_pending()
+            self._decided(self.maturity.decide())
+            return
+        if isinstance(event, CheckpointDone):
+            self._decided(self.maturity.on_checkpoint_done(event))
+            self.maturity.checkpoint_when_due()
             return
         try:
             event.future.set_result(event.function(*event.args))
         except Exception as err:  # handed to the caller, who turns it into a D-Bus error
             event.future.set_exception(err)
+
+    def _decided(self, changed: list[str]) -> None:
+        """Packages whose build became due, or whose reason to wait changed: status reads them
+        afresh (the build itself starts at the cycle's maybe_start_build)."""
+        for name in changed:
+            self._emit("counters", package=name)
 
     def _guarded(self, step, *args) -> None:
         """The one boundary of the worker: an unexpected failure (database, disk) is logged and
@@ -239,6 +254,7 @@ class Engine:
         self.intake.count_pending()
         self.merger.merge_when_due(force=True)
         self.adoption.finish_start_up()
+        self.maturity.checkpoint_when_due()
         self.intake.live.start_up()
         self.intake.scan_spool()
         self.optimizer.maybe_start_build()
@@ -347,7 +363,8 @@ class Engine:
 
     # ---- start-up ------------------------------------------------------------------------
     def sync_packages(self) -> None:
-        """Make the packages table agree with the configuration (thresholds may have changed)."""
+        """Make the packages table agree with the configuration (thresholds may have changed), and
+        decide again which packages are due (schedule/maturity.py)."""
         with self.sessions.begin() as session:
             for name, package in self.config.packages.items():
                 row = session.get(Package, name)
@@ -356,8 +373,8 @@ class Engine:
                                   total_files=0, quarantined=0, build_due=False, profile_generation=0, active=False)
                     session.add(row)
                 self.adoption.adopt(session, row)  # sets the threshold of the package's stage
-                if not row.build_due and row.raw_bytes >= row.threshold_bytes and row.files > 0:
-                    row.build_due = True
+            session.flush()
+            apply_decisions(session, self.config)  # a threshold may have changed
 
     # ---- events --------------------------------------------------------------------------
     def _emit(self, kind: str, **data) -> None:

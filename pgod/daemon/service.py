@@ -126,7 +126,7 @@ class DaemonService:
             self._status_touched = False
             document = status_document(
                 self._config, self._sessions, self._intake.spool_backlog, self._running(), self._intake.disk,
-                self._layout, self._intake.report, gating=self._optimizer.gating,
+                self._layout, self._intake.report, gating=self._optimizer.gating, schedule=self._optimizer.schedule(),
                 starting=not self._engine.started_up, live=self._intake.live.status.daemon_figures(),
             )
             self._status_cache = (now, json.dumps(document))
@@ -136,7 +136,7 @@ class DaemonService:
     def GetPackage(self, name: str) -> str:
         self._known(name)
         return json.dumps(package_document(self._config, self._sessions, name, running=self._running(),
-                                           gating=self._optimizer.gating))
+                                           gating=self._optimizer.gating, schedule=self._optimizer.schedule()))
 
     @dbus_errors
     def GetBuildLog(self, name: str) -> str:
@@ -216,7 +216,7 @@ class DaemonService:
             name = data["package"]
             try:
                 summary = package_summary(self._config, self._sessions, name, self._running(),
-                                          gating=self._optimizer.gating)
+                                          gating=self._optimizer.gating, schedule=self._optimizer.schedule())
             except UnknownPackage:
                 return False
             self.PackageChanged(name, json.dumps(summary))

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from pgod import __version__
 from pgod.config import Config, PackageConfig
 from pgod.optimize import stages
-from pgod.state.db import Build, Contribution, LiveRun, Merge, Package, Quarantine
+from pgod.state.db import Build, Checkpoint, Contribution, LiveRun, Merge, Package, Quarantine
 from pgod.state.history import REJECTED_BYTES, REJECTED_FILES, UNATTRIBUTED_BYTES, UNATTRIBUTED_FILES, tallies
 from pgod.state.layout import Layout
 
@@ -41,7 +41,7 @@ def _latest_final_build(session: Session, name: str, statuses: tuple[str, ...]) 
 
 
 def _package_summary(row: Package, running=None, package: PackageConfig | None = None,
-                     session: Session | None = None, gating=None) -> dict:
+                     session: Session | None = None, gating=None, schedule: dict | None = None) -> dict:
     summary = {
         "name": row.name,
         "state": row.state,
@@ -66,6 +66,15 @@ def _package_summary(row: Package, running=None, package: PackageConfig | None =
     }
     if package is not None:
         summary.update(stages.describe(package, row))
+    # When it builds (pgod/schedule): how settled its profile is at the last checkpoint, its
+    # place among the due packages, and why a build past the threshold does not start yet.
+    queue = (schedule or {}).get("queue") or []
+    summary["maturity"] = {"step_changed_percent": row.step_changed,
+                           "changed_since_build_percent": row.since_build_changed,
+                           "count_sum": row.count_sum or 0, "checkpoint_generation": row.checkpoint_generation or 0}
+    summary["queue_position"] = queue.index(row.name) + 1 if row.name in queue else None
+    summary["waiting"] = (row.maturity_wait if not row.build_due
+                          else (schedule or {}).get("waiting") if row.name in queue else None)
     if session is not None:
         # Programs that keep running (intake/live.py): runs reporting now, what their growth
         # added over the package's life, and when a run of it was last read with growth.
@@ -150,7 +159,7 @@ def _database(config: Config) -> dict:
 def status_document(
     config: Config, sessions: sessionmaker[Session], spool_backlog: int, running=None, disk: dict | None = None,
     layout: Layout | None = None, intake: list[dict] | None = None, gating=None, starting: bool = False,
-    live: dict | None = None,
+    live: dict | None = None, schedule: dict | None = None,
 ) -> dict:
     """The whole-daemon status: every configured package, in configuration order. ``disk``:
     whether intake waits for room ({"state": "ok"} or {"state": "full", "detail": …}).
@@ -159,7 +168,7 @@ def status_document(
     with sessions() as session:
         rows = {row.name: row for row in session.scalars(select(Package))}
         packages = [
-            _package_summary(rows[name], running, config.packages[name], session, gating)
+            _package_summary(rows[name], running, config.packages[name], session, gating, schedule)
             for name in config.packages if name in rows
         ]
         counts = _counts(session, layout)
@@ -175,6 +184,10 @@ def status_document(
             "intake": intake or [],
             # Live runs followed, names not followed (a uid at its bound), the last poll.
             "live": live or {"followed": 0, "over_limit": 0, "last_poll": None, "interval_s": config.live_interval_s},
+            # Due packages in build order, why the first waits, and what the machine looked like.
+            "build_queue": (schedule or {}).get("queue") or [],
+            "build_waiting": (schedule or {}).get("waiting"),
+            "conditions": (schedule or {}).get("conditions"),
         },
         "packages": packages,
         **counts,
@@ -185,7 +198,8 @@ class UnknownPackage(KeyError):
     """A name that is not among the configured packages."""
 
 
-def package_summary(config: Config, sessions: sessionmaker[Session], name: str, running=None, gating=None) -> dict:
+def package_summary(config: Config, sessions: sessionmaker[Session], name: str, running=None, gating=None,
+                    schedule: dict | None = None) -> dict:
     """One package's entry of the status document's "packages" list (the PackageChanged payload)."""
     if name not in config.packages:
         raise UnknownPackage(name)
@@ -193,11 +207,12 @@ def package_summary(config: Config, sessions: sessionmaker[Session], name: str, 
         row = session.get(Package, name)
         if row is None:
             raise UnknownPackage(name)
-        return _package_summary(row, running, config.packages[name], session, gating)
+        return _package_summary(row, running, config.packages[name], session, gating, schedule)
 
 
 def package_document(
-    config: Config, sessions: sessionmaker[Session], name: str, history: int = 20, running=None, gating=None
+    config: Config, sessions: sessionmaker[Session], name: str, history: int = 20, running=None, gating=None,
+    schedule: dict | None = None,
 ) -> dict:
     """One package in detail: the summary plus its merge history and recent rejections."""
     if name not in config.packages:
@@ -207,7 +222,14 @@ def package_document(
         row = session.get(Package, name)
         if row is None:
             raise UnknownPackage(name)
-        document = _package_summary(row, running, package, session, gating)
+        document = _package_summary(row, running, package, session, gating, schedule)
+        document["checkpoints"] = [
+            {"at": c.at, "generation": c.generation, "total_raw_bytes": c.total_raw_bytes,
+             "step_changed_percent": c.step_changed, "changed_since_build_percent": c.since_build_changed,
+             "count_sum": c.count_sum, "functions": c.functions, "functions_run": c.functions_run}
+            for c in session.scalars(
+                select(Checkpoint).where(Checkpoint.package == name).order_by(Checkpoint.id.desc()).limit(history))
+        ]
         document["profile_build"] = [str(p) for p in package.profile_build]
         document["build_command"] = list(package.build)
         document["cs_build_command"] = list(package.cs_build) if package.cs_build else None

@@ -120,9 +120,9 @@ class MergeCommitter:
                 package.total_raw_bytes += merged_bytes
                 package.total_files += len(merged)
                 package.last_activity = now
-                if not package.build_due and package.raw_bytes >= package.threshold_bytes:
-                    package.build_due = True
-                    crossed = True
+                # The threshold is the floor; whether a build is due is the schedule's decision
+                # (schedule/maturity.py), which the engine makes after this commit.
+                crossed = package.raw_bytes - merged_bytes < package.threshold_bytes <= package.raw_bytes
             done_names = _mark_done(session, {p.file_id for p in parts})
             snapshot = dict(raw_bytes=package.raw_bytes, files=package.files, state=package.state)
         # After the commit: the clean-ups recovery would otherwise finish; no query needed here.

@@ -34,6 +34,8 @@ from pgod.optimize.adoption import index_stage_build
 from pgod.optimize.builds import BuildProgressed, BuildResult, BuildRun, expand_argv
 from pgod.optimize.gate import GateResult, GateRun
 from pgod.optimize.operations import BUILD_RETRY_MAX_SECONDS, OperationError
+from pgod.schedule.conditions import Conditions
+from pgod.schedule.order import build_order
 from pgod.state.db import Build, Package
 from pgod.state.layout import Layout
 
@@ -55,6 +57,7 @@ class Optimizer:
         merging: Callable[[str], bool] = lambda _name: False,
         attributor: Attributor | None = None,
         bench_identity: Identity | None = None,
+        conditions: Conditions | None = None,
     ) -> None:
         self.config = config
         self.layout = layout
@@ -68,6 +71,11 @@ class Optimizer:
         self._bench_identity = bench_identity  # whom benchmarks run as (the merge user)
         self.running: BuildRun | None = None
         self.gating: GateRun | None = None
+        self._conditions = conditions if conditions is not None else Conditions(config)
+        self._conditions_at = 0.0  # wall-clock time the conditions may be looked at again
+        self._forced: set[str] = set()  # `pgoctl rebuild`: builds without waiting for conditions
+        self.queue: list[str] = []  # the due packages in build order (status shows it)
+        self.waiting: str | None = None  # why the first of them does not build now
 
     def in_flight(self) -> set[str]:
         """The packages whose build or benchmark gate runs now."""
@@ -76,7 +84,8 @@ class Optimizer:
 
     # ---- builds ----------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
-        """Wall-clock time of the next build retry or stage placement, if one is waiting."""
+        """Wall-clock time of the next build retry, stage placement or look at the machine's
+        conditions (a due build waits for AC or idle), if one is waiting."""
         placing = self._activation.placing_deadline()
         if self.running is not None or self.gating is not None:
             return placing
@@ -86,28 +95,58 @@ class Optimizer:
                 .order_by(Package.next_build_at)
                 .limit(1)
             )
-        return min((at for at in (placing, retry) if at is not None), default=None)
+        conditions = None
+        if self.waiting is not None:
+            conditions = time.time() + max(0.0, self._conditions.next_check() - time.monotonic())
+        return min((at for at in (placing, retry, conditions) if at is not None), default=None)
 
     def maybe_start_build(self) -> None:
-        """Start the first due package's build, if none is running (one build at a time)."""
+        """Start the first due package's build, if none is running (one build at a time) and
+        the machine is fit for one (schedule/conditions.py; `pgoctl rebuild` does not wait).
+        The first is the one the machine spends most time in (schedule/order.py)."""
         self._activation.retry_placing()
         if self.running is not None or self.gating is not None:
             return
         now = time.time()
         with self.sessions() as session:
-            due = {
-                row.name: row
-                for row in session.scalars(
-                    select(Package).where(Package.build_due.is_(True), Package.next_build_at <= now)
-                )
-            }
-        for name in self.config.packages:  # configuration order is queue order
-            if name in due and due[name].profile_path and not self._merging(name):
-                self._start_build(name)
-                return
+            due = session.scalars(
+                select(Package).where(Package.build_due.is_(True), Package.next_build_at <= now)
+            ).all()
+        ready = [row.name for row in build_order(due, list(self.config.packages))
+                 if row.name in self.config.packages and row.profile_path and not self._merging(row.name)]
+        self.queue = ready
+        if not ready:
+            self._set_waiting(None)
+            return
+        forced = [name for name in ready if name in self._forced]
+        if forced:
+            self._start_build(forced[0])
+            return
+        if self.waiting is not None and now < self._conditions_at:
+            return  # waiting, and looked less than CHECK_SECONDS ago: next_deadline wakes the engine then
+        reading = self._conditions.check()
+        self._conditions_at = time.time() + max(0.0, self._conditions.next_check() - time.monotonic())
+        self._set_waiting(reading.waiting)
+        if reading.waiting is None:
+            self._start_build(ready[0])
+
+    def schedule(self) -> dict:
+        """What status shows of the schedule (read from D-Bus's thread: copies)."""
+        reading = self._conditions.last
+        return {"queue": list(self.queue), "waiting": self.waiting,
+                "conditions": reading.document() if reading is not None else None}
+
+    def _set_waiting(self, waiting: str | None) -> None:
+        if waiting != self.waiting:
+            self.waiting = waiting
+            for name in self.queue:
+                self._emit("counters", package=name)
+            if not self.queue:
+                self._emit("status")
 
     def request_build(self, name: str) -> None:
-        """`pgoctl rebuild`: build now, whatever the threshold."""
+        """`pgoctl rebuild`: build now, whatever the threshold, the profile's maturity and the
+        machine's conditions."""
         with self.sessions.begin() as session:
             row = session.get(Package, name)
             if row.profile_path is None:
@@ -116,6 +155,7 @@ class Optimizer:
                 raise OperationError(f"{name} is already building")
             row.build_due = True
             row.next_build_at = 0.0
+        self._forced.add(name)
         self.maybe_start_build()
 
     def _start_build(self, name: str) -> None:
@@ -147,9 +187,14 @@ class Optimizer:
             build.log_path = str(self.layout.state / "logs" / f"{name}-{build.id}.log")
             row.state = "building"
             row.build_due = False
+            row.maturity_wait = None
             row.raw_bytes = 0  # counters restart: they measure data since this build started
             row.files = 0
             build_id, log_path = build.id, Path(build.log_path)
+        self._forced.discard(name)
+        if name in self.queue:
+            self.queue.remove(name)
+        self.waiting = None
         self.running = BuildRun(name, build_id, argv, log_path, self._report_build, on_progress=self._report_build)
         self.running.start()
         log.info("build.started", package=name, build=build_id, stage=stage, profile=snapshot, argv=argv)

@@ -176,6 +176,19 @@ def parse_show(text: str) -> ShowResult:
     return ShowResult(functions, summary)
 
 
+def show_levels(profdata: str, fd: int, identity: Identity | None = None) -> dict[str, list[FunctionCounts]]:
+    """Every function's counts of the profile open at ``fd``, per level: "main" (IR or front-end)
+    and "cs" (context-sensitive; empty when there is none). llvm-profdata ignores `--showcs` for
+    a front-end profile (it shows every function again), so only an IR profile is asked for it."""
+    def show(cs: bool) -> ShowResult:
+        argv = [profdata, "show", "--all-functions", "--counts", *(["--showcs"] if cs else []), f"/proc/self/fd/{fd}"]
+        return parse_show(run_tool(argv, pass_fds=[fd], identity=identity))
+
+    main = show(False)
+    is_ir = main.summary.get("Instrumentation level", "").startswith("IR")
+    return {"main": main.functions, "cs": show(True).functions if is_ir else []}
+
+
 def parse_overlap(text: str) -> dict[str, str]:
     """The "Program level:" lines of `llvm-profdata overlap BASE TEST`, key → value text."""
     figures: dict[str, str] = {}

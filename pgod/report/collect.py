@@ -28,7 +28,7 @@ from pgod.config import DEFAULT_MERGE_USER, Config, PackageConfig
 from pgod.confine import ConfineError, Identity, memfd_holding, read_own
 from pgod.manifest import profdata_for
 from pgod.profiles.overlap import level_overlap
-from pgod.profiles.tool import ToolError, parse_overlap, parse_show, run_tool
+from pgod.profiles.tool import ToolError, parse_overlap, parse_show, run_tool, show_levels
 from pgod.report.figures import (
     MERGE_HISTORY_KEPT,
     build_records,
@@ -113,10 +113,9 @@ def _open_profile(path: str) -> int:
     return memfd_holding("pgod-report-profile", read_own(Path(path)))
 
 
-def show_profile(profdata: str, fd: int, identity: Identity | None = None, *, context_sensitive: bool = False):
-    """Every function's counts; ``context_sensitive``: the CS level's records only (`--showcs`)."""
-    argv = [profdata, "show", "--all-functions", "--counts", *(["--showcs"] if context_sensitive else []),
-            f"/proc/self/fd/{fd}"]
+def show_profile(profdata: str, fd: int, identity: Identity | None = None):
+    """Every function's counts (`show --all-functions --counts`: the IR or front-end level)."""
+    argv = [profdata, "show", "--all-functions", "--counts", f"/proc/self/fd/{fd}"]
     return parse_show(run_tool(argv, pass_fds=[fd], identity=identity))
 
 
@@ -262,13 +261,10 @@ def _change(profdata: str, build: dict | None, profile_fd: int | None, row: dict
     try:
         # Each level on its own, from the per-function counts (figures.level_overlap: the tool's
         # own overlap line is wrong for profiles with a context-sensitive level).
-        levels = {}
-        for level, cs in (("main", False), ("cs", True)):
-            base_shown = show_profile(profdata, base_fd, identity, context_sensitive=cs)
-            current_shown = show_profile(profdata, profile_fd, identity, context_sensitive=cs)
-            if cs and not base_shown.functions and not current_shown.functions:
-                break  # no context-sensitive level in either
-            levels[level] = level_overlap(base_shown.functions, current_shown.functions)
+        base_levels = show_levels(profdata, base_fd, identity)
+        current_levels = show_levels(profdata, profile_fd, identity)
+        levels = {level: level_overlap(base_levels[level], current_levels[level]) for level in ("main", "cs")
+                  if level == "main" or base_levels[level] or current_levels[level]}  # "cs": where there is one
         figures = overlap_profiles(profdata, base_fd, profile_fd, identity)
     finally:
         os.close(base_fd)

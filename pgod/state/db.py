@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class Base(DeclarativeBase):
@@ -84,6 +84,37 @@ class Package(Base):
     # of the growth parts and how many there were.
     live_bytes: Mapped[int] = mapped_column(Integer, default=0)
     live_snapshots: Mapped[int] = mapped_column(Integer, default=0)
+    # Maturity (schedule/maturity.py), as of the last checkpoint: the profile generation and
+    # total_raw_bytes it was taken at, what the profiles were (profile_build_key and stage: a new
+    # one starts the checkpoints over), the change over the last step and since the profile the
+    # build in use was made from (percent, the larger of the levels; null: nothing to compare),
+    # the profile's count sum (where the machine spends time: the build order) and why a
+    # package past its threshold does not build yet (null: it is not waiting for its profile).
+    checkpoint_generation: Mapped[int] = mapped_column(Integer, default=0)
+    checkpoint_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    checkpoint_key: Mapped[str] = mapped_column(Text, default="")
+    step_changed: Mapped[float | None] = mapped_column(Float, nullable=True)
+    settled_steps: Mapped[int] = mapped_column(Integer, default=0)  # steps in a row at most settled_percent
+    since_build_changed: Mapped[float | None] = mapped_column(Float, nullable=True)
+    count_sum: Mapped[int] = mapped_column(Integer, default=0)
+    maturity_wait: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Checkpoint(Base):
+    """The profile of a package measured at one point (schedule/maturity.py): the maturity
+    figures over time, which status, show and the report's chart read."""
+
+    __tablename__ = "checkpoints"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    package: Mapped[str] = mapped_column(String, index=True)
+    at: Mapped[float] = mapped_column(Float)
+    generation: Mapped[int] = mapped_column(Integer)
+    total_raw_bytes: Mapped[int] = mapped_column(Integer)
+    step_changed: Mapped[float | None] = mapped_column(Float, nullable=True)
+    since_build_changed: Mapped[float | None] = mapped_column(Float, nullable=True)
+    count_sum: Mapped[int] = mapped_column(Integer, default=0)
+    functions: Mapped[int] = mapped_column(Integer, default=0)
+    functions_run: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Build(Base):
@@ -276,6 +307,16 @@ _MIGRATIONS = {
         "ALTER TABLE packages ADD COLUMN live_bytes INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE packages ADD COLUMN live_snapshots INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE merges ADD COLUMN live_bytes INTEGER NOT NULL DEFAULT 0",
+    ],
+    5: [  # checkpoints is a new table (create_all)
+        "ALTER TABLE packages ADD COLUMN checkpoint_generation INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE packages ADD COLUMN checkpoint_bytes INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE packages ADD COLUMN checkpoint_key TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE packages ADD COLUMN step_changed FLOAT",
+        "ALTER TABLE packages ADD COLUMN settled_steps INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE packages ADD COLUMN since_build_changed FLOAT",
+        "ALTER TABLE packages ADD COLUMN count_sum INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE packages ADD COLUMN maturity_wait TEXT",
     ],
 }
 

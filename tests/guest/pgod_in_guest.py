@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from testbed.clangs import Clang
-from testbed.config import write_config
+from testbed.config import SCHEDULE_OFF, write_config
 from testbed.live import SERVER_PROGRAM, build_live_program
 from testbed.programs import WORKLOAD_SOURCE
 
@@ -30,6 +30,7 @@ GUEST_SETTINGS = {
     "admin_group": "wheel",
     "threshold_mb": 64,
     "activation": "notify",
+    **SCHEDULE_OFF,  # the guest's tests build at the threshold: scheduling is tested on the host
 }
 
 

@@ -1,0 +1,111 @@
+"""When to build, by the profile (pgod/schedule/maturity.py), with the real daemon, real clang 14
+profiles and real llvm-profdata: the first build waits until the profile has settled; a package
+whose profile stopped changing is not rebuilt at the next threshold; one whose workload changed
+is; status and `pgoctl show` say why a package waits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from testbed.clangs import run_instrumented
+from testbed.daemon import wait_for
+from testbed.programs import workload_inputs
+
+pytestmark = pytest.mark.skipif(not Path("/usr/bin/nix-store").exists(), reason="nix-store not installed (apt-get install nix-bin)")
+
+SAME = ["27", "hello 42"]  # one input, run again and again: a profile that stops changing
+CHANGED = ["97", "0123456789" * 40]  # another mix: the digits branch of classify() dominates
+
+
+def _store_path(tmp_path: Path) -> str:
+    folder = tmp_path / "optimized" / "bin"
+    folder.mkdir(parents=True)
+    (folder / "workload").write_text("#!/bin/sh\necho optimized\n")
+    (folder / "workload").chmod(0o755)
+    return subprocess.run(["nix-store", "--add", str(folder.parent)], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def _run_size(workload: Path, tmp_path: Path) -> int:
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    run_instrumented(workload / "bin" / "workload", SAME, probe / "one.profraw")
+    return (probe / "one.profraw").stat().st_size
+
+
+def _show(daemon) -> dict:
+    return json.loads(daemon.pgoctl("show", "workload", "--json").stdout)
+
+
+def _runs(pgod, daemon, workload: Path, inputs: list[list[str]]) -> dict:
+    """Run the program once per input, wait until all are merged and a checkpoint measured the
+    profile they made; the package's detail then."""
+    before = daemon.package("workload")["total_files"]
+    for args in inputs:
+        run_instrumented(workload / "bin" / "workload", args, pgod.spool / "%p.profraw")
+
+    def measured():
+        document = _show(daemon)
+        done = (document["total_files"] == before + len(inputs)
+                and document["maturity"]["checkpoint_generation"] == document["profile_generation"])
+        return document if done else None
+
+    return wait_for(measured, 60, f"{len(inputs)} runs merged and measured", interval=0.2)
+
+
+def _builds(document: dict) -> int:
+    return len([b for b in document["builds"] if b["stage"] == "optimize"])
+
+
+def test_a_profile_builds_once_settled_and_again_only_when_its_workload_changed(pgod, workload, llvm_profdata_14, tmp_path):
+    size = _run_size(workload, tmp_path)
+    pgod.write_config(
+        {"workload": {"profile_build": [str(workload)], "build": ["echo", _store_path(tmp_path)],
+                      "llvm_profdata": llvm_profdata_14, "threshold_mb": 8 * size / 2**20}},
+        settled_percent=1, rebuild_change_percent=5, build_idle_cpu_percent=100, build_on_battery=True,
+    )
+    daemon = pgod.daemon()
+
+    # Varied inputs up to the threshold: each step moves the profile, so no build yet.
+    document = None
+    for chunk in range(4):
+        document = _runs(pgod, daemon, workload, workload_inputs(8)[2 * chunk:2 * chunk + 2])
+    assert document["raw_bytes"] >= document["threshold_bytes"]
+    assert document["maturity"]["step_changed_percent"] > 1, document["maturity"]
+    assert _builds(document) == 0 and not document["build_due"]
+    assert document["waiting"].startswith("settling: "), document["waiting"]
+    assert "build waits: settling: " in daemon.pgoctl("status").stdout
+    assert "waiting:    settling: " in daemon.pgoctl("show", "workload").stdout
+
+    # One input again and again: the steps shrink until the profile counts as settled.
+    for _ in range(12):
+        document = _runs(pgod, daemon, workload, [SAME, SAME])
+        if _builds(document):
+            break
+    document = wait_for(lambda: (d := _show(daemon))["state"] == "ready" and d, 60, "the first build done")
+    assert _builds(document) == 1
+    assert "settled: " in daemon.log() and "building anyway" not in daemon.log()
+
+    # The same mix past the next threshold: the profile is what the build was made from.
+    for _ in range(5):
+        document = _runs(pgod, daemon, workload, [SAME, SAME])
+    assert document["raw_bytes"] >= document["threshold_bytes"]
+    assert document["maturity"]["changed_since_build_percent"] < 5, document["maturity"]
+    assert document["waiting"].startswith("unchanged: "), document["waiting"]
+    assert _builds(document) == 1 and not document["build_due"]
+    assert "build waits: unchanged: " in daemon.pgoctl("status").stdout
+
+    # The workload changes: its profile moves away from the build's, and it builds again.
+    for _ in range(3):
+        document = _runs(pgod, daemon, workload, [CHANGED, CHANGED])
+        if _builds(document) == 2:
+            break
+    document = wait_for(lambda: (d := _show(daemon))["state"] == "ready" and _builds(d) == 2 and d, 60,
+                        "a second build for the changed workload")
+    due = [json.loads(line) for line in daemon.log().splitlines() if '"build.due"' in line]
+    assert len(due) == 2 and due[1]["why"].startswith("changed "), due
+    assert document["checkpoints"] and document["checkpoints"][0]["count_sum"] > 0
