@@ -109,3 +109,13 @@ def test_a_profile_builds_once_settled_and_again_only_when_its_workload_changed(
     due = [json.loads(line) for line in daemon.log().splitlines() if '"build.due"' in line]
     assert len(due) == 2 and due[1]["why"].startswith("changed "), due
     assert document["checkpoints"] and document["checkpoints"][0]["count_sum"] > 0
+
+    # The report charts and tables the same checkpoints.
+    out = tmp_path / "report"
+    daemon.pgoctl("report", "workload", "--config", str(pgod.config_path), "--output", str(out))
+    maturity = json.loads((out / "report.json").read_text())["packages"][0]["maturity"]
+    assert maturity["settled_percent"] == 1 and maturity["rebuild_change_percent"] == 5
+    assert maturity["points"][-1]["generation"] == document["checkpoints"][0]["generation"]
+    assert max(p["since_build_changed"] or 0 for p in maturity["points"]) >= 5
+    assert (out / "workload-maturity.svg").exists()
+    assert "### Maturity: has the profile settled?" in (out / "ANALYSIS.md").read_text()

@@ -143,10 +143,38 @@ def hot_functions_chart(package: dict, folder: Path) -> dict[str, str] | None:
     return _save(figure, folder, f"{package['name']}-hot-functions")
 
 
+def maturity_chart(package: dict, folder: Path) -> dict[str, str] | None:
+    """How much the profile changed at each checkpoint, over the raw data merged: the step
+    change (settling), the change since the build in use (worth a rebuild?), and the settings
+    the daemon decides at."""
+    figures = package.get("maturity") or {}
+    points = [p for p in figures.get("points", []) if p["step_changed"] is not None or p["since_build_changed"] is not None]
+    if not points:
+        return None
+    size, unit = _byte_unit(points[-1]["total_raw_bytes"])
+    figure, axis = plt.subplots(figsize=(9, 4.8))
+    for key, label, color in (("step_changed", "changed over the last step (settling)", "tab:blue"),
+                              ("since_build_changed", "changed since the build in use", "tab:orange")):
+        shown = [(p["total_raw_bytes"] / size, p[key]) for p in points if p[key] is not None]
+        if shown:
+            axis.plot(*zip(*shown), "o-", color=color, markersize=3, linewidth=1, label=label)
+    axis.axhline(figures["settled_percent"], color="tab:blue", linestyle=":", linewidth=1,
+                 label=f"settled_percent ({figures['settled_percent']:g} %): a first build at or below")
+    axis.axhline(figures["rebuild_change_percent"], color="tab:orange", linestyle=":", linewidth=1,
+                 label=f"rebuild_change_percent ({figures['rebuild_change_percent']:g} %): a rebuild at or above")
+    axis.set_yscale("symlog", linthresh=1)
+    axis.set_ylabel("profile changed (%, the most changed level)")
+    axis.set_xlabel(f"raw profile data merged over the package's life ({unit})")
+    axis.set_title(f"{package['name']}: maturity ({len(points)} checkpoints)")
+    axis.legend(loc="upper right", fontsize=8)
+    axis.grid(True, alpha=0.3)
+    return _save(figure, folder, f"{package['name']}-maturity")
+
+
 def draw(package: dict, folder: Path) -> dict:
     """Every chart of one package; {chart: {"svg": name, "png": name}} for those drawn."""
     charts = {}
-    for key, draw_one in (("growth", growth_chart), ("hot_functions", hot_functions_chart)):
+    for key, draw_one in (("growth", growth_chart), ("maturity", maturity_chart), ("hot_functions", hot_functions_chart)):
         written = draw_one(package, folder)
         if written:
             charts[key] = written

@@ -24,7 +24,13 @@ from pathlib import Path
 from urllib.parse import quote
 
 from pgod import __version__
-from pgod.config import DEFAULT_MERGE_USER, Config, PackageConfig
+from pgod.config import (
+    DEFAULT_MERGE_USER,
+    DEFAULT_REBUILD_CHANGE_PERCENT,
+    DEFAULT_SETTLED_PERCENT,
+    Config,
+    PackageConfig,
+)
 from pgod.confine import ConfineError, Identity, memfd_holding, read_own
 from pgod.manifest import profdata_for
 from pgod.profiles.overlap import level_overlap
@@ -201,6 +207,22 @@ def _read_package(connection: sqlite3.Connection, name: str) -> tuple[dict, int 
     raise ReportError(f"{name}: its profile kept changing while being opened")
 
 
+def maturity(connection: sqlite3.Connection, row: dict, config: Config | None) -> dict:
+    """How settled the profile is, checkpoint by checkpoint (schedule/maturity.py), and the
+    settings the daemon decides with (its defaults without a configuration)."""
+    try:
+        points = list(reversed(_rows(connection, "SELECT * FROM checkpoints WHERE package = ? ORDER BY id DESC LIMIT ?",
+                                     row["name"], MERGE_HISTORY_KEPT)))
+    except sqlite3.OperationalError:  # a state of a pgod from before checkpoints
+        points = []
+    settled = config.settled_percent if config else DEFAULT_SETTLED_PERCENT
+    rebuild = config.rebuild_change_percent if config else DEFAULT_REBUILD_CHANGE_PERCENT
+    return {"points": [{key: point[key] for key in ("at", "generation", "total_raw_bytes", "step_changed",
+                                                     "since_build_changed", "count_sum", "functions", "functions_run")}
+                       for point in points],
+            "settled_percent": settled, "rebuild_change_percent": rebuild, "waiting": row.get("maturity_wait")}
+
+
 def package_report(connection: sqlite3.Connection, sources: Sources, name: str, top: int) -> dict:
     identity = tool_user(sources)  # first: a refusal must not leave the profile's memfd open
     row, profile_fd = _read_package(connection, name)
@@ -221,6 +243,7 @@ def package_report(connection: sqlite3.Connection, sources: Sources, name: str, 
         "coverage": None,
         "growth": growth(row, merges, builds),
         "change_since_build": None,
+        "maturity": maturity(connection, row, sources.config),
         "profile_match": None,
         "builds": build_records(builds),
         "activation": None,

@@ -94,6 +94,32 @@ def _growth(package: dict, charts: dict) -> list[str]:
     return lines
 
 
+def _maturity(package: dict, charts: dict) -> list[str]:
+    figures = package.get("maturity") or {"points": []}
+    points = figures["points"]
+    lines = ["### Maturity: has the profile settled?", ""]
+    if not points:
+        return lines + ["No checkpoint yet: the daemon measures the profile every quarter threshold of new data.", ""]
+    last = points[-1]
+    words = [f"{_num(last['step_changed'])} changed over the last step",
+             f"{_num(last['since_build_changed'])} since the build in use"]
+    lines += [f"At the last checkpoint (generation {last['generation']}, {human_bytes(last['total_raw_bytes'])} merged): "
+              + ", ".join(words) + f"; {last['functions_run']} of {last['functions']} functions ran. A first build waits "
+              f"for two steps in a row at most {figures['settled_percent']:g} %, a rebuild for "
+              f"{figures['rebuild_change_percent']:g} % since the build in use"
+              + (f"; now: {figures['waiting']}." if figures.get("waiting") else "."), ""]
+    if "maturity" in charts:
+        lines += [f"![maturity]({charts['maturity']['svg']})", ""]
+    rows = [[str(p["generation"]), _when(p["at"]), human_bytes(p["total_raw_bytes"]), _num(p["step_changed"]),
+             _num(p["since_build_changed"]), f"{p['count_sum']:,}"] for p in reversed(points[-10:])]
+    lines += _table(["generation", "measured at", "merged in all", "step change", "since the build", "counts"], rows)
+    return lines + [""]
+
+
+def _num(percent: float | None) -> str:
+    return "-" if percent is None else f"{percent:.2f} %"
+
+
 def _change(package: dict) -> list[str]:
     change = package["change_since_build"] or {}
     lines = ["### Change since the optimized build", ""]
@@ -188,6 +214,7 @@ def render(document: dict, charts: dict[str, dict]) -> str:
         lines += _profile(package)
         lines += _hot(package, mine)
         lines += _growth(package, mine)
+        lines += _maturity(package, mine)
         lines += _change(package)
         lines += _match(package)
         lines += _builds(package)
