@@ -29,6 +29,11 @@ def write_config(layout: Layout, source: Source, profiling: str, plain: str, thr
         "activation": "auto",
         # The Lua service (demo/service.py) dumps every 5 s; pgod reads live runs as often.
         "live_interval_s": 5,
+        # The training never pauses, so the machine is never idle: a build here must not wait
+        # for an idle CPU (pgod's default, build_idle_cpu_percent 25, would hold it until the
+        # training stops). The profile's maturity keeps pgod's defaults: status and the report
+        # show it settling.
+        "build_idle_cpu_percent": 100,
     }
     package = {
         "profile_build": [profiling],
