@@ -158,7 +158,17 @@ class Trainer:
                 doing += f" [{build.get('done') or 0}/{build.get('total') or '?'}] {build['derivation']}: {build.get('phase') or '…'}"
             say(f"    {sum(self.done.runs.values()):3d} runs, on {kind:9s} stage {package.get('stage', 'first'):17s}"
                 f" raw {_mb(package['raw_bytes'])} / {_mb(package['threshold_bytes'])} ({share:4.0%})"
-                f"  {doing}{live_text(package)}  [{time.monotonic() - self.begun:5.1f} s]")
+                f"  {doing}{maturity_text(package)}{live_text(package)}  [{time.monotonic() - self.begun:5.1f} s]")
+
+
+def maturity_text(package: dict) -> str:
+    """The profile's step change at pgod's last checkpoint, and why a build past the threshold
+    waits (pgod builds once two steps in a row changed the profile at most 1 %)."""
+    step = (package.get("maturity") or {}).get("step_changed_percent")
+    text = f", step {step:.2f} %" if step is not None else ""
+    if package.get("waiting") and not package["waiting"].startswith("settling"):
+        text += f" ({package['waiting']})"
+    return text
 
 
 def in_cs_stage(trainer: Trainer):

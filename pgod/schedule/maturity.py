@@ -4,9 +4,9 @@ Bytes say little: a program run a thousand times on the same input passes any th
 profile that stopped changing long ago, and every later threshold would start another full
 rebuild whether the profile changed or not. So the profile itself is measured:
 
-- A **checkpoint** is taken every quarter of the package's threshold of new raw bytes (and when
-  the threshold is reached): the profile's per-function counts (`llvm-profdata show
-  --all-functions --counts`, and `--showcs` for the context-sensitive level), compared level by
+- A **checkpoint** is taken every quarter of the package's threshold of new raw bytes: the
+  profile's per-function counts (`llvm-profdata show --all-functions --counts`, and `--showcs`
+  for the context-sensitive level of an IR profile), compared level by
   level with the previous checkpoint's (the **step change**) and with the profile the build in
   use was made from (the **change since the build**), by LLVM's overlap definition computed
   from the counts (pgod.profiles.overlap). A profile's change is its most changed level.
@@ -74,16 +74,15 @@ def step_bytes(row: Package) -> int:
 
 
 def checkpoint_due(row: Package) -> bool:
-    """A new checkpoint is owed: a profile newer than the last checkpoint, and a step of new
-    bytes since it (or the threshold reached, which a decision needs a checkpoint for)."""
+    """A new checkpoint is owed: the first of this profile, or a step of new bytes since the last.
+    (Not at every merge past the threshold: a step is a quarter threshold of data, or the step
+    change would shrink with the merges' size, not with the profile's settling.)"""
     if row.profile_path is None:
         return False
     if row.checkpoint_key != checkpoint_key(row):
-        return True  # the first of this profile
-    if row.profile_generation == row.checkpoint_generation:
-        return False
-    return (row.total_raw_bytes - row.checkpoint_bytes >= step_bytes(row)
-            or (row.raw_bytes >= row.threshold_bytes and not row.build_due))
+        return True
+    return row.profile_generation != row.checkpoint_generation and \
+        row.total_raw_bytes - row.checkpoint_bytes >= step_bytes(row)
 
 
 @dataclass(frozen=True)
@@ -92,18 +91,20 @@ class Decision:
     why: str  # what status shows: why it builds, or why it waits
 
 
-def decide(row: Package, config: Config, build_in_use: bool) -> Decision | None:
+def decide(row: Package, config: Config, build_store: str | None) -> Decision | None:
     """Is the package due for a build, by its profile? None: not past the threshold (or nothing
-    to decide); a Decision that waits for a checkpoint when the last one is out of date."""
+    to decide). The figures are the last checkpoint's (at most a step of data old); a Decision
+    waits for a checkpoint when there is none of this profile, or none against the build in
+    use (``build_store``: the profile it was made from)."""
     if row.build_due or row.files == 0 or row.raw_bytes < row.threshold_bytes:
         return None
     if not enabled(config):
         return Decision(True, "threshold reached")
-    if row.checkpoint_key != checkpoint_key(row) or row.checkpoint_generation != row.profile_generation:
+    if row.checkpoint_key != checkpoint_key(row) or row.checkpoint_build != build_store:
         return Decision(False, MEASURING)
     if row.raw_bytes >= CEILING_THRESHOLDS * row.threshold_bytes:
         return Decision(True, f"still changing at {CEILING_THRESHOLDS}× the threshold: building anyway")
-    if not build_in_use:
+    if build_store is None:
         if row.step_changed is None:
             return Decision(False, MEASURING)
         if row.step_changed <= config.settled_percent and (row.settled_steps or 0) >= SETTLED_STEPS:
@@ -127,7 +128,7 @@ def apply_decisions(session: Session, config: Config) -> list[str]:
                 row.maturity_wait = None
                 changed.append(row.name)
             continue
-        decision = decide(row, config, build_in_use=build_profile(session, row) is not None)
+        decision = decide(row, config, build_profile(session, row))
         if decision is None:
             continue
         if not decision.due and decision.why == MEASURING and row.maturity_wait is not None:
@@ -163,6 +164,7 @@ class CheckpointDone:
     generation: int
     total_raw_bytes: int
     saved: Path | None  # the profile copy, renamed over the package's checkpoint file on record
+    build_store: str | None  # the profile of the build in use it was compared with
     step_changed: float | None = None
     since_build_changed: float | None = None
     count_sum: int = 0
@@ -209,7 +211,7 @@ class Maturity:
             log.warning("maturity.unreadable", package=name, error=str(err))
             return
         base_store = build_profile(session, row)
-        done = CheckpointDone(name, key, row.profile_generation, row.total_raw_bytes, None)
+        done = CheckpointDone(name, key, row.profile_generation, row.total_raw_bytes, None, base_store)
         last = self._last.get(name)
         previous_file = self._folder / f"{name}.profdata"
         self.running = name
@@ -279,6 +281,7 @@ class Maturity:
             row.checkpoint_key = done.key
             row.step_changed = done.step_changed
             row.since_build_changed = done.since_build_changed
+            row.checkpoint_build = done.build_store
             row.count_sum = done.count_sum
             _prune(session, done.package)
             log.info("maturity.checkpoint", package=done.package, generation=done.generation,

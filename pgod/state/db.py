@@ -96,6 +96,7 @@ class Package(Base):
     step_changed: Mapped[float | None] = mapped_column(Float, nullable=True)
     settled_steps: Mapped[int] = mapped_column(Integer, default=0)  # steps in a row at most settled_percent
     since_build_changed: Mapped[float | None] = mapped_column(Float, nullable=True)
+    checkpoint_build: Mapped[str | None] = mapped_column(Text, nullable=True)  # the build profile compared with
     count_sum: Mapped[int] = mapped_column(Integer, default=0)
     maturity_wait: Mapped[str | None] = mapped_column(Text, nullable=True)
 
@@ -315,6 +316,7 @@ _MIGRATIONS = {
         "ALTER TABLE packages ADD COLUMN step_changed FLOAT",
         "ALTER TABLE packages ADD COLUMN settled_steps INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE packages ADD COLUMN since_build_changed FLOAT",
+        "ALTER TABLE packages ADD COLUMN checkpoint_build TEXT",
         "ALTER TABLE packages ADD COLUMN count_sum INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE packages ADD COLUMN maturity_wait TEXT",
     ],
