@@ -119,3 +119,58 @@ def test_a_profile_builds_once_settled_and_again_only_when_its_workload_changed(
     assert max(p["since_build_changed"] or 0 for p in maturity["points"]) >= 5
     assert (out / "workload-maturity.svg").exists()
     assert "### Maturity: has the profile settled?" in (out / "ANALYSIS.md").read_text()
+
+
+@pytest.mark.slow
+def test_lua_on_the_demo_mix_is_not_rebuilt_until_its_mix_changes(pgod, llvm_profdata_14, tmp_path):
+    """The same decisions for the demo's Lua, IR-instrumented by clang 14 (the sources and the
+    build are benchmarks.maturity's, cached under demo-state/): after its first build, the demo's
+    mix goes on past the next threshold and pgod does not rebuild; the mix changes to strings.lua
+    and json.lua only (the demo workload's) and it does."""
+    import random
+
+    from benchmarks.maturity import build_lua, lua_mixes, lua_sources
+
+    src, _version = lua_sources()
+    package = tmp_path / "lua-profiling"
+    (package / "bin").mkdir(parents=True)
+    exe = package / "bin" / "lua"
+    exe.write_bytes(build_lua(src, ["-O2", "-fprofile-generate"]).read_bytes())
+    exe.chmod(0o755)
+    mixes, draw = lua_mixes(exe), random.Random(22)
+    pgod.write_config(
+        {"lua": {"profile_build": [str(package)], "build": ["echo", _store_path(tmp_path)],
+                 "llvm_profdata": llvm_profdata_14, "threshold_mb": 2}},
+        settled_percent=1, rebuild_change_percent=5, build_idle_cpu_percent=100, build_on_battery=True,
+    )
+    daemon = pgod.daemon()
+
+    def runs(mix: str, count: int) -> dict:
+        before = daemon.package("lua")["total_files"]
+        for _ in range(count):
+            argv, _stdin = mixes[mix].draw(draw)
+            subprocess.run(argv, env={"LLVM_PROFILE_FILE": str(pgod.spool / "%p.profraw")}, check=True,
+                           stdout=subprocess.DEVNULL, cwd=tmp_path)
+        return wait_for(lambda: (d := json.loads(daemon.pgoctl("show", "lua", "--json").stdout))["total_files"]
+                        == before + count and d, 60, f"{count} Lua runs merged", interval=0.2)
+
+    def builds(document: dict) -> int:
+        return len([b for b in document["builds"] if b["stage"] == "optimize"])
+
+    for _ in range(40):  # the first build: settled, or at 4x the threshold at the latest
+        if builds(runs("demo", 6)):
+            break
+    wait_for(lambda: daemon.package("lua")["state"] == "ready", 60, "the first build done")
+
+    for _ in range(20):  # the demo's mix again, past the next threshold: no rebuild
+        document = runs("demo", 6)
+        if document["raw_bytes"] >= document["threshold_bytes"] and (document["waiting"] or "").startswith("unchanged"):
+            break
+    assert (document["waiting"] or "").startswith("unchanged: "), (document["waiting"], document["maturity"])
+    assert builds(document) == 1 and not document["build_due"]
+
+    for _ in range(20):  # only strings.lua and json.lua: the profile moves away from the build's
+        if builds(runs("strings+json", 6)) == 2:
+            break
+    due = [json.loads(line) for line in daemon.log().splitlines() if '"build.due"' in line]
+    assert len(due) == 2 and due[1]["why"].startswith("changed "), due
