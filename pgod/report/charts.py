@@ -162,7 +162,8 @@ def maturity_chart(package: dict, folder: Path) -> dict[str, str] | None:
                  label=f"settled_percent ({figures['settled_percent']:g} %): a first build at or below")
     axis.axhline(figures["rebuild_change_percent"], color="tab:orange", linestyle=":", linewidth=1,
                  label=f"rebuild_change_percent ({figures['rebuild_change_percent']:g} %): a rebuild at or above")
-    axis.set_yscale("symlog", linthresh=1)
+    axis.set_yscale("symlog", linthresh=1)  # linear below 1 %, where the decisions are; logarithmic above
+    axis.set_ylim(bottom=0)
     axis.set_ylabel("profile changed (%, the most changed level)")
     axis.set_xlabel(f"raw profile data merged over the package's life ({unit})")
     axis.set_title(f"{package['name']}: maturity ({len(points)} checkpoints)")

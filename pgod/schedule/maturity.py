@@ -303,12 +303,14 @@ class Maturity:
 
 
 def _changed(base: Levels | None, current: Levels) -> float | None:
-    """The most changed level's percentage (None: nothing to compare against)."""
+    """The most changed level's percentage (None: nothing to compare against). A level the base
+    lacks is new, not changed: the context-sensitive level appears with the second stage's first
+    profiles, which is no step of the first level's settling."""
     if base is None:
         return None
-    changes = [level_overlap(base.get(level, []), current.get(level, []))["changed_percent"]
-               for level in ("main", "cs") if base.get(level) or current.get(level)]
-    return max(changes, default=0.0)
+    changes = [level_overlap(base[level], current.get(level, []))["changed_percent"]
+               for level in ("main", "cs") if base.get(level)]
+    return max(changes, default=None)
 
 
 def _prune(session: Session, name: str) -> None:
