@@ -74,7 +74,10 @@ def guest(tmp_path_factory, clang14, request):
         "llvm_profdata": "/usr/bin/llvm-profdata-14",
         "threshold_mb": THRESHOLD_MB,
     }
-    prepare_share(machine.share, clang14, {"hello": hello}, activation="auto")
+    # The build waits for an idle CPU as users' do (schedule/conditions.py reads /proc/stat,
+    # which the hardened unit must let it see), over a short window.
+    prepare_share(machine.share, clang14, {"hello": hello}, activation="auto", build_idle_cpu_percent=95,
+                  build_idle_seconds=2)
     _copy_nix_sources(machine.share)
     (machine.share / "nix.conf").write_text(NIX_CONF)
     (machine.share / "dunstrc").write_text(DUNSTRC)
@@ -169,6 +172,11 @@ def test_a_profiled_package_is_built_by_the_nix_daemon_activated_and_run_through
     # The Nix daemon built it: its build log names the store path and no local store was used.
     assert guest.succeed("ls /nix/var/log/nix/drvs").strip() != ""
     assert "LLVM Profile Error" not in guest.succeed("journalctl -b --no-pager -o cat")
+    # It waited for the machine as the hardened unit runs it: CPU use measured from /proc/stat.
+    looked = [json.loads(line) for line in guest.succeed(
+        "journalctl -b -o cat -u pgod.service | grep -e build.conditions -e build.cpu_unknown || true").splitlines()]
+    assert looked and all(entry["event"] == "build.conditions" for entry in looked), looked
+    assert looked[-1]["waiting"] is None and looked[-1]["cpu_percent"] is not None, looked
 
     # Seen from outside: the builders nix-daemon ran for root's own nix-build kept the usual
     # priorities; those it ran for pgod's build, and the worker serving pgod, ran at nice 19,

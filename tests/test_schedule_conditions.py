@@ -191,3 +191,12 @@ def test_the_cpu_figure_is_the_window_since_the_oldest_sample_a_window_old():
     assert conditions.check().waiting == "measuring CPU use (10 s)"
     reading = conditions.check()  # 11 s after the first sample: (1000 - 0) / (3000 - 1000)
     assert reading.cpu_percent == 50.0 and reading.waiting == "busy, 50 % CPU"
+
+
+def test_an_unreadable_proc_stat_never_holds_a_build():
+    """A unit that hides /proc/stat (ProcSubset=pid) must not make every build wait for ever."""
+    from pgod.config import parse_config
+
+    config = parse_config({"build_idle_cpu_percent": 50}, Path("test.toml"))
+    conditions = Conditions(config, cpu_times=lambda: None, on_battery=lambda: None)
+    assert conditions.check().waiting is None and conditions.check().cpu_percent is None

@@ -34,10 +34,14 @@ CHECK_SECONDS = 5.0  # how often a waiting build looks again (a /proc/stat read,
 UPOWER_TIMEOUT_MS = 1000
 
 
-def read_cpu_times() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs since boot, from /proc/stat's first line."""
-    with open("/proc/stat", "rb") as stat:
-        fields = [int(x) for x in stat.readline().split()[1:9]]  # user .. steal (guest is in user)
+def read_cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat's first line; None where
+    /proc/stat cannot be read (a unit with ProcSubset=pid hides it)."""
+    try:
+        with open("/proc/stat", "rb") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:9]]  # user .. steal (guest is in user)
+    except (OSError, ValueError):
+        return None
     idle = fields[3] + fields[4]  # idle, iowait
     total = sum(fields)
     return total - idle, total
@@ -75,7 +79,7 @@ class Reading:
 class Conditions:
     """Checks power and CPU use when asked (engine thread); see the module docstring."""
 
-    def __init__(self, config: Config, cpu_times: Callable[[], tuple[int, int]] = read_cpu_times,
+    def __init__(self, config: Config, cpu_times: Callable[[], tuple[int, int] | None] = read_cpu_times,
                  on_battery: Callable[[], bool | None] = upower_on_battery,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
@@ -83,6 +87,7 @@ class Conditions:
         self._cpu_times = cpu_times
         self._on_battery = on_battery
         self._samples: deque[tuple[float, int, int]] = deque()  # (monotonic, busy, total)
+        self._cpu_unknown = False  # /proc/stat could not be read: the idle condition is off
         self.last: Reading | None = None
         self._next_check = 0.0
 
@@ -95,7 +100,7 @@ class Conditions:
         waiting = None
         if on_battery and not self.config.build_on_battery:
             waiting = "on battery"
-        elif self.config.build_idle_cpu_percent < 100:
+        elif self.config.build_idle_cpu_percent < 100 and not self._cpu_unknown:
             if cpu is None:
                 waiting = f"measuring CPU use ({self.config.build_idle_seconds:g} s)"
             elif cpu >= self.config.build_idle_cpu_percent:
@@ -115,9 +120,15 @@ class Conditions:
         """CPU use over the last window: the newest sample against the newest one at least a
         window old (None until there is one). Samples are taken at each check, CHECK_SECONDS
         apart while a build waits; older ones than needed are dropped."""
-        if self.config.build_idle_cpu_percent >= 100:
+        if self.config.build_idle_cpu_percent >= 100 or self._cpu_unknown:
             return None
-        busy, total = self._cpu_times()
+        times = self._cpu_times()
+        if times is None:  # never blocks the builds: they run as if idle, and the journal says why
+            self._cpu_unknown = True
+            log.warning("build.cpu_unknown", hint="/proc/stat cannot be read (ProcSubset=pid?): builds do not wait"
+                        " for an idle CPU")
+            return None
+        busy, total = times
         window = self.config.build_idle_seconds
         if self._samples and now - self._samples[-1][0] > window + 2 * CHECK_SECONDS:
             self._samples.clear()  # a gap (no build waited): measure afresh, never an old average
