@@ -2,6 +2,7 @@
 
     daemon → merge → optimize → schedule → intake → state → profiles → shared (pgod/'s top modules)
     ctl → report → profiles → shared
+    fleet → shared (the daemon's; state and profiles at most, once it is wired)
 
 Read statically (every import statement, also those inside functions, in every module) and
 checked by running the real commands: `pgoctl status` and `pgoctl show` against a running daemon
@@ -29,8 +30,10 @@ MAY_IMPORT = {
     "daemon": {"merge", "optimize", "schedule", "intake", "state"},
     "report": {"profiles"},
     "ctl": {"report"},  # `pgoctl report` hands over to the report's command
+    "fleet": set(),  # provenance of store paths for now; it may grow to {"state", "profiles"}, no further
 }
-DAEMON_ONLY = ("pgod.daemon", "pgod.intake", "pgod.merge", "pgod.optimize", "pgod.schedule", "pgod.state")
+DAEMON_ONLY = ("pgod.daemon", "pgod.fleet", "pgod.intake", "pgod.merge", "pgod.optimize", "pgod.schedule",
+               "pgod.state")
 # What the client side must not load: the daemon's code and the libraries only it needs.
 NOT_FOR_CLIENTS = (*DAEMON_ONLY, "elftools", "sqlalchemy", "watchdog")
 
