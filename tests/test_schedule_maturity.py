@@ -174,3 +174,47 @@ def test_lua_on_the_demo_mix_is_not_rebuilt_until_its_mix_changes(pgod, llvm_pro
             break
     due = [json.loads(line) for line in daemon.log().splitlines() if '"build.due"' in line]
     assert len(due) == 2 and due[1]["why"].startswith("changed "), due
+
+
+@pytest.fixture
+def profdata_that_cannot_show(llvm_profdata_14):
+    """llvm-profdata whose `show` fails (merges work): a profile pgod cannot measure. In a folder
+    the merge user can enter (pytest's tmp_path is 0700)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="pgod-no-show-", dir="/tmp"))
+    folder.chmod(0o755)
+    tool = folder / "llvm-profdata"
+    tool.write_text(f'#!/bin/sh\n[ "$1" = show ] && {{ echo "error: show refused" >&2; exit 1; }}\n'
+                    f'exec {llvm_profdata_14} "$@"\n')
+    tool.chmod(0o755)
+    yield str(tool)
+    shutil.rmtree(folder)
+
+
+def test_a_profile_that_cannot_be_measured_is_retried_later_and_builds_at_the_ceiling(pgod, workload, tmp_path,
+                                                                                     profdata_that_cannot_show):
+    """A failing checkpoint is neither retried at every merge (a loop of llvm-profdata runs) nor
+    allowed to hold the build for ever: past 4× the threshold the package builds unmeasured."""
+    size = _run_size(workload, tmp_path)
+    pgod.write_config(
+        {"workload": {"profile_build": [str(workload)], "build": ["echo", _store_path(tmp_path)],
+                      "llvm_profdata": profdata_that_cannot_show, "threshold_mb": 4 * size / 2**20}},
+        settled_percent=1, rebuild_change_percent=5, build_idle_cpu_percent=100, build_on_battery=True,
+    )
+    daemon = pgod.daemon()
+    for _ in range(12):  # 2 runs a merge, up to 6x the threshold
+        before = daemon.package("workload")["total_files"]
+        for args in [SAME, SAME]:
+            run_instrumented(workload / "bin" / "workload", args, pgod.spool / "%p.profraw")
+        wait_for(lambda: daemon.package("workload")["total_files"] == before + 2, 60, "2 runs merged", interval=0.2)
+        if _builds(_show(daemon)):
+            break
+    wait_for(lambda: daemon.package("workload")["state"] == "ready", 60, "built unmeasured")
+    log = [json.loads(line) for line in daemon.log().splitlines() if line.startswith("{")]
+    due = [entry for entry in log if entry["event"] == "build.due"]
+    assert len(due) == 1 and "building anyway" in due[0]["why"], due
+    failed = [entry for entry in log if entry["event"] == "maturity.failed"]
+    assert len(failed) == 1 and "show refused" in failed[0]["error"], failed  # one try, then 60 s of quiet
+    assert _show(daemon)["maturity"]["checkpoint_generation"] == 0

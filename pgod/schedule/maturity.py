@@ -54,6 +54,7 @@ CEILING_THRESHOLDS = 4  # a profile still changing at 4× the threshold builds a
 # benchmarks/README.md, "Maturity").
 SETTLED_STEPS = 2
 KEEP_CHECKPOINT_ROWS = 200  # per package; older rows are pruned (the report charts these)
+RETRY_SECONDS = 60.0  # after a failed checkpoint (llvm-profdata refused the profile, or crashed)
 
 MEASURING = "measuring the profile"  # a checkpoint of the newest profile is owed or running
 Levels = dict[str, list[FunctionCounts]]  # "main" (IR or front-end), "cs" (context-sensitive)
@@ -100,10 +101,10 @@ def decide(row: Package, config: Config, build_store: str | None) -> Decision | 
         return None
     if not enabled(config):
         return Decision(True, "threshold reached")
+    if row.raw_bytes >= CEILING_THRESHOLDS * row.threshold_bytes:  # also when measuring keeps failing
+        return Decision(True, f"still changing at {CEILING_THRESHOLDS}× the threshold: building anyway")
     if row.checkpoint_key != checkpoint_key(row) or row.checkpoint_build != build_store:
         return Decision(False, MEASURING)
-    if row.raw_bytes >= CEILING_THRESHOLDS * row.threshold_bytes:
-        return Decision(True, f"still changing at {CEILING_THRESHOLDS}× the threshold: building anyway")
     if build_store is None:
         if row.step_changed is None:
             return Decision(False, MEASURING)
@@ -187,17 +188,21 @@ class Maturity:
         self._post = post
         self._emit = emit
         self.running: str | None = None  # the package whose checkpoint runs now
-        # Parsed counts, so each profile is shown once: the last checkpoint's per package (with
-        # its key), and build profiles by store path.
+        # Parsed counts, so each profile is shown once: per package, the last checkpoint's (with
+        # its key) and its build profile's (with its store path): one of each, however many builds.
         self._last: dict[str, tuple[str, Levels]] = {}
-        self._builds: dict[str, Levels] = {}
+        self._builds: dict[str, tuple[str, Levels]] = {}
+        self._retry_at: dict[str, float] = {}  # a failed checkpoint is tried again then (monotonic)
 
     def checkpoint_when_due(self) -> None:
         """Start the next owed checkpoint, if none runs (engine thread, after merges)."""
         if self.running is not None:  # (taken with maturity off too: the build order uses the counts)
             return
+        now = time.monotonic()
         with self.sessions() as session:
             for name in self.config.packages:
+                if self._retry_at.get(name, 0.0) > now:
+                    continue  # failed a moment ago: not again at every merge
                 row = session.get(Package, name)
                 if row is not None and checkpoint_due(row):
                     self._start(session, row)
@@ -226,9 +231,10 @@ class Maturity:
                     previous = self._show(name, read_own(previous_file))  # after a restart
                 since = None
                 if base_store is not None:
-                    since = self._builds.get(base_store)
-                    if since is None:
-                        since = self._builds[base_store] = self._show(name, read_own(Path(base_store)))
+                    cached = self._builds.get(name)
+                    if cached is None or cached[0] != base_store:
+                        cached = self._builds[name] = (base_store, self._show(name, read_own(Path(base_store))))
+                    since = cached[1]
                 done.step_changed = _changed(previous, current)
                 done.since_build_changed = _changed(since, current)
                 everything = [f for functions in current.values() for f in functions]
@@ -261,7 +267,9 @@ class Maturity:
         """Record the figures (engine thread), keep the profile for the next step, decide."""
         self.running = None
         if done.error is not None:
-            log.warning("maturity.failed", package=done.package, error=done.error)
+            self._retry_at[done.package] = time.monotonic() + RETRY_SECONDS
+            log.warning("maturity.failed", package=done.package, error=done.error, retry_in=RETRY_SECONDS,
+                        hint=f"past {CEILING_THRESHOLDS}x its threshold the package builds unmeasured")
             self._emit("counters", package=done.package)
             return []
         now = time.time()
