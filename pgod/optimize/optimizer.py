@@ -384,6 +384,8 @@ class Optimizer:
             row.build_failures = 0
             row.next_build_at = 0.0
             row.last_error = None
+            # Its maturity starts over with the next profile (schedule/maturity.py).
+            row.checkpoint_key, row.step_changed, row.settled_steps, row.maturity_wait = "", None, 0, None
             if row.state in ("failed", "stale"):
                 row.state = "profiling"
         log.info("package.reset", package=name)

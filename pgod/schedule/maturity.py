@@ -217,8 +217,10 @@ class Maturity:
             return
         base_store = build_profile(session, row)
         done = CheckpointDone(name, key, row.profile_generation, row.total_raw_bytes, None, base_store)
-        last = self._last.get(name)
-        previous_file = self._folder / f"{name}.profdata"
+        # The last checkpoint is a base only on the same line (profiling build and stage, and
+        # not reset since: the row's key says so); else this is the line's first.
+        last = self._last.get(name) if row.checkpoint_key == key else None
+        previous_file = self._folder / f"{name}.profdata" if row.checkpoint_key == key else None
         self.running = name
 
         def run() -> None:
@@ -227,7 +229,7 @@ class Maturity:
             try:
                 current = self._show(name, data)
                 previous = last[1] if last is not None and last[0] == key else None
-                if previous is None and last is None and row.checkpoint_key == key and previous_file.exists():
+                if previous is None and last is None and previous_file is not None and previous_file.exists():
                     previous = self._show(name, read_own(previous_file))  # after a restart
                 since = None
                 if base_store is not None:
