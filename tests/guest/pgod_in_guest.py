@@ -30,16 +30,18 @@ GUEST_SETTINGS = {
     "admin_group": "wheel",
     "threshold_mb": 64,
     "activation": "notify",
-    **SCHEDULE_OFF,  # the guest's tests build at the threshold: scheduling is tested on the host
 }
 
 
 def prepare_share(share: Path, clang: Clang, packages: dict[str, dict] | None = None, *, live_server: bool = False,
-                  **settings) -> None:
+                  schedule: dict | None = None, **settings) -> None:
     """Put pgod's code, the install script, an instrumented workload (IR instrumentation with
     the adapter's baked-in spool path, as a profiling build has it) and the config in ``share``.
     ``live_server``: also a program that never exits, linked with the live object (package
-    "liveserver" in /opt/liveserver), for the live-runs test."""
+    "liveserver" in /opt/liveserver), for the live-runs test. ``schedule``: the when-to-build
+    settings; by default SCHEDULE_OFF (the guest's tests build at the threshold: maturity and the
+    machine's conditions are tested on the host); {} for a pgod from before them, to which
+    they are unknown keys."""
     shutil.copytree(REPO / "pgod", share / "src" / "pgod", ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
     shutil.copy2(REPO / "tests" / "guest" / "install-pgod.sh", share / "install-pgod.sh")
     bin_dir = share / "workload" / "bin"
@@ -49,7 +51,8 @@ def prepare_share(share: Path, clang: Clang, packages: dict[str, dict] | None = 
     if live_server:
         build_live_program(clang, SERVER_PROGRAM, share / "opt" / "liveserver" / "bin", "liveserver", baked=BAKED_PATH)
         packages = {**(packages or {}), "liveserver": {**workload, "profile_build": ["/opt/liveserver"]}}
-    write_config(share / "config.toml", {**GUEST_SETTINGS, **settings}, {"workload": workload, **(packages or {})})
+    top = {**GUEST_SETTINGS, **(SCHEDULE_OFF if schedule is None else schedule), **settings}
+    write_config(share / "config.toml", top, {"workload": workload, **(packages or {})})
 
 
 def install(machine) -> None:
